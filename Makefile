@@ -1,0 +1,42 @@
+# Vigil: `make run` and `make test` do every set-up step themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP_FLAGS ?= --disable-pip-version-check -q
+PYTEST_ARGS ?=
+CONFIG ?= config/local.yaml
+
+.PHONY: help setup run test test-all lint bench clean
+
+help:  ## show this help
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Vigil needs Python >= 3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev,training]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install Vigil with its dev and training extras
+
+run: $(STAMP)  ## start the daemon on the embedded default profile (config/local.yaml)
+	$(BIN)/vigil run --config $(CONFIG)
+
+test: $(STAMP)  ## run the default test suite (slow fault/soak tests excluded)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## run every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff and mypy (strict on vigil/)
+	$(BIN)/ruff check vigil tests bench
+	$(BIN)/ruff format --check vigil tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## run the benchmarks in bench/
+	$(BIN)/python bench/normalize.py
+
+clean:  ## remove the virtual environment and local state
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,97 @@
+"""Benchmark: normalisation of Azure Activity Log records against bare ``orjson.loads`` of the same lines.
+
+Generates N records of about 1.5 KB (default 100,000), then alternates, in one process, the baseline
+(``orjson.loads`` of every line) with Vigil's in-process normalisation path (``BatchNormalizer.stream``:
+line splitting, parsing, envelope expansion, auto-detection, normalisation, in batches as the CLI does) and
+the same path plus JSON encoding of the events (what ``vigil normalize`` writes). Reports the median of the
+repetitions and the ratio of medians, so machine noise hits both sides alike.
+
+Run: ``make bench`` or ``.venv/bin/python bench/normalize.py --records 100000 --repeat 5 [--json out.json]``.
+The target of issue 2 is ``normalize / orjson >= 0.35``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gen_activity import lines  # noqa: E402
+
+from vigil.events.batch import BatchNormalizer  # noqa: E402
+from vigil.events.model import encode_events  # noqa: E402
+
+
+def bench_orjson(data: list[bytes]) -> float:
+    loads = orjson.loads
+    t0 = time.process_time()
+    for line in data:
+        loads(line)
+    return time.process_time() - t0
+
+
+def bench_normalize(blob: bytes, expected: int, encode: bool) -> float:
+    norm = BatchNormalizer("auto")
+    count = 0
+    t0 = time.process_time()
+    for batch in norm.stream(io.BytesIO(blob), "bench"):
+        count += len(batch.events)
+        if encode:
+            encode_events(batch.events)
+    elapsed = time.process_time() - t0
+    if count != expected:
+        raise SystemExit(f"normalised {count} events, expected {expected}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    data = lines(args.records)
+    blob = b"".join(data)
+    n = len(data)
+    print(f"{n} activity records, mean {len(blob) / n:.0f} bytes, {args.repeat} repetitions (CPU time)")
+
+    results: dict[str, list[float]] = {"orjson": [], "normalize": [], "normalize+encode": []}
+    for _ in range(args.repeat):
+        for name in results:
+            gc.collect()
+            if name == "orjson":
+                results[name].append(bench_orjson(data))
+            else:
+                results[name].append(bench_normalize(blob, n, name.endswith("encode")))
+
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    report: dict[str, object] = {"records": n, "mean_bytes": len(blob) / n, "repeat": args.repeat}
+    for name, med in medians.items():
+        rate = n / med
+        spread = f"{n / max(results[name]):,.0f}-{n / min(results[name]):,.0f}"
+        print(f"  {name:18s} {rate:>10,.0f} events/s  ({med / n * 1e6:5.2f} us/event; range {spread})")
+        report[name] = {"events_per_s": rate, "us_per_event": med / n * 1e6, "runs_s": results[name]}
+    ratio = medians["orjson"] / medians["normalize"]
+    ratio_enc = medians["orjson"] / medians["normalize+encode"]
+    print(f"  ratio normalize/orjson         {ratio:.3f}  (target >= 0.35)")
+    print(f"  ratio normalize+encode/orjson  {ratio_enc:.3f}")
+    report["ratio"] = ratio
+    report["ratio_with_encode"] = ratio_enc
+    if args.json:
+        Path(args.json).write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The in-process normalisation path: bytes in, canonical events, control records and dead letters out.
+
+``vigil normalize``, the drop-folder source of ``vigil run`` and (later) the HTTP ingestion endpoints all
+go through :class:`BatchNormalizer`, so a record is judged the same way whichever door it came in by.
+
+Every JSON value is expanded the same way: a ``{"records": [...]}`` envelope (Event Hubs, diagnostic
+settings, Log Analytics export) yields its records; an array (Event Grid batches) yields its elements, each of
+which may itself be an envelope; an object is one record. A bad record never spoils its batch: it is
+dead-lettered with its index (``records[17]``) and the rest come through.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import IO, Any, Final
+
+import orjson
+
+from vigil.errors import NormalizeError
+from vigil.events import deadletter
+from vigil.events.deadletter import DeadLetter
+from vigil.events.model import Control, Event
+from vigil.events.normalize import Dispatcher
+from vigil.events.reader import NOT_PARSED, Item, read_items
+
+DEFAULT_MAX_RECORD_BYTES: Final = 4 << 20
+DEFAULT_MAX_DOCUMENT_BYTES: Final = 64 << 20
+
+
+class Result:
+    """What one batch of input produced."""
+
+    __slots__ = ("controls", "dead", "events")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.controls: list[Control] = []
+        self.dead: list[DeadLetter] = []
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.controls) + len(self.dead)
+
+
+class BatchNormalizer:
+    """Turns input bytes into :class:`Result` batches; one instance per input stream or worker."""
+
+    def __init__(
+        self,
+        fmt: str = "auto",
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+    ) -> None:
+        self.dispatcher = Dispatcher(fmt)
+        self.max_record_bytes = max_record_bytes
+        self.max_document_bytes = max_document_bytes
+
+    # -- whole inputs -------------------------------------------------------------------------------------
+
+    def stream(self, fh: IO[bytes], source: str, batch_size: int = 2048) -> Iterator[Result]:
+        """Normalise a whole stream, yielding a :class:`Result` every ``batch_size`` input items."""
+        out = Result()
+        pending = 0
+        for item in read_items(
+            fh, max_record_bytes=self.max_record_bytes, max_document_bytes=self.max_document_bytes
+        ):
+            self.feed_item(item, source, out)
+            pending += 1
+            if pending >= batch_size:
+                yield out
+                out = Result()
+                pending = 0
+        if len(out):
+            yield out
+
+    def body(self, data: bytes, source: str) -> Result:
+        """Normalise one request body or file held in memory (JSON document or JSON Lines)."""
+        out = Result()
+        for part in self.stream(io.BytesIO(data), source, batch_size=1 << 30):
+            out.events += part.events
+            out.controls += part.controls
+            out.dead += part.dead
+        return out
+
+    # -- pieces -------------------------------------------------------------------------------------------
+
+    def feed_item(self, item: Item, source: str, out: Result) -> None:
+        """Parse (if needed) and normalise one reader item into ``out``."""
+        if item.value is not NOT_PARSED:
+            self.feed_value(item.value, source, item.line, item.offset, out)
+            return
+        data = item.data
+        if data is None:
+            if item.too_large_document:
+                out.dead.append(
+                    DeadLetter(
+                        source=source,
+                        line=item.line,
+                        offset=item.offset,
+                        reason=(
+                            f"JSON document of {item.length} bytes exceeds max_document_bytes "
+                            f"({self.max_document_bytes}); send it as JSON Lines"
+                        ),
+                        excerpt=item.head[: deadletter.EXCERPT_BYTES].decode("utf-8", "replace"),
+                        length=item.length,
+                        at=datetime.now(UTC),
+                    )
+                )
+            else:
+                out.dead.append(
+                    deadletter.for_oversize(
+                        source, item.line, item.offset, item.head, item.length, self.max_record_bytes
+                    )
+                )
+            return
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            reason = f"invalid JSON: {exc}"
+            out.dead.append(deadletter.for_bad_bytes(source, item.line, item.offset, data.rstrip(b"\r\n"), reason))
+            return
+        self.feed_value(value, source, item.line, item.offset, out)
+
+    def feed_value(self, value: Any, source: str, line: int, offset: int, out: Result) -> None:
+        """Expand one decoded JSON value (envelope, array or object) and normalise its records."""
+        if type(value) is dict:
+            records = value.get("records")
+            if records is None or "records" not in value:
+                self._one(value, source, line, offset, "", -1, out)
+            elif type(records) is list:
+                for i, rec in enumerate(records):
+                    self._one(rec, source, line, offset, "records", i, out)
+            else:
+                self.dispatcher.last_format = None
+                self._dead(value, source, line, offset, None, "records envelope: 'records' is not an array", out)
+        elif type(value) is list:
+            for i, element in enumerate(value):
+                if type(element) is dict and type(element.get("records")) is list:
+                    for j, rec in enumerate(element["records"]):
+                        self._one(rec, source, line, offset, f"[{i}].records", j, out)
+                else:
+                    self._one(element, source, line, offset, "", i, out)
+        else:
+            self._one(value, source, line, offset, "", -1, out)
+
+    def _one(self, rec: Any, source: str, line: int, offset: int, prefix: str, i: int, out: Result) -> None:
+        try:
+            result = self.dispatcher.normalize(rec)
+        except NormalizeError as exc:
+            index = f"{prefix}[{i}]" if i >= 0 else (prefix or None)
+            self._dead(rec, source, line, offset, index, exc.reason, out)
+            return
+        if type(result) is Event:
+            out.events.append(result)
+        else:
+            out.controls.append(result)  # type: ignore[arg-type]
+
+    def _dead(
+        self, rec: Any, source: str, line: int, offset: int, index: str | None, reason: str, out: Result
+    ) -> None:
+        out.dead.append(
+            DeadLetter(
+                source=source,
+                line=line,
+                offset=offset,
+                index=index,
+                format=self.dispatcher.last_format,
+                reason=reason,
+                record=rec,
+                at=datetime.now(UTC),
+            )
+        )
