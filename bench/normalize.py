@@ -25,10 +25,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_activity import lines  # noqa: E402
+from gen_activity import lines
 
-from vigil.events.batch import BatchNormalizer  # noqa: E402
-from vigil.events.model import encode_events  # noqa: E402
+from vigil.events.batch import BatchNormalizer
+from vigil.events.model import encode_events
+from vigil.runtime import tune_gc
 
 
 def bench_orjson(data: list[bytes]) -> float:
@@ -62,6 +63,7 @@ def main() -> None:
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    tune_gc()  # as `vigil normalize` and `vigil run` do
     data = lines(args.records)
     blob = b"".join(data)
     n = len(data)
@@ -69,12 +71,12 @@ def main() -> None:
 
     results: dict[str, list[float]] = {"orjson": [], "normalize": [], "normalize+encode": []}
     for _ in range(args.repeat):
-        for name in results:
+        for name, runs in results.items():
             gc.collect()
             if name == "orjson":
-                results[name].append(bench_orjson(data))
+                runs.append(bench_orjson(data))
             else:
-                results[name].append(bench_normalize(blob, n, name.endswith("encode")))
+                runs.append(bench_normalize(blob, n, name.endswith("encode")))
 
     medians = {k: statistics.median(v) for k, v in results.items()}
     report: dict[str, object] = {"records": n, "mean_bytes": len(blob) / n, "repeat": args.repeat}

@@ -7,6 +7,11 @@ Every JSON value is expanded the same way: a ``{"records": [...]}`` envelope (Ev
 settings, Log Analytics export) yields its records; an array (Event Grid batches) yields its elements, each of
 which may itself be an envelope; an object is one record. A bad record never spoils its batch: it is
 dead-lettered with its index (``records[17]``) and the rest come through.
+
+JSON Lines input first tries the dispatcher's fast normalizer (the Activity Log's typed decoder, see
+``normalizers/activity.py``) on each line's bytes; records it does not take go the general way (``orjson``
+to dicts, then auto-detection). After a run of misses the fast path is switched off until the general path
+sees a record of its format again, so other formats do not pay for it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from vigil.events.reader import NOT_PARSED, Item, read_items
 
 DEFAULT_MAX_RECORD_BYTES: Final = 4 << 20
 DEFAULT_MAX_DOCUMENT_BYTES: Final = 64 << 20
+_FAST_MISS_LIMIT: Final = 16
 
 
 class Result:
@@ -54,6 +60,9 @@ class BatchNormalizer:
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
     ) -> None:
         self.dispatcher = Dispatcher(fmt)
+        self._fast = self.dispatcher.fast
+        self._fast_on = self._fast is not None
+        self._fast_misses = 0
         self.max_record_bytes = max_record_bytes
         self.max_document_bytes = max_document_bytes
 
@@ -115,13 +124,42 @@ class BatchNormalizer:
                     )
                 )
             return
+        if self._fast_on and self._try_fast(data.rstrip(), source, item.line, item.offset, out):
+            return
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             reason = f"invalid JSON: {exc}"
-            out.dead.append(deadletter.for_bad_bytes(source, item.line, item.offset, data.rstrip(b"\r\n"), reason))
+            out.dead.append(
+                deadletter.for_bad_bytes(source, item.line, item.offset, data.rstrip(b"\r\n"), reason)
+            )
             return
         self.feed_value(value, source, item.line, item.offset, out)
+        if not self._fast_on and self._fast is not None and self.dispatcher.last_format == self._fast.name:
+            self._fast_on = True
+            self._fast_misses = 0
+
+    def _try_fast(self, data: bytes, source: str, line: int, offset: int, out: Result) -> bool:
+        """Normalise ``data`` through the fast path; ``False`` means "not taken, use the general path"."""
+        fast = self._fast
+        assert fast is not None
+        result = fast.from_json(data)
+        if type(result) is Event:
+            out.events.append(result)
+            self._fast_misses = 0
+            return True
+        if type(result) is list:
+            for i, raw in enumerate(result):
+                event = fast.from_json(raw)
+                if type(event) is Event:
+                    out.events.append(event)
+                else:
+                    self._one(orjson.loads(memoryview(raw)), source, line, offset, "records", i, out)
+            return True
+        self._fast_misses += 1
+        if self._fast_misses >= _FAST_MISS_LIMIT:
+            self._fast_on = False
+        return False
 
     def feed_value(self, value: Any, source: str, line: int, offset: int, out: Result) -> None:
         """Expand one decoded JSON value (envelope, array or object) and normalise its records."""
@@ -134,7 +172,9 @@ class BatchNormalizer:
                     self._one(rec, source, line, offset, "records", i, out)
             else:
                 self.dispatcher.last_format = None
-                self._dead(value, source, line, offset, None, "records envelope: 'records' is not an array", out)
+                self._dead(
+                    value, source, line, offset, None, "records envelope: 'records' is not an array", out
+                )
         elif type(value) is list:
             for i, element in enumerate(value):
                 if type(element) is dict and type(element.get("records")) is list:

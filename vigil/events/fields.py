@@ -6,9 +6,8 @@ They exist once here so that every source format applies the same rule to the sa
 
 from __future__ import annotations
 
-from hashlib import blake2b as _blake2b
-from collections.abc import Mapping
 from datetime import UTC, datetime
+from hashlib import blake2b as _blake2b
 from typing import Any, Final
 
 import msgspec
@@ -61,11 +60,13 @@ def stable_id(prefix: str, *parts: object) -> str:
     The same record re-delivered gives the same id, which is what idempotency keys need; hashing a handful
     of identifying fields is an order of magnitude cheaper than hashing the whole record.
     """
-    return hash_id(prefix, "\x1f".join([p if type(p) is str else ("" if p is None else str(p)) for p in parts]))
+    return hash_id(
+        prefix, "\x1f".join([p if type(p) is str else ("" if p is None else str(p)) for p in parts])
+    )
 
 
 def hash_id(prefix: str, key: str) -> str:
-    """``prefix`` + 128-bit BLAKE2b of ``key`` in hex: the id of a record whose identifying text is ``key``."""
+    """``prefix`` + the 128-bit BLAKE2b of ``key`` in hex: the id of a record identified by ``key``."""
     return prefix + _blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
@@ -139,7 +140,7 @@ def text(value: Any) -> str | None:
 
 
 def json_in_string(value: Any, field: str) -> Any:
-    """Decode a column that holds JSON text (``Entities``, ``ExtendedProperties``); pass through decoded values."""
+    """Decode a column holding JSON text (``Entities``, ``ExtendedProperties``); values pass through."""
     if isinstance(value, str):
         if not value.strip():
             return None
@@ -165,13 +166,35 @@ def actor_from_claims(
     if type(claims) is not dict:
         claims = _NO_CLAIMS
     get = claims.get
-    oid = get(CLAIM_OID) or get("oid") or principal_id
-    name = get(CLAIM_UPN) or get("upn") or get("unique_name") or get("name") or get(CLAIM_NAME)
-    app_id = get("appid") or get("azp")
-    tenant = get(CLAIM_TENANT) or get("tid")
+    return actor_from_parts(
+        oid=get(CLAIM_OID) or get("oid") or principal_id,
+        name=get(CLAIM_UPN) or get("upn") or get("unique_name") or get("name") or get(CLAIM_NAME),
+        app_id=get("appid") or get("azp"),
+        tenant=get(CLAIM_TENANT) or get("tid"),
+        ip=ip or get("ipaddr"),
+        managed_identity=bool(get("xms_mirid")),
+        principal_type=principal_type,
+    )
+
+
+def actor_from_parts(
+    *,
+    oid: Any,
+    name: Any,
+    app_id: Any,
+    tenant: Any,
+    ip: Any,
+    managed_identity: bool = False,
+    principal_type: str | None = None,
+) -> Actor:
+    """Build an Actor from already-extracted identity parts; the actor type is inferred when not given.
+
+    ``principal_type`` (``User``, ``ServicePrincipal``...) wins; otherwise a managed identity, then a named
+    user, then an application. Non-string values (numbers) become their text.
+    """
     if principal_type:
         atype: str | None = principal_type.lower()
-    elif get("xms_mirid"):
+    elif managed_identity:
         atype = "managedidentity"
     elif name:
         atype = "user"
@@ -179,15 +202,13 @@ def actor_from_claims(
         atype = "serviceprincipal"
     else:
         atype = None
-    if not ip:
-        ip = text(get("ipaddr"))
     if not (oid or name or app_id or tenant or ip or atype):
         return NO_ACTOR
     return Actor(
         id=oid if type(oid) is str else text(oid),
         name=name if type(name) is str else text(name),
         type=atype,
-        ip=ip,
+        ip=ip if type(ip) is str else text(ip),
         app_id=app_id if type(app_id) is str else text(app_id),
         tenant=tenant if type(tenant) is str else text(tenant),
     )

@@ -6,19 +6,21 @@ pydantic model because it is built once per event on the hot path: construction 
 several µs for a validating model (reference/performance.md §2). Validation happens where input is untrusted:
 in the normalizers, and in :func:`event_from_mapping` for already-canonical input.
 
-``raw`` and ``labels`` are read-only mapping views (``types.MappingProxyType``) of the source data, so an
-event cannot be changed after it was made; the nested values of ``raw`` are the source's own JSON values and
-must be treated as read-only too.
+``raw`` and ``labels`` are :class:`FrozenMap` values: read-only mappings, so an event cannot be changed after
+it was made (the nested values of ``raw`` are the source's own JSON values and must be treated as read-only
+too). A ``FrozenMap`` may hold the record's JSON bytes instead of a dict and decode them on first access: the
+fast normalisation path never builds the dict of a record that no rule looks into, and writes the original
+bytes back out verbatim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import msgspec
+import orjson
 
 Outcome = Literal["success", "failure", "unknown"]
 Severity = Literal["informational", "low", "medium", "high"]
@@ -42,7 +44,54 @@ KINDS: Final = frozenset(
 OUTCOMES: Final = frozenset({"success", "failure", "unknown"})
 SEVERITIES: Final = frozenset({"informational", "low", "medium", "high"})
 
-_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only mapping over a dict, or over JSON object bytes decoded lazily on first access."""
+
+    __slots__ = ("_data", "_json")
+
+    def __init__(self, data: dict[str, Any] | None = None, json: bytes | msgspec.Raw | None = None) -> None:
+        self._data = data
+        self._json = json
+
+    @classmethod
+    def from_json(cls, json: bytes | msgspec.Raw) -> FrozenMap:
+        """Wrap the JSON bytes of an object without decoding them."""
+        return cls(None, json)
+
+    def _dict(self) -> dict[str, Any]:
+        data = self._data
+        if data is None:
+            decoded = orjson.loads(memoryview(self._json)) if self._json is not None else {}
+            data = self._data = decoded if isinstance(decoded, dict) else {}
+        return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._dict().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._dict()
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._dict()!r})"
+
+    def to_json_value(self) -> Any:
+        """What the encoder writes: the original bytes when they were kept, the dict otherwise."""
+        if self._json is not None:
+            return self._json if isinstance(self._json, msgspec.Raw) else msgspec.Raw(self._json)
+        return self._data if self._data is not None else {}
+
+
+_EMPTY: Final[Mapping[str, Any]] = FrozenMap({})
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -115,14 +164,14 @@ def freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """Return a read-only view of ``mapping`` without copying it."""
     if not mapping:
         return _EMPTY
-    if isinstance(mapping, MappingProxyType):
+    if isinstance(mapping, FrozenMap):
         return mapping
-    return MappingProxyType(mapping)  # type: ignore[arg-type]
+    return FrozenMap(mapping if isinstance(mapping, dict) else dict(mapping))
 
 
 def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, MappingProxyType):
-        return dict(obj)
+    if isinstance(obj, FrozenMap):
+        return obj.to_json_value()
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 

@@ -16,9 +16,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import msgspec
+
 from vigil.errors import NormalizeError
 from vigil.events.model import Control, Event
 from vigil.registry import Registry
+
+#: what :meth:`Normalizer.from_json` returns: an event, an envelope's records, or ``None`` ("use dicts")
+FastResult = Event | list[msgspec.Raw] | None
 
 
 class Normalizer(ABC):
@@ -40,6 +45,18 @@ class Normalizer(ABC):
     @abstractmethod
     def normalize(self, record: dict[str, Any]) -> Event | Control:
         """Build the canonical event; raise :class:`NormalizeError` with a precise reason if it cannot."""
+
+    #: whether :meth:`from_json` is implemented (the batch layer only tries fast paths that exist)
+    has_fast_path: ClassVar[bool] = False
+
+    def from_json(self, data: bytes | msgspec.Raw) -> FastResult:
+        """Optional fast path for high-volume formats: normalise straight from one JSON object's bytes.
+
+        Return the event; or, when ``data`` is a ``{"records": [...]}`` envelope, the raw records; or
+        ``None`` whenever anything is unusual, so the dict path (with its precise errors) decides. It must
+        produce exactly the event :meth:`normalize` would, and never raise.
+        """
+        return None
 
 
 normalizers: Registry[type[Normalizer]] = Registry("vigil.normalizers")
@@ -70,12 +87,16 @@ class Dispatcher:
 
     def __init__(self, fmt: str = "auto") -> None:
         if fmt == "auto":
-            self._order = sorted((cls() for _, cls in normalizers.items()), key=lambda n: (n.priority, n.name))
+            self._order = sorted(
+                (cls() for _, cls in normalizers.items()), key=lambda n: (n.priority, n.name)
+            )
             self._forced: Normalizer | None = None
         else:
             self._forced = normalizers.get(fmt)()
             self._order = [self._forced]
         self._last: Normalizer | None = self._forced
+        #: the normalizer whose :meth:`~Normalizer.from_json` the batch layer tries first, if any
+        self.fast: Normalizer | None = next((n for n in self._order if n.has_fast_path), None)
         #: name of the normalizer that handled (or failed on) the last record, for dead-letter entries
         self.last_format: str | None = None
 

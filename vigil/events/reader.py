@@ -59,7 +59,10 @@ def read_items(stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: 
     assert data is not None
     if _parses(data) or data.lstrip()[:1] not in (b"{", b"["):
         yield first
-        yield from _non_blank(lines)
+        for item in lines:  # the JSON Lines hot loop: one generator level, no per-line calls
+            data = item.data
+            if data is None or not data.isspace():
+                yield item
         return
     # A multi-line document: gather up to the cap and try it whole.
     buffered = [first]
@@ -122,10 +125,10 @@ def _lines(stream: IO[bytes], cap: int) -> Iterator[Item]:
                 if more[-1:] == b"\n":
                     break
             offset += size
-            yield Item(line=line_no, offset=start, length=size, data=None, head=head)
+            yield Item(line_no, start, size, None, NOT_PARSED, head)
             continue
         offset += size
-        yield Item(line=line_no, offset=start, length=size, data=data)
+        yield Item(line_no, start, size, data)
 
 
 @contextmanager

@@ -3,11 +3,18 @@
 Traps handled: ``resourceId``/``operationName`` upper-cased (compared and keyed in lower case), the claims
 under ``identity.claims`` (plural, unlike Key Vault), claim values that are strings even when numeric,
 ``durationMs`` as a number or a string (left in ``raw`` untouched), ``level`` spelled ``Information`` or
-``Informational``, and both spellings of ``resultType`` (``Success``/``Succeeded``, ``Failure``/``Failed``).
+``Informational`` (mapped to ``severity``), and both spellings of ``resultType`` (``Success``/``Succeeded``,
+``Failure``/``Failed``; ``Start``/``Accept`` are ``unknown`` until the terminal record arrives).
 
 Streamed records carry no id of their own (``correlationId`` is shared by the begin and end records of one
 ARM operation), so the event id hashes the fields that identify one record: correlation id, operation,
 result type and signature, time and resource.
+
+The Activity Log is the highest-volume source, so it has a second entry point, :meth:`from_json`, that
+decodes a record straight from its JSON bytes into a typed struct (msgspec skips the fields it does not
+need, in C) and keeps the bytes as the lazily decoded ``raw``. Both entry points build the event in
+:func:`_event`, so they cannot drift apart; anything unusual makes ``from_json`` return ``None`` and the
+dict path decides, with its precise error messages.
 """
 
 from __future__ import annotations
@@ -15,11 +22,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
+
 from vigil.errors import NormalizeError
 from vigil.events.arm import parse_resource_id
-from vigil.events.fields import actor_from_claims, hash_id, outcome_from_result, parse_time, strip_port
-from vigil.events.model import Event, Severity, freeze
-from vigil.events.normalize import Normalizer
+from vigil.events.fields import (
+    CLAIM_NAME,
+    CLAIM_OID,
+    CLAIM_TENANT,
+    CLAIM_UPN,
+    actor_from_claims,
+    actor_from_parts,
+    hash_id,
+    outcome_from_result,
+    parse_time,
+    strip_port,
+)
+from vigil.events.model import Actor, Event, FrozenMap, Severity, freeze
+from vigil.events.normalize import FastResult, Normalizer
 
 #: ``category`` values of the Activity Log (Administrative events use Write/Delete/Action), lower-cased
 ACTIVITY_CATEGORIES: Final = frozenset(
@@ -55,6 +75,7 @@ class ActivityLogNormalizer(Normalizer):
     kind = "azure.activity"
     summary = "Azure Activity Log records (Event Hubs / diagnostic settings form)"
     priority = 10
+    has_fast_path = True
 
     def detect(self, record: Mapping[str, Any]) -> bool:
         if "operationName" not in record or "resourceId" not in record:
@@ -74,12 +95,6 @@ class ActivityLogNormalizer(Normalizer):
             op = op.get("value")
         if not isinstance(op, str) or not op:
             raise NormalizeError("operationName: missing or not a string")
-        raw_time = record.get("time")
-        when = parse_time(raw_time, "time")
-        resource = parse_resource_id(resource_id)
-        action = op.lower()
-        result_type = record.get("resultType")
-
         identity = record.get("identity")
         claims: Any = None
         principal_id = principal_type = None
@@ -91,27 +106,158 @@ class ActivityLogNormalizer(Normalizer):
                 if isinstance(evidence, dict):
                     principal_id = evidence.get("principalId")
                     principal_type = evidence.get("principalType")
-        actor = actor_from_claims(
-            claims,
-            ip=strip_port(record.get("callerIpAddress")),
-            principal_id=principal_id if isinstance(principal_id, str) else None,
-            principal_type=principal_type if isinstance(principal_type, str) else None,
+        return _event(
+            record.get("time"),
+            resource_id,
+            op,
+            record.get("resultType"),
+            record.get("resultSignature"),
+            record.get("correlationId"),
+            record.get("level"),
+            actor_from_claims(
+                claims,
+                ip=strip_port(record.get("callerIpAddress")),
+                principal_id=principal_id if isinstance(principal_id, str) else None,
+                principal_type=principal_type if isinstance(principal_type, str) else None,
+            ),
+            freeze(record),
         )
-        level = record.get("level")
-        severity = LEVEL_SEVERITY.get(level.lower()) if isinstance(level, str) else None
-        event_id = hash_id(
+
+    def from_json(self, data: bytes | msgspec.Raw) -> FastResult:
+        try:
+            rec = _decode(data)
+        except (
+            msgspec.DecodeError,
+            ValueError,
+            RecursionError,
+        ):  # bad JSON, UTF-8 or types: dict path decides
+            return None
+        if rec.records is not None:
+            return rec.records
+        if rec.resourceId is None or rec.operationName is None or rec.time is None:
+            return None
+        category = rec.category
+        if not (
+            (category is not None and category.lower() in ACTIVITY_CATEGORIES)
+            or (rec.properties is not None and rec.properties.eventCategory is not None)
+        ):
+            return None
+        principal_id = principal_type = None
+        c = _NO_CLAIMS
+        identity = rec.identity
+        if identity is not None:
+            if identity.claims is not None:
+                c = identity.claims
+            authz = identity.authorization
+            if authz is not None and authz.evidence is not None:
+                principal_id = authz.evidence.principalId
+                principal_type = authz.evidence.principalType
+        actor = actor_from_parts(
+            oid=c.oid_uri or c.oid or principal_id,
+            name=c.upn_uri or c.upn or c.unique_name or c.name or c.name_uri,
+            app_id=c.appid or c.azp,
+            tenant=c.tid_uri or c.tid,
+            ip=strip_port(rec.callerIpAddress) or c.ipaddr,
+            managed_identity=bool(c.xms_mirid),
+            principal_type=principal_type,
+        )
+        try:
+            return _event(
+                rec.time,
+                rec.resourceId,
+                rec.operationName,
+                rec.resultType,
+                rec.resultSignature,
+                rec.correlationId,
+                rec.level,
+                actor,
+                FrozenMap.from_json(data),
+            )
+        except NormalizeError:
+            return None
+
+
+def _event(
+    raw_time: Any,
+    resource_id: str,
+    op: str,
+    result_type: Any,
+    result_signature: Any,
+    correlation_id: Any,
+    level: Any,
+    actor: Actor,
+    raw: Mapping[str, Any],
+) -> Event:
+    when = parse_time(raw_time, "time")
+    resource = parse_resource_id(resource_id)
+    action = op.lower()
+    return Event(
+        id=hash_id(
             "act:",
-            f"{record.get('correlationId')}\x1f{action}\x1f{result_type}\x1f{record.get('resultSignature')}"
-            f"\x1f{raw_time}\x1f{resource.id}",
-        )
-        return Event(
-            id=event_id,
-            time=when,
-            kind="azure.activity",
-            action=action,
-            outcome=outcome_from_result(result_type),
-            severity=severity,
-            actor=actor,
-            resource=resource,
-            raw=freeze(record),
-        )
+            f"{correlation_id}\x1f{action}\x1f{result_type}\x1f{result_signature}\x1f{raw_time}\x1f{resource.id}",
+        ),
+        time=when,
+        kind="azure.activity",
+        action=action,
+        outcome=outcome_from_result(result_type),
+        severity=LEVEL_SEVERITY.get(level.lower()) if isinstance(level, str) else None,
+        actor=actor,
+        resource=resource,
+        raw=raw,
+    )
+
+
+# -- typed decoding for the fast path: only the fields the event needs; msgspec skips the rest in C --------
+
+
+class _Claims(msgspec.Struct):
+    oid_uri: str | None = msgspec.field(default=None, name=CLAIM_OID)
+    oid: str | None = None
+    upn_uri: str | None = msgspec.field(default=None, name=CLAIM_UPN)
+    upn: str | None = None
+    unique_name: str | None = None
+    name: str | None = None
+    name_uri: str | None = msgspec.field(default=None, name=CLAIM_NAME)
+    appid: str | None = None
+    azp: str | None = None
+    tid_uri: str | None = msgspec.field(default=None, name=CLAIM_TENANT)
+    tid: str | None = None
+    ipaddr: str | None = None
+    xms_mirid: str | None = None
+
+
+class _Evidence(msgspec.Struct):
+    principalId: str | None = None  # noqa: N815 - the source's field name
+    principalType: str | None = None  # noqa: N815
+
+
+class _Authorization(msgspec.Struct):
+    evidence: _Evidence | None = None
+
+
+class _Identity(msgspec.Struct):
+    claims: _Claims | None = None
+    authorization: _Authorization | None = None
+
+
+class _Properties(msgspec.Struct):
+    eventCategory: str | None = None  # noqa: N815
+
+
+class _Record(msgspec.Struct):
+    records: list[msgspec.Raw] | None = None
+    time: str | None = None
+    resourceId: str | None = None  # noqa: N815
+    operationName: str | None = None  # noqa: N815
+    category: str | None = None
+    resultType: str | None = None  # noqa: N815
+    resultSignature: str | None = None  # noqa: N815
+    correlationId: str | None = None  # noqa: N815
+    callerIpAddress: str | None = None  # noqa: N815
+    level: str | None = None
+    identity: _Identity | None = None
+    properties: _Properties | None = None
+
+
+_decode: Final = msgspec.json.Decoder(_Record).decode
+_NO_CLAIMS: Final = _Claims()
