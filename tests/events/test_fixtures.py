@@ -18,7 +18,7 @@ def _id(path: Path) -> str:
 
 
 def test_every_format_has_good_and_bad_fixtures() -> None:
-    formats = {p.parent.name for p in EVENT_FIXTURES.iterdir() if p.is_dir()}
+    formats = {p.name for p in EVENT_FIXTURES.iterdir() if p.is_dir()}
     assert formats >= {"activity"}
     for fmt in formats:
         assert any(p.parent.name == fmt for p in GOOD), f"{fmt}: no good_* fixture"

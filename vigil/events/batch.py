@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 
+import msgspec
 import orjson
 
 from vigil.errors import NormalizeError
 from vigil.events import deadletter
 from vigil.events.deadletter import DeadLetter
 from vigil.events.model import Control, Event
-from vigil.events.normalize import Dispatcher
+from vigil.events.normalize import Dispatcher, FastResult
 from vigil.events.reader import NOT_PARSED, Item, read_items
 
 DEFAULT_MAX_RECORD_BYTES: Final = 4 << 20
@@ -69,17 +70,37 @@ class BatchNormalizer:
     # -- whole inputs -------------------------------------------------------------------------------------
 
     def stream(self, fh: IO[bytes], source: str, batch_size: int = 2048) -> Iterator[Result]:
-        """Normalise a whole stream, yielding a :class:`Result` every ``batch_size`` input items."""
+        """Normalise a whole stream, yielding a :class:`Result` every ``batch_size`` input lines."""
         out = Result()
+        events = out.events
         pending = 0
+        line = 0
+        offset = 0
         for item in read_items(
             fh, max_record_bytes=self.max_record_bytes, max_document_bytes=self.max_document_bytes
         ):
-            self.feed_item(item, source, out)
+            if type(item) is bytes:
+                line += 1
+                start = offset
+                offset += len(item)
+                # The hot path: one call into the fast normalizer, straight from the line's bytes.
+                if self._fast_on:
+                    event = self._fast_from_json(item.rstrip())  # type: ignore[misc]
+                    if type(event) is Event:
+                        events.append(event)
+                    else:
+                        self._feed_line(item, event, source, line, start, out)  # type: ignore[arg-type]
+                else:
+                    self._feed_line(item, None, source, line, start, out)
+            else:
+                line = item.line
+                offset = item.offset + item.length
+                self.feed_item(item, source, out)  # type: ignore[arg-type]
             pending += 1
             if pending >= batch_size:
                 yield out
                 out = Result()
+                events = out.events
                 pending = 0
         if len(out):
             yield out
@@ -95,71 +116,75 @@ class BatchNormalizer:
 
     # -- pieces -------------------------------------------------------------------------------------------
 
-    def feed_item(self, item: Item, source: str, out: Result) -> None:
-        """Parse (if needed) and normalise one reader item into ``out``."""
-        if item.value is not NOT_PARSED:
-            self.feed_value(item.value, source, item.line, item.offset, out)
+    def _fast_from_json(self, data: bytes) -> FastResult:
+        assert self._fast is not None
+        return self._fast.from_json(data)
+
+    def _feed_line(
+        self, data: bytes, fast: FastResult, source: str, line: int, offset: int, out: Result
+    ) -> None:
+        """A line the fast path did not turn into an event: an envelope it split, or a general record."""
+        if type(fast) is list:
+            self._fast_envelope(fast, source, line, offset, out)
             return
-        data = item.data
-        if data is None:
-            if item.too_large_document:
-                out.dead.append(
-                    DeadLetter(
-                        source=source,
-                        line=item.line,
-                        offset=item.offset,
-                        reason=(
-                            f"JSON document of {item.length} bytes exceeds max_document_bytes "
-                            f"({self.max_document_bytes}); send it as JSON Lines"
-                        ),
-                        excerpt=item.head[: deadletter.EXCERPT_BYTES].decode("utf-8", "replace"),
-                        length=item.length,
-                        at=datetime.now(UTC),
-                    )
-                )
-            else:
-                out.dead.append(
-                    deadletter.for_oversize(
-                        source, item.line, item.offset, item.head, item.length, self.max_record_bytes
-                    )
-                )
-            return
-        if self._fast_on and self._try_fast(data.rstrip(), source, item.line, item.offset, out):
+        if data.isspace():
             return
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             reason = f"invalid JSON: {exc}"
-            out.dead.append(
-                deadletter.for_bad_bytes(source, item.line, item.offset, data.rstrip(b"\r\n"), reason)
-            )
+            out.dead.append(deadletter.for_bad_bytes(source, line, offset, data.rstrip(b"\r\n"), reason))
             return
-        self.feed_value(value, source, item.line, item.offset, out)
-        if not self._fast_on and self._fast is not None and self.dispatcher.last_format == self._fast.name:
-            self._fast_on = True
-            self._fast_misses = 0
+        self.feed_value(value, source, line, offset, out)
+        self._track_fast(self.dispatcher.last_format)
 
-    def _try_fast(self, data: bytes, source: str, line: int, offset: int, out: Result) -> bool:
-        """Normalise ``data`` through the fast path; ``False`` means "not taken, use the general path"."""
+    def _fast_envelope(self, records: list[msgspec.Raw], source: str, line: int, offset: int, out: Result) -> None:
         fast = self._fast
         assert fast is not None
-        result = fast.from_json(data)
-        if type(result) is Event:
-            out.events.append(result)
+        for i, raw in enumerate(records):
+            event = fast.from_json(raw)
+            if type(event) is Event:
+                out.events.append(event)
+            else:
+                self._one(orjson.loads(memoryview(raw)), source, line, offset, "records", i, out)
+                self._track_fast(self.dispatcher.last_format)
+
+    def _track_fast(self, fmt: str | None) -> None:
+        """Switch the fast path off after a run of records of other formats, on again when one is seen."""
+        if self._fast is None:
+            return
+        if fmt == self._fast.name:
+            self._fast_on = True
             self._fast_misses = 0
-            return True
-        if type(result) is list:
-            for i, raw in enumerate(result):
-                event = fast.from_json(raw)
-                if type(event) is Event:
-                    out.events.append(event)
-                else:
-                    self._one(orjson.loads(memoryview(raw)), source, line, offset, "records", i, out)
-            return True
-        self._fast_misses += 1
-        if self._fast_misses >= _FAST_MISS_LIMIT:
-            self._fast_on = False
-        return False
+        elif fmt is not None and self._fast_on:
+            self._fast_misses += 1
+            if self._fast_misses >= _FAST_MISS_LIMIT:
+                self._fast_on = False
+
+    def feed_item(self, item: Item, source: str, out: Result) -> None:
+        """Normalise one reader :class:`Item`: a parsed document, or an over-long line or document."""
+        if item.value is not NOT_PARSED:
+            self.feed_value(item.value, source, item.line, item.offset, out)
+            return
+        if item.too_large_document:
+            out.dead.append(
+                DeadLetter(
+                    source=source,
+                    line=item.line,
+                    offset=item.offset,
+                    reason=(
+                        f"JSON document of {item.length} bytes exceeds max_document_bytes "
+                        f"({self.max_document_bytes}); send it as JSON Lines"
+                    ),
+                    excerpt=item.head[: deadletter.EXCERPT_BYTES].decode("utf-8", "replace"),
+                    length=item.length,
+                    at=datetime.now(UTC),
+                )
+            )
+            return
+        out.dead.append(
+            deadletter.for_oversize(source, item.line, item.offset, item.head, item.length, self.max_record_bytes)
+        )
 
     def feed_value(self, value: Any, source: str, line: int, offset: int, out: Result) -> None:
         """Expand one decoded JSON value (envelope, array or object) and normalise its records."""

@@ -25,69 +25,58 @@ _DRAIN_CHUNK: Final = 1 << 20
 
 
 class Item(NamedTuple):
-    """One unit of input.
+    """Input that is not a plain line: an over-long line, or a whole multi-line document.
 
-    Exactly one of these holds: ``value`` is a parsed document (document mode); ``data`` holds the line's
-    bytes (JSON Lines mode, not yet parsed); ``data`` is ``None`` and ``head`` holds the first bytes of a line
-    that exceeded the cap.
+    ``value`` holds a parsed document (it stands for every line of the stream); otherwise ``head`` holds the
+    first bytes of a line, or of a document, that exceeded its cap.
     """
 
     line: int
     offset: int
     length: int
-    data: bytes | None
     value: Any = NOT_PARSED
     head: bytes = b""
     #: set on the single item that stands for a document larger than ``max_document_bytes``
     too_large_document: bool = False
 
 
-def read_items(stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: int) -> Iterator[Item]:
-    """Yield the items of ``stream`` (see module docstring)."""
-    lines = _lines(stream, max_record_bytes)
-    for item in lines:
-        if item.data is None:
-            yield item
+def read_items(stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: int) -> Iterator[bytes | Item]:
+    """Yield each physical line of ``stream`` as bytes (newline included, blank lines too, so that the
+    consumer can number lines and offsets by counting), or an :class:`Item` for an over-long line (which
+    stands for exactly one physical line) or for a whole document (which stands for all of them).
+    """
+    lines = _physical(stream, max_record_bytes)
+    first_line = 1
+    first_offset = 0
+    for first in lines:
+        if type(first) is bytes and first.isspace():
+            first_line += 1
+            first_offset += len(first)
+            yield first
             continue
-        if item.data.isspace():
-            continue
-        first = item
         break
     else:
         return
-    data = first.data
-    assert data is not None
-    if _parses(data) or data.lstrip()[:1] not in (b"{", b"["):
+    if type(first) is not bytes or _parses(first) or first.lstrip()[:1] not in (b"{", b"["):
         yield first
-        for item in lines:  # the JSON Lines hot loop: one generator level, no per-line calls
-            data = item.data
-            if data is None or not data.isspace():
-                yield item
+        yield from lines  # the JSON Lines hot path: plain delegation, no per-line Python work here
         return
     # A multi-line document: gather up to the cap and try it whole.
-    buffered = [first]
-    size = first.length
+    buffered: list[bytes | Item] = [first]
+    size = len(first)
     for item in lines:
         buffered.append(item)
-        size += item.length
-        if item.data is None or size > max_document_bytes:
-            rest = sum(i.length for i in lines)
-            yield Item(
-                line=first.line,
-                offset=first.offset,
-                length=size + rest,
-                data=None,
-                head=data,
-                too_large_document=True,
-            )
+        size += len(item) if type(item) is bytes else item.length
+        if type(item) is not bytes or size > max_document_bytes:
+            rest = sum(len(i) if type(i) is bytes else i.length for i in lines)
+            yield Item(first_line, first_offset, size + rest, head=first[:1024], too_large_document=True)
             return
-    whole = b"".join(i.data for i in buffered if i.data is not None)
     try:
-        value = orjson.loads(whole)
+        value = orjson.loads(b"".join(buffered))  # type: ignore[arg-type]
     except orjson.JSONDecodeError:
-        yield from _non_blank(iter(buffered))
+        yield from buffered
         return
-    yield Item(line=first.line, offset=first.offset, length=size, data=None, value=value)
+    yield Item(first_line, first_offset, size, value=value)
 
 
 def _parses(data: bytes) -> bool:
@@ -98,13 +87,7 @@ def _parses(data: bytes) -> bool:
     return True
 
 
-def _non_blank(items: Iterator[Item]) -> Iterator[Item]:
-    for item in items:
-        if item.data is None or not item.data.isspace():
-            yield item
-
-
-def _lines(stream: IO[bytes], cap: int) -> Iterator[Item]:
+def _physical(stream: IO[bytes], cap: int) -> Iterator[bytes | Item]:
     readline = stream.readline
     line_no = 0
     offset = 0
@@ -113,7 +96,6 @@ def _lines(stream: IO[bytes], cap: int) -> Iterator[Item]:
         if not data:
             return
         line_no += 1
-        start = offset
         size = len(data)
         if size > cap and data[-1:] != b"\n":
             head = data[:1024]
@@ -124,11 +106,10 @@ def _lines(stream: IO[bytes], cap: int) -> Iterator[Item]:
                 size += len(more)
                 if more[-1:] == b"\n":
                     break
-            offset += size
-            yield Item(line_no, start, size, None, NOT_PARSED, head)
-            continue
+            yield Item(line_no, offset, size, head=head)
+        else:
+            yield data
         offset += size
-        yield Item(line_no, start, size, data)
 
 
 @contextmanager
