@@ -76,6 +76,7 @@ class BatchNormalizer:
         pending = 0
         line = 0
         offset = 0
+        fast_from_json = self._fast.from_json if self._fast is not None else None
         for item in read_items(
             fh, max_record_bytes=self.max_record_bytes, max_document_bytes=self.max_document_bytes
         ):
@@ -85,7 +86,7 @@ class BatchNormalizer:
                 offset += len(item)
                 # The hot path: one call into the fast normalizer, straight from the line's bytes.
                 if self._fast_on:
-                    event = self._fast_from_json(item.rstrip())  # type: ignore[misc]
+                    event = fast_from_json(item.rstrip())  # type: ignore[misc]
                     if type(event) is Event:
                         events.append(event)
                     else:
@@ -115,10 +116,6 @@ class BatchNormalizer:
         return out
 
     # -- pieces -------------------------------------------------------------------------------------------
-
-    def _fast_from_json(self, data: bytes) -> FastResult:
-        assert self._fast is not None
-        return self._fast.from_json(data)
 
     def _feed_line(
         self, data: bytes, fast: FastResult, source: str, line: int, offset: int, out: Result

@@ -66,6 +66,13 @@ LEVEL_SEVERITY: Final[dict[str, Severity]] = {
     "informational": "informational",
     "verbose": "informational",
 }
+_LEVEL_SEVERITY_EXACT: Final = {**LEVEL_SEVERITY, **{k.title(): v for k, v in LEVEL_SEVERITY.items()}}
+
+
+def _severity(level: Any) -> Severity | None:
+    if type(level) is not str:
+        return None
+    return _LEVEL_SEVERITY_EXACT.get(level) or LEVEL_SEVERITY.get(level.lower())
 
 
 class ActivityLogNormalizer(Normalizer):
@@ -126,11 +133,7 @@ class ActivityLogNormalizer(Normalizer):
     def from_json(self, data: bytes | msgspec.Raw) -> FastResult:
         try:
             rec = _decode(data)
-        except (
-            msgspec.DecodeError,
-            ValueError,
-            RecursionError,
-        ):  # bad JSON, UTF-8 or types: dict path decides
+        except (msgspec.DecodeError, ValueError, RecursionError):  # bad JSON, UTF-8, types: dicts decide
             return None
         if rec.records is not None:
             return rec.records
@@ -171,7 +174,7 @@ class ActivityLogNormalizer(Normalizer):
                 rec.correlationId,
                 rec.level,
                 actor,
-                FrozenMap.from_json(data),
+                FrozenMap(None, data),
             )
         except NormalizeError:
             return None
@@ -200,7 +203,7 @@ def _event(
         kind="azure.activity",
         action=action,
         outcome=outcome_from_result(result_type),
-        severity=LEVEL_SEVERITY.get(level.lower()) if isinstance(level, str) else None,
+        severity=_severity(level),
         actor=actor,
         resource=resource,
         raw=raw,
@@ -210,7 +213,7 @@ def _event(
 # -- typed decoding for the fast path: only the fields the event needs; msgspec skips the rest in C --------
 
 
-class _Claims(msgspec.Struct):
+class _Claims(msgspec.Struct, gc=False):
     oid_uri: str | None = msgspec.field(default=None, name=CLAIM_OID)
     oid: str | None = None
     upn_uri: str | None = msgspec.field(default=None, name=CLAIM_UPN)
@@ -226,25 +229,25 @@ class _Claims(msgspec.Struct):
     xms_mirid: str | None = None
 
 
-class _Evidence(msgspec.Struct):
+class _Evidence(msgspec.Struct, gc=False):
     principalId: str | None = None  # noqa: N815 - the source's field name
     principalType: str | None = None  # noqa: N815
 
 
-class _Authorization(msgspec.Struct):
+class _Authorization(msgspec.Struct, gc=False):
     evidence: _Evidence | None = None
 
 
-class _Identity(msgspec.Struct):
+class _Identity(msgspec.Struct, gc=False):
     claims: _Claims | None = None
     authorization: _Authorization | None = None
 
 
-class _Properties(msgspec.Struct):
+class _Properties(msgspec.Struct, gc=False):
     eventCategory: str | None = None  # noqa: N815
 
 
-class _Record(msgspec.Struct):
+class _Record(msgspec.Struct, gc=False):
     records: list[msgspec.Raw] | None = None
     time: str | None = None
     resourceId: str | None = None  # noqa: N815

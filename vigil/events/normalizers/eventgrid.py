@@ -160,11 +160,13 @@ def _build(
     if action == VALIDATION_EVENT:
         return _validation(event_id, data, topic)
     if action == DELETION_EVENT:
-        details: dict[str, Any] = {"topic": topic, "subject": subject}
         sub_id = data.get("eventSubscriptionId")
-        if type(sub_id) is str and sub_id:
-            details["event_subscription_id"] = sub_id
-        return Control(kind="eventgrid.deletion", id=event_id, details=freeze(details))
+        details = {
+            "topic": topic,
+            "subject": subject,
+            "event_subscription_id": sub_id if type(sub_id) is str and sub_id else None,
+        }
+        return Control(kind="eventgrid.deletion", id=event_id, details=_present(details))
 
     when = parse_time(raw_time, time_field)
     if action.startswith(RESOURCE_EVENT_PREFIX):
@@ -204,11 +206,18 @@ def _validation(event_id: str, data: dict[str, Any], topic: str | None) -> Contr
             + ("missing" if code is None else f"expected a non-empty string, got {type(code).__name__}")
             + " in a subscription validation event (it cannot be answered)"
         )
-    details: dict[str, Any] = {"validation_code": code, "topic": topic}
     url = data.get("validationUrl")
-    if type(url) is str and url:
-        details["validation_url"] = url
-    return Control(kind="eventgrid.validation", id=event_id, details=freeze(details))
+    details = {
+        "validation_code": code,
+        "validation_url": url if type(url) is str and url else None,
+        "topic": topic,
+    }
+    return Control(kind="eventgrid.validation", id=event_id, details=_present(details))
+
+
+def _present(details: dict[str, str | None]) -> Mapping[str, Any]:
+    """Control details without the absent (``None``) values."""
+    return freeze({k: v for k, v in details.items() if v is not None})
 
 
 def _outcome(action: str, status: Any) -> Outcome:

@@ -59,6 +59,11 @@ class GenericNormalizer(Normalizer):
             data = dict(record)
             data["id"] = content_id("gen:", record)
         try:
-            return event_from_mapping(data)
+            event = event_from_mapping(data)
         except msgspec.ValidationError as exc:
             raise NormalizeError(f"canonical event: {exc}") from None
+        if not event.id:
+            raise NormalizeError("canonical event: id is empty - at `$.id`")
+        if not event.action:
+            raise NormalizeError("canonical event: action is empty - at `$.action`")
+        return event
