@@ -90,13 +90,14 @@ class BatchNormalizer:
                     if type(event) is Event:
                         events.append(event)
                     else:
-                        self._feed_line(item, event, source, line, start, out)  # type: ignore[arg-type]
+                        self._feed_line(item, event, source, line, start, out)
                 else:
                     self._feed_line(item, None, source, line, start, out)
             else:
+                assert isinstance(item, Item)
                 line = item.line
                 offset = item.offset + item.length
-                self.feed_item(item, source, out)  # type: ignore[arg-type]
+                self.feed_item(item, source, out)
             pending += 1
             if pending >= batch_size:
                 yield out
@@ -135,7 +136,9 @@ class BatchNormalizer:
         self.feed_value(value, source, line, offset, out)
         self._track_fast(self.dispatcher.last_format)
 
-    def _fast_envelope(self, records: list[msgspec.Raw], source: str, line: int, offset: int, out: Result) -> None:
+    def _fast_envelope(
+        self, records: list[msgspec.Raw], source: str, line: int, offset: int, out: Result
+    ) -> None:
         fast = self._fast
         assert fast is not None
         for i, raw in enumerate(records):
@@ -180,7 +183,9 @@ class BatchNormalizer:
             )
             return
         out.dead.append(
-            deadletter.for_oversize(source, item.line, item.offset, item.head, item.length, self.max_record_bytes)
+            deadletter.for_oversize(
+                source, item.line, item.offset, item.head, item.length, self.max_record_bytes
+            )
         )
 
     def feed_value(self, value: Any, source: str, line: int, offset: int, out: Result) -> None:

@@ -94,7 +94,9 @@ class FrozenMap(Mapping[str, Any]):
 _EMPTY: Final[Mapping[str, Any]] = FrozenMap({})
 
 
-class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+class Actor(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False
+):
     """Who did it and from where."""
 
     id: str | None = None
@@ -105,7 +107,9 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbi
     tenant: str | None = None
 
 
-class Resource(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+class Resource(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False
+):
     """What it was done to. ``id`` is the lower-cased ARM id; the other fields are parsed out of it."""
 
     id: str | None = None
@@ -115,7 +119,9 @@ class Resource(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, fo
     group: str | None = None
 
 
-class Node(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+class Node(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False
+):
     """Training-node identity, for telemetry and attestation events."""
 
     id: str | None = None
@@ -128,7 +134,9 @@ NO_RESOURCE: Final = Resource()
 NO_NODE: Final = Node()
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False
+):
     """One normalised security event.
 
     ``id`` is stable across re-delivery of the same source record (the source's own id where it has one,

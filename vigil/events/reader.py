@@ -40,7 +40,9 @@ class Item(NamedTuple):
     too_large_document: bool = False
 
 
-def read_items(stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: int) -> Iterator[bytes | Item]:
+def read_items(
+    stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: int
+) -> Iterator[bytes | Item]:
     """Yield each physical line of ``stream`` as bytes (newline included, blank lines too, so that the
     consumer can number lines and offsets by counting), or an :class:`Item` for an over-long line (which
     stands for exactly one physical line) or for a whole document (which stands for all of them).
@@ -66,9 +68,9 @@ def read_items(stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: 
     size = len(first)
     for item in lines:
         buffered.append(item)
-        size += len(item) if type(item) is bytes else item.length
-        if type(item) is not bytes or size > max_document_bytes:
-            rest = sum(len(i) if type(i) is bytes else i.length for i in lines)
+        size += _length(item)
+        if isinstance(item, Item) or size > max_document_bytes:
+            rest = sum(_length(i) for i in lines)
             yield Item(first_line, first_offset, size + rest, head=first[:1024], too_large_document=True)
             return
     try:
@@ -77,6 +79,10 @@ def read_items(stream: IO[bytes], *, max_record_bytes: int, max_document_bytes: 
         yield from buffered
         return
     yield Item(first_line, first_offset, size, value=value)
+
+
+def _length(item: bytes | Item) -> int:
+    return item.length if isinstance(item, Item) else len(item)
 
 
 def _parses(data: bytes) -> bool:

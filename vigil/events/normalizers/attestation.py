@@ -148,7 +148,7 @@ class AttestationNormalizer(Normalizer):
         issuer = _optional_str(claims, "iss")
         if issuer is not None:
             labels["issuer"] = issuer
-        measurement = _measurement(snp(MEASUREMENT_CLAIM))
+        measurement = launch_measurement(snp(MEASUREMENT_CLAIM))
 
         if wrapped:
             result = record.get("result")
@@ -194,18 +194,21 @@ class AttestationNormalizer(Normalizer):
         )
 
 
-def _measurement(value: Any) -> str | None:
-    """The launch measurement as lower-case hex; refuse anything that is not 96 hex digits."""
+def launch_measurement(value: Any, field: str = MEASUREMENT_CLAIM) -> str | None:
+    """A SEV-SNP launch measurement as lower-case hex; refuse anything that is not 96 hex digits.
+
+    Shared with the telemetry normalizer, whose records carry the same value under ``measurement``.
+    """
     if value is None:
         return None
     if type(value) is not str:
-        raise NormalizeError(f"{MEASUREMENT_CLAIM}: expected a hex string, got {type(value).__name__}")
+        raise NormalizeError(f"{field}: expected a hex string, got {type(value).__name__}")
     if not _HEX.issuperset(value):
         bad = next(c for c in value if c not in _HEX)
-        raise NormalizeError(f"{MEASUREMENT_CLAIM}: not hex (found {bad!r})")
+        raise NormalizeError(f"{field}: not hex (found {bad!r})")
     if len(value) != MEASUREMENT_HEX_DIGITS:
         raise NormalizeError(
-            f"{MEASUREMENT_CLAIM}: expected {MEASUREMENT_HEX_DIGITS} hex digits (SHA-384), got {len(value)}"
+            f"{field}: expected {MEASUREMENT_HEX_DIGITS} hex digits (SHA-384), got {len(value)}"
         )
     return value.lower()
 

@@ -66,14 +66,13 @@ from vigil.errors import NormalizeError
 from vigil.events.fields import parse_time, stable_id
 from vigil.events.model import NO_RESOURCE, Event, Node, Outcome, Resource, freeze
 from vigil.events.normalize import Normalizer
+from vigil.events.normalizers.attestation import launch_measurement
 
 SCHEMA_PREFIX: Final = "vigil.telemetry/"
 SCHEMA_V1: Final = "vigil.telemetry/1"
-MEASUREMENT_HEX_DIGITS: Final = 96
 OBJECT_OPS: Final = frozenset({"read", "write", "delete"})
 
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
-_HEX: Final = frozenset("0123456789abcdefABCDEF")
 _OUTCOMES: Final[dict[str, Outcome]] = {"success": "success", "failure": "failure", "unknown": "unknown"}
 
 
@@ -111,7 +110,7 @@ class TelemetryNormalizer(Normalizer):
         attested = record.get("attested")
         if type(attested) is not bool:
             raise NormalizeError(f"attested: expected a boolean, got {_show(attested)}")
-        measurement = _measurement(record.get("measurement"))
+        measurement = launch_measurement(record.get("measurement"), "measurement")
         outcome = _outcome(record.get("outcome"))
         metrics = _metrics(record.get("metrics"), required=rtype == "train.step")
         if rtype == "train.step":
@@ -179,16 +178,6 @@ def _object(value: Any, labels: dict[str, str]) -> Resource:
             raise NormalizeError(f"object.store: expected a non-empty string, got {_show(store)}")
         labels["store"] = store
     return Resource(id=key, type="vigil.object")
-
-
-def _measurement(value: Any) -> str | None:
-    if value is None:
-        return None
-    if type(value) is not str or not _HEX.issuperset(value) or len(value) != MEASUREMENT_HEX_DIGITS:
-        raise NormalizeError(
-            f"measurement: expected {MEASUREMENT_HEX_DIGITS} hex digits (SHA-384), got {_show(value)}"
-        )
-    return value.lower()
 
 
 def _outcome(value: Any) -> Outcome:

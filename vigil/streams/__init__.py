@@ -1,0 +1,63 @@
+"""Event sources and the embedded runner that drives them.
+
+Today there is one source, the drop folder (:mod:`vigil.streams.dropfolder`), and one runner,
+:func:`vigil.streams.embedded.serve`, which runs it beside the HTTP listener in one asyncio loop. The state
+they share with the HTTP API lives here, in plain dataclasses, so that :mod:`vigil.api` can read it without
+importing any source: sources write the counters from the event loop thread, the API reads them from the
+same loop, and no lock is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from vigil import __version__
+from vigil.settings import Settings
+
+
+@dataclass
+class IngestStats:
+    """What the drop-folder watcher has done so far; exported by ``/metrics`` and ``/v1/status``."""
+
+    #: the watcher task is alive (set when it starts, cleared when it ends for any reason)
+    running: bool = False
+    #: completed scans, successful or not
+    scans: int = 0
+    #: Unix time at which the last scan (listing plus the files it took) ended
+    last_scan_at: float | None = None
+    last_scan_ok: bool = False
+    #: why the last scan failed (an output or listing error; a bad input file is not a scan failure)
+    last_error: str | None = None
+    #: the file being normalised now, if any
+    current_file: str | None = None
+    #: candidate files seen in the folder at the last scan, taken or still settling
+    pending_files: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    control_records: int = 0
+    files_processed: int = 0
+    files_failed: int = 0
+
+    def counters(self) -> dict[str, int]:
+        """The monotonically increasing counts, by their short names."""
+        return {
+            "events": self.events,
+            "dead_letters": self.dead_letters,
+            "control_records": self.control_records,
+            "files_processed": self.files_processed,
+            "files_failed": self.files_failed,
+        }
+
+
+@dataclass
+class RunState:
+    """Everything the HTTP API reports about a running ``vigil run`` process."""
+
+    settings: Settings
+    ingest: IngestStats = field(default_factory=IngestStats)
+    started_at: float = field(default_factory=time.time)
+    version: str = __version__
+
+
+__all__ = ["IngestStats", "RunState"]
