@@ -18,23 +18,20 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import reprlib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
-from ruamel.yaml import YAML
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from vigil.errors import ConfigError
+from vigil.yamlio import YamlDocument, describe_type, line_of, read_profile
 
 ENV_PREFIX: Final = "VIGIL_"
 ENV_DELIMITER: Final = "__"
@@ -228,79 +225,6 @@ class _MappingEnvSource(EnvSettingsSource):
         return parse_env_vars(ctx[1], self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-# -- the YAML profile -------------------------------------------------------------------------------------
-
-
-class YamlDocument(NamedTuple):
-    """A parsed profile: its path, the plain data for validation and the ruamel node tree for line numbers."""
-
-    path: str | None
-    data: dict[str, Any]
-    node: Any
-
-
-def read_profile(path: Path) -> YamlDocument:
-    """Parse a profile with the round-trip loader, which remembers the line of every key."""
-    where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read settings profile: {exc}", path=where) from None
-    try:
-        node = YAML(typ="rt", pure=True).load(text)
-    except MarkedYAMLError as exc:
-        # Only the problem text: str(exc) quotes the document around the error, which may hold a secret.
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        if isinstance(exc, DuplicateKeyError):
-            key = re.match(r'found duplicate key "(.*?)" with value', exc.problem or "")
-            problem = f"duplicate key {key.group(1)!r}" if key else "duplicate key"
-        else:
-            problem = exc.problem or "syntax error"
-            cm = exc.context_mark
-            if exc.context and cm is not None and cm.line + 1 != line:
-                problem += f" ({exc.context} started on line {cm.line + 1})"
-            elif exc.context:
-                problem += f" ({exc.context})"
-        raise ConfigError(f"invalid YAML: {problem}", path=where, line=line) from None
-    except YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {type(exc).__name__}", path=where) from None
-    if node is None:
-        return YamlDocument(where, {}, None)
-    if not isinstance(node, dict):
-        raise ConfigError(
-            f"expected a mapping of settings at the top level, got {_type_name(node)}", path=where, line=1
-        )
-    return YamlDocument(where, _plain(node), node)
-
-
-def line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest key of ``loc`` present in the ruamel tree (None if none is)."""
-    line = None
-    for part in loc:
-        lc = getattr(node, "lc", None)
-        if isinstance(node, dict) and part in node and lc is not None:
-            line = lc.key(part)[0] + 1
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node) and lc is not None:
-            line = lc.item(part)[0] + 1
-        else:
-            break
-        node = node[part]
-    return line
-
-
-def _plain(value: Any) -> Any:
-    """ruamel's scalar subclasses as plain Python values; empty values dropped (they mean the default)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    for base in (bool, int, float, str):
-        if isinstance(value, base):
-            return base(value)
-    return value
-
-
 # -- diagnostics ------------------------------------------------------------------------------------------
 
 Problem = tuple[str | None, int | None, str]  # (file or variable, line, message)
@@ -330,7 +254,7 @@ def _describe(model: type[BaseModel], err: Any, doc: YamlDocument, environ: Mapp
     if kind == "extra_forbidden":
         message = f"{dotted}: unknown setting{_suggest(model, loc)}"
     elif kind in {"model_type", "dict_type", "model_attributes_type"}:
-        message = f"{dotted}: expected a mapping of settings, got {_type_name(err.get('input'))}"
+        message = f"{dotted}: expected a mapping of settings, got {describe_type(err.get('input'))}"
     else:
         text = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
@@ -396,13 +320,6 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         model = ann
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _type_name(value: Any) -> str:
-    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return next(
-        (n for t, n in names.items() if isinstance(value, t)), "nothing" if value is None else "a value"
-    )
 
 
 def _redact(data: Any, secret: bool = False) -> Any:
