@@ -134,6 +134,32 @@ def strip_port(address: Any) -> str | None:
     return address
 
 
+def json_type(value: Any) -> str:
+    """The JSON type of a decoded value, for error messages ("object", "array", "number"...)."""
+    if type(value) is dict:
+        return "object"
+    if type(value) is list:
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def not_a_string(field: str, value: Any) -> str:
+    """The dead-letter reason for a required string field that is missing, empty or of another type."""
+    if value is None:
+        return f"{field}: missing"
+    if value == "":
+        return f"{field}: empty"
+    return f"{field}: expected a string, got {json_type(value)}"
+
+
 def lower(value: Any) -> str | None:
     """Lower-case a string; anything else (including empty) becomes ``None``."""
     if isinstance(value, str) and value:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from vigil.errors import NormalizeError
+from vigil.events.fields import json_type
 from vigil.events.model import Control, Event
 from vigil.registry import Registry
 
@@ -103,7 +104,7 @@ class Dispatcher:
     def detect(self, record: Any) -> Normalizer:
         """Return the normalizer for ``record`` or raise :class:`NormalizeError` saying why none fits."""
         if not isinstance(record, dict):
-            raise NormalizeError(f"expected a JSON object, got {_json_type(record)}")
+            raise NormalizeError(f"expected a JSON object, got {json_type(record)}")
         if self._forced is not None:
             return self._forced
         last = self._last
@@ -129,17 +130,3 @@ class Dispatcher:
             raise NormalizeError(f"{norm.name}: record nested too deeply") from None
         except _SHAPE_ERRORS as exc:
             raise NormalizeError(f"{norm.name}: malformed record: {type(exc).__name__}: {exc}") from None
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if value is None:
-        return "null"
-    return type(value).__name__

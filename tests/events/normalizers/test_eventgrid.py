@@ -207,7 +207,7 @@ def test_precise_reasons() -> None:
     norm = EventGridNormalizer()
     (base,) = _load("good_keyvault_key_new_version.json")
     assert _reason(norm, {k: v for k, v in base.items() if k != "id"}).startswith("id: missing")
-    assert _reason(norm, dict(base, id=["x"])).startswith("id: expected a string, got list")
+    assert _reason(norm, dict(base, id=["x"])).startswith("id: expected a string, got array")
     assert _reason(norm, dict(base, eventTime="yesterday")).startswith("eventTime: not an ISO 8601 timestamp")
     assert _reason(norm, {k: v for k, v in base.items() if k != "eventTime"}) == "eventTime: missing"
     assert _reason(norm, dict(base, eventType="")) == "eventType: empty"

@@ -57,6 +57,7 @@ from vigil.events.fields import (
     actor_from_claims,
     hash_id,
     json_in_string,
+    not_a_string,
     outcome_from_result,
     parse_time,
     strip_port,
@@ -128,7 +129,7 @@ class CloudEventNormalizer(Normalizer):
         event_id = _event_id(record)
         source = record.get("source")
         if type(source) is not str or not source:
-            raise NormalizeError(_missing("source", source))
+            raise NormalizeError(not_a_string("source", source))
         return _build(
             record,
             event_type=event_type,
@@ -278,19 +279,11 @@ def _event_id(record: Mapping[str, Any]) -> str:
         return value
     if type(value) is int:
         return str(value)
-    raise NormalizeError(_missing("id", value) + " (the event id is the idempotency key)")
+    raise NormalizeError(not_a_string("id", value) + " (the event id is the idempotency key)")
 
 
 def _required_str(record: Mapping[str, Any], field: str) -> str:
     value = record.get(field)
     if type(value) is not str or not value:
-        raise NormalizeError(_missing(field, value))
+        raise NormalizeError(not_a_string(field, value))
     return value
-
-
-def _missing(field: str, value: Any) -> str:
-    if value is None:
-        return f"{field}: missing"
-    if value == "":
-        return f"{field}: empty"
-    return f"{field}: expected a string, got {type(value).__name__}"

@@ -37,7 +37,14 @@ from typing import Any, Final
 
 from vigil.errors import NormalizeError
 from vigil.events.arm import parse_resource_id
-from vigil.events.fields import actor_from_claims, hash_id, outcome_from_http, parse_time, strip_port
+from vigil.events.fields import (
+    actor_from_claims,
+    hash_id,
+    not_a_string,
+    outcome_from_http,
+    parse_time,
+    strip_port,
+)
 from vigil.events.model import Event, Outcome, freeze
 from vigil.events.normalize import Normalizer
 
@@ -93,10 +100,10 @@ class KeyVaultAuditNormalizer(Normalizer):
         when = parse_time(raw_time, "time")
         resource_id = record.get("resourceId")
         if type(resource_id) is not str or not resource_id:
-            raise NormalizeError(_missing("resourceId", resource_id))
+            raise NormalizeError(not_a_string("resourceId", resource_id))
         op = record.get("operationName")
         if type(op) is not str or not op:
-            raise NormalizeError(_missing("operationName", op))
+            raise NormalizeError(not_a_string("operationName", op))
         props = record.get("properties")
         if type(props) is not dict:
             props = _NO_DICT
@@ -145,23 +152,3 @@ def _signature_outcome(signature: Any, result_type: Any) -> Outcome:
     if type(result_type) is str and result_type.lower() in _FAILED_RESULT_TYPES:
         return "failure"
     return "unknown"
-
-
-def _missing(field: str, value: Any) -> str:
-    if value is None:
-        return f"{field}: missing"
-    if value == "":
-        return f"{field}: empty"
-    return f"{field}: expected a string, got {_json_type(value)}"
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__

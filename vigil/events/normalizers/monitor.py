@@ -43,6 +43,7 @@ from vigil.events.fields import (
     actor_from_claims,
     hash_id,
     json_in_string,
+    json_type,
     lower,
     parse_time,
     strip_port,
@@ -160,13 +161,13 @@ def _target(targets: Any) -> Resource:
         first = targets[0] if targets else None
     else:
         raise NormalizeError(
-            f"data.essentials.alertTargetIDs: expected an array of ARM ids, got {_json_type(targets)}"
+            f"data.essentials.alertTargetIDs: expected an array of ARM ids, got {json_type(targets)}"
         )
     if first is None:
         return NO_RESOURCE
     if not isinstance(first, str):
         raise NormalizeError(
-            f"data.essentials.alertTargetIDs[0]: expected an ARM id string, got {_json_type(first)}"
+            f"data.essentials.alertTargetIDs[0]: expected an ARM id string, got {json_type(first)}"
         )
     return parse_resource_id(first.strip()) if first.strip() else NO_RESOURCE
 
@@ -188,17 +189,3 @@ def _put(labels: dict[str, str], key: str, value: Any) -> None:
     value = text(value)
     if value is not None and value.strip():
         labels[key] = value.strip()
-
-
-def _json_type(value: Any) -> str:
-    if type(value) is dict:
-        return "object"
-    if type(value) is list:
-        return "array"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if value is None:
-        return "null"
-    return type(value).__name__

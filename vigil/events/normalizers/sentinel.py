@@ -63,7 +63,7 @@ from typing import Any, Final
 
 from vigil.errors import NormalizeError
 from vigil.events.arm import parse_resource_id
-from vigil.events.fields import json_in_string, parse_time, stable_id, text
+from vigil.events.fields import json_in_string, json_type, parse_time, stable_id, text
 from vigil.events.model import NO_ACTOR, NO_RESOURCE, Actor, Event, Resource, Severity, freeze
 from vigil.events.normalize import Normalizer
 
@@ -130,11 +130,11 @@ class SecurityAlertNormalizer(Normalizer):
         entities = raw.get("Entities")
         if entities is not None:
             if type(entities) is not list:
-                raise NormalizeError(f"Entities: expected a JSON array, got {_json_type(entities)}")
+                raise NormalizeError(f"Entities: expected a JSON array, got {json_type(entities)}")
             entities = raw["Entities"] = resolve_refs(entities, "Entities")
         extended = raw.get("ExtendedProperties")
         if extended is not None and type(extended) is not dict:
-            raise NormalizeError(f"ExtendedProperties: expected a JSON object, got {_json_type(extended)}")
+            raise NormalizeError(f"ExtendedProperties: expected a JSON object, got {json_type(extended)}")
 
         generated = record.get("TimeGenerated")
         if generated is None or generated == "":
@@ -228,7 +228,7 @@ class SentinelIncidentNormalizer(Normalizer):
         related = props.get("relatedEntities")
         if related is not None and type(related) is not list:
             raise NormalizeError(
-                f"object.properties.relatedEntities: expected an array, got {_json_type(related)}"
+                f"object.properties.relatedEntities: expected an array, got {json_type(related)}"
             )
         actor, resource = actor_and_resource(_incident_entities(related))
 
@@ -487,19 +487,3 @@ def _put(labels: dict[str, str], key: str, value: Any) -> None:
     value = text(value)
     if value is not None and value.strip():
         labels[key] = value.strip()
-
-
-def _json_type(value: Any) -> str:
-    if type(value) is dict:
-        return "object"
-    if type(value) is list:
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if value is None:
-        return "null"
-    return type(value).__name__

@@ -40,7 +40,14 @@ from typing import Any, Final
 
 from vigil.errors import NormalizeError
 from vigil.events.arm import parse_resource_id
-from vigil.events.fields import actor_from_parts, hash_id, outcome_from_http, parse_time, strip_port
+from vigil.events.fields import (
+    actor_from_parts,
+    hash_id,
+    not_a_string,
+    outcome_from_http,
+    parse_time,
+    strip_port,
+)
 from vigil.events.model import Event, Outcome, Resource, freeze
 from vigil.events.normalize import Normalizer
 
@@ -92,10 +99,10 @@ class StorageLogNormalizer(Normalizer):
         when = parse_time(raw_time, "time")
         resource_id = record.get("resourceId")
         if type(resource_id) is not str or not resource_id:
-            raise NormalizeError(_missing("resourceId", resource_id))
+            raise NormalizeError(not_a_string("resourceId", resource_id))
         op = record.get("operationName")
         if type(op) is not str or not op:
-            raise NormalizeError(_missing("operationName", op))
+            raise NormalizeError(not_a_string("operationName", op))
         status_code = record.get("statusCode")
         status_text = record.get("statusText")
         outcome = outcome_from_http(status_code)
@@ -170,23 +177,3 @@ def _labels(account: Any, service: Any, resource: Resource) -> Mapping[str, str]
             if derived is not None:
                 labels.setdefault("storage.service", derived)
     return freeze(labels)
-
-
-def _missing(field: str, value: Any) -> str:
-    if value is None:
-        return f"{field}: missing"
-    if value == "":
-        return f"{field}: empty"
-    return f"{field}: expected a string, got {_json_type(value)}"
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
