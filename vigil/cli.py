@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         "config/local.yaml); VIGIL_* environment variables override it",
     )
 
+    from vigil.rules.commands import add_parsers
+
+    add_parsers(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -98,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _normalize(args, parser)
         if args.command == "run":
             return _run(args)
+        if args.command in ("rules", "replay"):
+            from vigil.rules.commands import run as run_rules
+
+            return run_rules(args)
     except ConfigError as exc:
         print(f"vigil: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,1 @@
+"""Detectors: the indexed single-event matcher now; threshold, sequence and flatline detectors next."""
