@@ -76,6 +76,11 @@ def line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def plain(value: Any) -> Any:
+    """A ruamel tree as plain dicts, lists and scalars; empty mapping values dropped (they mean defaults)."""
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
     """ruamel's scalar subclasses as plain Python values; empty values dropped (they mean the default)."""
     if isinstance(value, dict):

@@ -4,8 +4,11 @@ Peers evaluate every rule against every event, so their cost grows with the rule
 (reference/performance.md §3). Here each rule is filed under the kinds it declares and, when its expression
 requires ``action`` to equal one of some values or to start with one of some prefixes (the compiler extracts
 these *hints* from top-level ``and`` chains), under those values or prefixes. An event looks up its kind,
-then its action: one dict hit for the exact values, one per distinct prefix length for the prefixes. Rules
-with no usable hint are evaluated for every event of their kinds (lint warns, W204).
+then its action: one dict hit for the exact values, one per distinct prefix length for the prefixes.
+Inside each of those buckets a second level files the rules that also require equality on another field
+(``actor.ip == "..."``, ``resource.group in [...]``) under that field's values, the most selective such
+field first, so an event reaches only rules whose two most selective requirements it meets. Rules with no
+usable hint are evaluated for every event of their kinds (lint warns, W204).
 
 A rule that raises :class:`~vigil.rules.expr.RuleRuntimeError` on an event (a real fault, such as ordering a
 string against a number) is counted in :attr:`Matcher.errors` per rule and is never taken as "no match"
@@ -16,14 +19,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from operator import attrgetter
 from typing import Final
 
 import msgspec
 
 from vigil.events.model import Event, FrozenMap
-from vigil.rules.expr import RuleRuntimeError
+from vigil.rules.expr import IndexHint, RuleRuntimeError
 from vigil.rules.model import Rule
 
 log = logging.getLogger(__name__)
@@ -45,20 +49,102 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     rule_hash: str = ""
 
 
+def _collect(bucket: _Frozen, event: Event, out: list[Rule]) -> None:
+    always, lookups = bucket
+    if always:
+        out += always
+    for get, n, table in lookups:
+        value = get(event)
+        if type(value) is str:
+            hit = table.get(value[:n] if n else value)
+            if hit:
+                out += hit
+
+
 def group_of(event: Event) -> Mapping[str, str]:
-    """The group a single-event finding belongs to: the resource it is about, when there is one."""
+    """The group a single-event finding belongs to: the resource it is about, else the training node."""
     rid = event.resource.id
-    return FrozenMap({"resource.id": rid}) if rid else _NO_GROUP
+    if rid:
+        return FrozenMap({"resource.id": rid})
+    node = event.node.id
+    return FrozenMap({"node.id": node}) if node else _NO_GROUP
+
+
+#: fields a second index level may use, most selective first (struct fields: one attribute read each)
+_SECONDARY_FIELDS: Final = (
+    "actor.ip",
+    "actor.id",
+    "actor.name",
+    "actor.app_id",
+    "resource.id",
+    "resource.name",
+    "node.id",
+    "node.measurement",
+    "resource.type",
+    "resource.group",
+    "resource.subscription",
+    "actor.type",
+    "actor.tenant",
+    "severity",
+    "outcome",
+)
+_RANK: Final = {f: i for i, f in enumerate(_SECONDARY_FIELDS)}
+
+
+class _Bucket:
+    """Rules that share a first-level key. Those that also require equality (or a prefix) on another field
+    are filed under that field's values; the rest are always candidates."""
+
+    __slots__ = ("always", "by_field", "by_prefix")
+
+    def __init__(self) -> None:
+        self.always: list[Rule] = []
+        self.by_field: dict[str, dict[str, list[Rule]]] = {}
+        self.by_prefix: dict[tuple[str, int], dict[str, list[Rule]]] = {}
+
+    def add(self, rule: Rule) -> None:
+        second = _secondary_hint(rule)
+        if second is None:
+            self.always.append(rule)
+            return
+        if second.values:
+            table = self.by_field.setdefault(second.field, {})
+            for value in second.values:
+                table.setdefault(value, []).append(rule)
+        for prefix in second.prefixes:
+            ptable = self.by_prefix.setdefault((second.field, len(prefix)), {})
+            ptable.setdefault(prefix, []).append(rule)
+
+    def frozen(self) -> _Frozen:
+        lookups: list[_Lookup] = [(attrgetter(f), 0, t) for f, t in self.by_field.items()]
+        lookups += [(attrgetter(f), n, t) for (f, n), t in self.by_prefix.items()]
+        return self.always, tuple(lookups)
+
+
+def _selectivity(hint: IndexHint) -> tuple[int, int]:
+    """Lower is more selective: few exact values beat prefixes, and short prefixes are nearly useless."""
+    short = any(len(p) < 3 for p in hint.prefixes)
+    return len(hint.values) + 4 * len(hint.prefixes) + (100 if short else 0), _RANK[hint.field]
+
+
+def _secondary_hint(rule: Rule) -> IndexHint | None:
+    usable = [h for h in rule.expr.hints if h.field in _RANK and (h.values or h.prefixes)]
+    return min(usable, key=_selectivity) if usable else None
+
+
+#: (getter, prefix length or 0 for exact values, table)
+_Lookup = tuple[Callable[[Event], object], int, dict[str, list[Rule]]]
+_Frozen = tuple[list[Rule], tuple[_Lookup, ...]]
 
 
 class _KindIndex:
     __slots__ = ("exact", "prefix_lengths", "prefixes", "rest")
 
     def __init__(self) -> None:
-        self.exact: dict[str, list[Rule]] = {}
-        self.prefixes: dict[str, list[Rule]] = {}
+        self.exact: dict[str, _Bucket] = {}
+        self.prefixes: dict[str, _Bucket] = {}
         self.prefix_lengths: tuple[int, ...] = ()
-        self.rest: list[Rule] = []
+        self.rest = _Bucket()
 
 
 class Matcher:
@@ -67,49 +153,58 @@ class Matcher:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.errors: Counter[str] = Counter()
-        self._index: dict[str, _KindIndex] = {}
         self.unindexed: list[str] = []
+        index: dict[str, _KindIndex] = {}
         for rule in self.rules:
-            self._add(rule)
-        for ki in self._index.values():
-            ki.prefix_lengths = tuple(sorted({len(p) for p in ki.prefixes}))
-        self._all = self._index.get(_ALL_KINDS)
+            self._add(index, rule)
+        # Freeze buckets into plain tuples and dicts: the hot path then does no attribute look-ups.
+        self._exact: dict[str, dict[str, _Frozen]] = {}
+        self._prefixes: dict[str, tuple[tuple[int, dict[str, _Frozen]], ...]] = {}
+        self._rest: dict[str, _Frozen] = {}
+        for kind, ki in index.items():
+            self._exact[kind] = {a: b.frozen() for a, b in ki.exact.items()}
+            lengths = sorted({len(p) for p in ki.prefixes})
+            self._prefixes[kind] = tuple(
+                (n, {p: b.frozen() for p, b in ki.prefixes.items() if len(p) == n}) for n in lengths
+            )
+            rest = ki.rest.frozen()
+            if rest[0] or rest[1]:
+                self._rest[kind] = rest
 
-    def _add(self, rule: Rule) -> None:
+    def _add(self, index: dict[str, _KindIndex], rule: Rule) -> None:
         action_hint = next((h for h in rule.expr.hints if h.field == "action"), None)
         if action_hint is None:
             self.unindexed.append(rule.id)
         for kind in rule.kinds or (_ALL_KINDS,):
-            ki = self._index.setdefault(kind, _KindIndex())
+            ki = index.setdefault(kind, _KindIndex())
             if action_hint is None:
-                ki.rest.append(rule)
+                ki.rest.add(rule)
                 continue
             for value in action_hint.values:
-                ki.exact.setdefault(value, []).append(rule)
+                ki.exact.setdefault(value, _Bucket()).add(rule)
             for prefix in action_hint.prefixes:
-                ki.prefixes.setdefault(prefix, []).append(rule)
+                ki.prefixes.setdefault(prefix, _Bucket()).add(rule)
 
     def candidates(self, event: Event) -> list[Rule]:
         """The rules that may match ``event``; every other rule is certain not to."""
         out: list[Rule] = []
-        for ki in (self._index.get(event.kind), self._all):
-            if ki is None:
-                continue
-            action = event.action
-            hit = ki.exact.get(action)
-            if hit:
-                out += hit
-            if ki.prefix_lengths:
-                prefixes = ki.prefixes
-                for n in ki.prefix_lengths:
-                    rules = prefixes.get(action[:n])
-                    if rules:
-                        out += rules
-            if ki.rest:
-                out += ki.rest
+        action = event.action
+        for kind in (event.kind, _ALL_KINDS):
+            exact = self._exact.get(kind)
+            if exact is not None:
+                bucket = exact.get(action)
+                if bucket is not None:
+                    _collect(bucket, event, out)
+            for n, table in self._prefixes.get(kind, ()):
+                bucket = table.get(action[:n])
+                if bucket is not None:
+                    _collect(bucket, event, out)
+            rest = self._rest.get(kind)
+            if rest is not None:
+                _collect(rest, event, out)
         if len(out) > 1:
             ids = {id(r): r for r in out}
-            if len(ids) != len(out):  # a rule filed under two prefixes that both fit
+            if len(ids) != len(out):  # a rule filed under two keys that both fit
                 out = list(ids.values())
         return out
 

@@ -43,6 +43,8 @@ CODES: Final[dict[str, str]] = {
     "E132": "unknown action, alert sink or remediation",
     "E133": "overlay targets an unknown list",
     "E134": "invalid test case",
+    "E135": "rule has no positive test case (lint: a case expecting findings is required)",
+    "E136": "rule has no negative test case (lint: a case expecting no findings is required)",
     # lint warnings
     "W200": "rule has no positive test case (a case expecting findings)",
     "W201": "rule has no negative test case (a case expecting none)",

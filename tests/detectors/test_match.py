@@ -1,0 +1,134 @@
+"""The indexed matcher: candidates, matches, per-rule error counting, equality with evaluating every rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vigil.detectors.match import Matcher
+from vigil.events.model import Actor, Event, Resource, freeze
+from vigil.rules.loader import load_rules
+from vigil.rules.model import RuleSet
+
+RULES = """\
+id: t.exact
+title: exact action
+status: test
+severity: high
+kind: azure.keyvault
+match: action == "secretget" and outcome == "failure"
+---
+id: t.in-list
+title: action in list
+status: test
+severity: medium
+kind: [azure.keyvault, azure.activity]
+match: action in ["keydelete", "secretdelete"]
+---
+id: t.prefix
+title: prefix
+status: test
+severity: low
+kind: azure.activity
+match: startswith(action, "microsoft.keyvault/") and outcome == "success"
+---
+id: t.unindexed
+title: no action clause
+status: test
+severity: low
+kind: azure.keyvault
+match: actor.ip == "203.0.113.9"
+---
+id: t.faulty
+title: compares a string to a number
+status: test
+severity: low
+kind: generic
+match: action == "count" and raw.n > 5
+"""
+
+
+def _ruleset(tmp_path: Path) -> RuleSet:
+    path = tmp_path / "r.yaml"
+    path.write_text(RULES)
+    rs = load_rules([path])
+    assert rs.ok, [d.format() for d in rs.diagnostics]
+    return rs
+
+
+def _event(kind: str, action: str, **kw: object) -> Event:
+    return Event(
+        id=f"e-{kind}-{action}",
+        time=datetime(2026, 11, 24, tzinfo=UTC),
+        kind=kind,
+        action=action,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_candidates_come_from_the_index(tmp_path: Path) -> None:
+    m = Matcher(_ruleset(tmp_path).rules)
+    ids = lambda ev: sorted(r.id for r in m.candidates(ev))  # noqa: E731
+    ip = Actor(ip="203.0.113.9")
+    assert ids(_event("azure.keyvault", "secretget", outcome="failure", actor=ip)) == ["t.exact", "t.unindexed"]
+    # second level: t.exact also requires outcome == "failure", t.unindexed actor.ip == "203.0.113.9"
+    assert ids(_event("azure.keyvault", "secretget", outcome="success")) == []
+    assert ids(_event("azure.keyvault", "keydelete", actor=ip)) == ["t.in-list", "t.unindexed"]
+    assert ids(_event("azure.activity", "keydelete")) == ["t.in-list"]
+    assert ids(_event("azure.activity", "microsoft.keyvault/vaults/write", outcome="success")) == ["t.prefix"]
+    assert ids(_event("azure.activity", "microsoft.compute/virtualmachines/write")) == []
+    assert ids(_event("azure.storage", "secretget")) == []
+    assert m.unindexed == ["t.unindexed"]
+
+
+def test_findings_carry_rule_and_event(tmp_path: Path) -> None:
+    m = Matcher(_ruleset(tmp_path).rules)
+    ev = _event(
+        "azure.keyvault",
+        "secretget",
+        outcome="failure",
+        actor=Actor(ip="203.0.113.9"),
+        resource=Resource(id="/subscriptions/s/resourcegroups/g/providers/microsoft.keyvault/vaults/kv1"),
+    )
+    found = {f.rule: f for f in m.match(ev)}
+    assert set(found) == {"t.exact", "t.unindexed"}
+    f = found["t.exact"]
+    assert f.severity == "high" and f.score == 70 and f.event_ids == (ev.id,) and f.time == ev.time
+    assert dict(f.group) == {"resource.id": ev.resource.id}
+    assert f.rule_hash
+
+
+def test_runtime_faults_are_counted_not_swallowed(tmp_path: Path) -> None:
+    m = Matcher(_ruleset(tmp_path).rules)
+    bad = _event("generic", "count", raw=freeze({"n": "not a number"}))
+    good = _event("generic", "count", raw=freeze({"n": 9}))
+    assert m.match(bad) == []
+    assert m.errors["t.faulty"] == 1
+    assert [f.rule for f in m.match(good)] == ["t.faulty"]
+    assert m.match(_event("generic", "count")) == []  # absent field reads as null: no fault, no match
+    assert m.errors["t.faulty"] == 1
+
+
+def test_index_never_changes_results(tmp_path: Path) -> None:
+    rs = _ruleset(tmp_path)
+    m = Matcher(rs.rules)
+    events = [
+        _event(kind, action, outcome=outcome, actor=Actor(ip=ip))
+        for kind in ("azure.keyvault", "azure.activity", "generic")
+        for action in ("secretget", "keydelete", "microsoft.keyvault/vaults/write", "count", "x")
+        for outcome in ("success", "failure")
+        for ip in ("203.0.113.9", "198.51.100.1")
+    ]
+    for ev in events:
+        indexed = sorted(f.rule for f in m.match(ev))
+        brute = sorted(
+            r.id for r in rs.rules if (not r.kinds or ev.kind in r.kinds) and _safe(r.expr, ev)
+        )
+        assert indexed == brute, ev
+
+
+def _safe(expr, ev) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return bool(expr(ev))
+    except Exception:
+        return False
