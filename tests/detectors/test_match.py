@@ -70,7 +70,10 @@ def test_candidates_come_from_the_index(tmp_path: Path) -> None:
     m = Matcher(_ruleset(tmp_path).rules)
     ids = lambda ev: sorted(r.id for r in m.candidates(ev))  # noqa: E731
     ip = Actor(ip="203.0.113.9")
-    assert ids(_event("azure.keyvault", "secretget", outcome="failure", actor=ip)) == ["t.exact", "t.unindexed"]
+    assert ids(_event("azure.keyvault", "secretget", outcome="failure", actor=ip)) == [
+        "t.exact",
+        "t.unindexed",
+    ]
     # second level: t.exact also requires outcome == "failure", t.unindexed actor.ip == "203.0.113.9"
     assert ids(_event("azure.keyvault", "secretget", outcome="success")) == []
     assert ids(_event("azure.keyvault", "keydelete", actor=ip)) == ["t.in-list", "t.unindexed"]
@@ -121,9 +124,7 @@ def test_index_never_changes_results(tmp_path: Path) -> None:
     ]
     for ev in events:
         indexed = sorted(f.rule for f in m.match(ev))
-        brute = sorted(
-            r.id for r in rs.rules if (not r.kinds or ev.kind in r.kinds) and _safe(r.expr, ev)
-        )
+        brute = sorted(r.id for r in rs.rules if (not r.kinds or ev.kind in r.kinds) and _safe(r.expr, ev))
         assert indexed == brute, ev
 
 

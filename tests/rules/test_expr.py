@@ -287,6 +287,10 @@ def test_errors_inside_macros_point_at_the_reference() -> None:
     assert (exc.code, exc.offset) == ("E125", text.index("uses_bad_regex"))
     exc = error("kind == 'a' or broken")
     assert (exc.code, exc.offset) == ("E120", 15) and "broken" in exc.message
+    with pytest.raises(ExprError) as info:
+        compile_expression("kind == 'a' and m", macros={"m": "actor.colour == 'x'"})
+    assert (info.value.code, info.value.offset) == ("E121", 16)
+    assert "actor.colour" in info.value.message and "in macro 'm'" in info.value.message
 
 
 def test_macro_cycle_and_shadowing() -> None:

@@ -87,5 +87,7 @@ def test_explain_shows_clauses(tmp_path: Path) -> None:
 def test_replay_refuses_broken_rules(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(RULE.replace("severity: high", "severity: extreme"))
-    res = run_vigil("replay", "--rules", str(path), str(EVENT_FIXTURES / "keyvault" / "good_envelope_azure_md.json"))
+    res = run_vigil(
+        "replay", "--rules", str(path), str(EVENT_FIXTURES / "keyvault" / "good_envelope_azure_md.json")
+    )
     assert res.returncode == 1 and b"r.yaml:4:" in res.stderr

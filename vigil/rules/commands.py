@@ -143,7 +143,7 @@ def _explain(args: argparse.Namespace) -> int:
             print(f"  kind {event.kind!r} is not one of {sorted(rule.kinds)}: rule not evaluated")
             continue
         if not candidate:
-            print("  the index rules it out (its action fails a required == / in / startswith clause)")
+            print("  the index rules it out: it fails a required ==, in or startswith clause (see below)")
         for clause, value, error in rule.expr.explain(event):
             mark = "ERROR" if error else ("true " if value else "false")
             print(f"  {mark}  {clause}" + (f"  ({error})" if error else ""))

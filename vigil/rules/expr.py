@@ -194,11 +194,13 @@ def compile_expression(
         raise ExprError("E126", f"expression longer than {MAX_LENGTH} characters", None)
     lists = lists or {}
     src = Source(text, macros or {})
-    rule = _parse(src)
-    src.check_literal_attributes()
     compiler = Compiler(src, lists)
     try:
+        rule = _parse(src)
+        src.check_literal_attributes()
         fn = compiler.boolean(rule.statement.expression)
+    except ExprError as exc:
+        raise src.in_macro(exc) from None
     except RecursionError:
         raise ExprError("E126", "expression is nested too deeply", None) from None
     if compiler.cost > cost_budget:

@@ -372,12 +372,11 @@ class Compiler:
         if items is None or not all(isinstance(i, str) for i in items):
             msg = "cidr_match() takes a CIDR string, an array of them, or lists.NAME of kind cidr"
             raise ExprError("E127", msg, self.where(node))
-        for item in items:
-            try:
-                fn.CidrSet.parse([item])
-            except ValueError as exc:
-                raise ExprError("E128", str(exc), self.src.find_string(item)) from None
-        return fn.CidrSet.parse(items)
+        try:
+            return fn.CidrSet.parse(items)
+        except ValueError as exc:
+            bad = next(i for i in items if not fn.is_cidr(i))
+            raise ExprError("E128", str(exc), self.src.find_string(bad)) from None
 
     def pattern(self, node: Any) -> Fn:
         if not isinstance(node, re_ast.StringExpression):

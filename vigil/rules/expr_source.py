@@ -178,6 +178,13 @@ class Source:
         offset, macro = self._segments[i]
         return (offset if macro else offset + pos - self._starts[i]), macro
 
+    def in_macro(self, exc: ExprError) -> ExprError:
+        """``exc`` with the name of the macro it points into added to its message."""
+        names = [m for offset, m in self._segments if m and offset == exc.offset]
+        if not names or "macro" in exc.message:
+            return exc
+        return ExprError(exc.code, f"{exc.message} (in macro {names[0]!r})", exc.offset)
+
     def tokens(self) -> list[Any]:
         if self._tokens is None:
             self._tokens = tokenize(self.expanded)

@@ -296,6 +296,14 @@ class CidrSet:
         return i >= 0 and key[1] <= self._ends[key[0]][i]
 
 
+def is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def f_cidr_match(ip: Any, networks: Any) -> bool:
     """True when ``ip`` (a string) is inside ``networks``; null or an unparsable address is false."""
     if ip is None:
