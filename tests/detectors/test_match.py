@@ -39,6 +39,20 @@ severity: low
 kind: azure.keyvault
 match: actor.ip == "203.0.113.9"
 ---
+id: t.suffix
+title: second level on a suffix
+status: test
+severity: low
+kind: azure.keyvault
+match: action == "secretget" and endswith(actor.ip, ".9")
+---
+id: t.empty-suffix
+title: an empty suffix is not indexable
+status: test
+severity: low
+kind: azure.keyvault
+match: action == "keydelete" and endswith(actor.ip, "")
+---
 id: t.faulty
 title: compares a string to a number
 status: test
@@ -72,11 +86,13 @@ def test_candidates_come_from_the_index(tmp_path: Path) -> None:
     ip = Actor(ip="203.0.113.9")
     assert ids(_event("azure.keyvault", "secretget", outcome="failure", actor=ip)) == [
         "t.exact",
+        "t.suffix",
         "t.unindexed",
     ]
     # second level: t.exact also requires outcome == "failure", t.unindexed actor.ip == "203.0.113.9"
     assert ids(_event("azure.keyvault", "secretget", outcome="success")) == []
-    assert ids(_event("azure.keyvault", "keydelete", actor=ip)) == ["t.in-list", "t.unindexed"]
+    assert ids(_event("azure.keyvault", "keydelete", actor=ip)) == ["t.empty-suffix", "t.in-list", "t.unindexed"]
+    assert ids(_event("azure.keyvault", "secretget", actor=Actor(ip="203.0.113.8"))) == []
     assert ids(_event("azure.activity", "keydelete")) == ["t.in-list"]
     assert ids(_event("azure.activity", "microsoft.keyvault/vaults/write", outcome="success")) == ["t.prefix"]
     assert ids(_event("azure.activity", "microsoft.compute/virtualmachines/write")) == []
@@ -94,7 +110,7 @@ def test_findings_carry_rule_and_event(tmp_path: Path) -> None:
         resource=Resource(id="/subscriptions/s/resourcegroups/g/providers/microsoft.keyvault/vaults/kv1"),
     )
     found = {f.rule: f for f in m.match(ev)}
-    assert set(found) == {"t.exact", "t.unindexed"}
+    assert set(found) == {"t.exact", "t.suffix", "t.unindexed"}
     f = found["t.exact"]
     assert f.severity == "high" and f.score == 70 and f.event_ids == (ev.id,) and f.time == ev.time
     assert dict(f.group) == {"resource.id": ev.resource.id}

@@ -56,7 +56,7 @@ def _collect(bucket: _Frozen, event: Event, out: list[Rule]) -> None:
     for get, n, table in lookups:
         value = get(event)
         if type(value) is str:
-            hit = table.get(value[:n] if n else value)
+            hit = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
             if hit:
                 out += hit
 
@@ -95,12 +95,13 @@ class _Bucket:
     """Rules that share a first-level key. Those that also require equality (or a prefix) on another field
     are filed under that field's values; the rest are always candidates."""
 
-    __slots__ = ("always", "by_field", "by_prefix")
+    __slots__ = ("always", "by_field", "by_prefix", "by_suffix")
 
     def __init__(self) -> None:
         self.always: list[Rule] = []
         self.by_field: dict[str, dict[str, list[Rule]]] = {}
         self.by_prefix: dict[tuple[str, int], dict[str, list[Rule]]] = {}
+        self.by_suffix: dict[tuple[str, int], dict[str, list[Rule]]] = {}
 
     def add(self, rule: Rule) -> None:
         second = _secondary_hint(rule)
@@ -114,25 +115,34 @@ class _Bucket:
         for prefix in second.prefixes:
             ptable = self.by_prefix.setdefault((second.field, len(prefix)), {})
             ptable.setdefault(prefix, []).append(rule)
+        for suffix in second.suffixes:
+            stable = self.by_suffix.setdefault((second.field, len(suffix)), {})
+            stable.setdefault(suffix, []).append(rule)
 
     def frozen(self) -> _Frozen:
         lookups: list[_Lookup] = [(attrgetter(f), 0, t) for f, t in self.by_field.items()]
         lookups += [(attrgetter(f), n, t) for (f, n), t in self.by_prefix.items()]
+        lookups += [(attrgetter(f), -n, t) for (f, n), t in self.by_suffix.items()]
         return self.always, tuple(lookups)
 
 
 def _selectivity(hint: IndexHint) -> tuple[int, int]:
     """Lower is more selective: few exact values beat prefixes, and short prefixes are nearly useless."""
-    short = any(len(p) < 3 for p in hint.prefixes)
-    return len(hint.values) + 4 * len(hint.prefixes) + (100 if short else 0), _RANK[hint.field]
+    affixes = hint.prefixes + hint.suffixes
+    short = any(len(a) < 3 for a in affixes)
+    return len(hint.values) + 4 * len(affixes) + (100 if short else 0), _RANK[hint.field]
 
 
 def _secondary_hint(rule: Rule) -> IndexHint | None:
-    usable = [h for h in rule.expr.hints if h.field in _RANK and (h.values or h.prefixes)]
+    usable = [
+        h
+        for h in rule.expr.hints
+        if h.field in _RANK and (h.values or h.prefixes or h.suffixes) and all(h.prefixes + h.suffixes)
+    ]
     return min(usable, key=_selectivity) if usable else None
 
 
-#: (getter, prefix length or 0 for exact values, table)
+#: (getter, n, table): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its last -n
 _Lookup = tuple[Callable[[Event], object], int, dict[str, list[Rule]]]
 _Frozen = tuple[list[Rule], tuple[_Lookup, ...]]
 
@@ -154,6 +164,8 @@ class Matcher:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.errors: Counter[str] = Counter()
         self.unindexed: list[str] = []
+        #: whether a rule is filed under two keys that one event can both meet (then de-duplicate)
+        self._may_repeat = False
         index: dict[str, _KindIndex] = {}
         for rule in self.rules:
             self._add(index, rule)
@@ -172,9 +184,16 @@ class Matcher:
                 self._rest[kind] = rest
 
     def _add(self, index: dict[str, _KindIndex], rule: Rule) -> None:
-        action_hint = next((h for h in rule.expr.hints if h.field == "action"), None)
+        action_hint = next(
+            (h for h in rule.expr.hints if h.field == "action" and (h.values or h.prefixes)), None
+        )
         if action_hint is None:
             self.unindexed.append(rule.id)
+        elif action_hint.prefixes and (action_hint.values or len(action_hint.prefixes) > 1):
+            self._may_repeat = True
+        second = _secondary_hint(rule)
+        if second is not None and len(second.prefixes) + len(second.suffixes) + bool(second.values) > 1:
+            self._may_repeat = True
         for kind in rule.kinds or (_ALL_KINDS,):
             ki = index.setdefault(kind, _KindIndex())
             if action_hint is None:
@@ -202,7 +221,7 @@ class Matcher:
             rest = self._rest.get(kind)
             if rest is not None:
                 _collect(rest, event, out)
-        if len(out) > 1:
+        if self._may_repeat and len(out) > 1:
             ids = {id(r): r for r in out}
             if len(ids) != len(out):  # a rule filed under two keys that both fit
                 out = list(ids.values())
@@ -211,17 +230,16 @@ class Matcher:
     def match(self, event: Event) -> list[Finding]:
         """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring)."""
         findings: list[Finding] = []
+        group: Mapping[str, str] | None = None
         for rule in self.candidates(event):
             try:
-                if not rule.expr(event):
+                if not rule.expr.unchecked(event):
                     continue
-            except RuleRuntimeError:
-                self.errors[rule.id] += 1
+            except Exception as exc:
+                self._fault(rule, event, exc)
                 continue
-            except Exception:  # a bug in a compiled expression: count it, keep the engine running
-                self.errors[rule.id] += 1
-                log.exception("rule %s failed on event %s", rule.id, event.id)
-                continue
+            if group is None:
+                group = group_of(event)
             findings.append(
                 Finding(
                     rule=rule.id,
@@ -230,8 +248,14 @@ class Matcher:
                     score=rule.score,
                     event_ids=(event.id,),
                     time=event.time,
-                    group=group_of(event),
+                    group=group,
                     rule_hash=rule.content_hash,
                 )
             )
         return findings
+
+    def _fault(self, rule: Rule, event: Event, exc: Exception) -> None:
+        """Count a rule that raised; a fault that is not a :class:`RuleRuntimeError` is a bug, so log it."""
+        self.errors[rule.id] += 1
+        if not isinstance(exc, RuleRuntimeError | TypeError | ValueError | AttributeError | LookupError):
+            log.error("rule %s failed on event %s: %r", rule.id, event.id, exc)

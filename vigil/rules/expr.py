@@ -99,13 +99,15 @@ DEFAULT_COST_BUDGET: Final = 200
 
 @dataclass(frozen=True)
 class IndexHint:
-    """A requirement for the expression to be true: ``event[field]`` is in ``values`` or starts with one of
-    ``prefixes``. Hints come from the top-level ``and`` chain (``==``, ``in [..]``, ``in lists.NAME``,
-    ``startswith()``, and ``or`` of those on one field)."""
+    """A requirement for the expression to be true: ``event[field]`` is a string that is in ``values``, or
+    starts with one of ``prefixes``, or ends with one of ``suffixes``. Hints come from the top-level ``and``
+    chain (``==``, ``in [..]``, ``in lists.NAME``, ``startswith()``, ``endswith()``, and ``or`` of those on
+    one field)."""
 
     field: str
     values: frozenset[str]
     prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
 
 
 class CompiledExpr:
@@ -150,6 +152,12 @@ class CompiledExpr:
 
     def __repr__(self) -> str:
         return f"CompiledExpr({self.text!r}, cost={self.cost}, compiled={self.compiled})"
+
+    @property
+    def unchecked(self) -> Fn:
+        """The bare closure, for hot loops that count faults themselves: on a fault it may raise any
+        exception, where calling the expression raises :class:`RuleRuntimeError`."""
+        return self._fn
 
     def __call__(self, event: Event) -> bool:
         try:
@@ -252,7 +260,8 @@ def _hint(node: Any, lists: Mapping[str, ListDef]) -> IndexHint | None:
         if len(found) < len(hints) or len({h.field for h in found}) != 1:
             return None
         values = frozenset[str]().union(*(h.values for h in found))
-        return IndexHint(found[0].field, values, tuple(p for h in found for p in h.prefixes))
+        prefixes = tuple(p for h in found for p in h.prefixes)
+        return IndexHint(found[0].field, values, prefixes, tuple(s for h in found for s in h.suffixes))
     if isinstance(node, re_ast.ComparisonExpression) and node.type == "eq":
         for side, other in ((node.left, node.right), (node.right, node.left)):
             if (f := _hint_field(side)) and isinstance(other, re_ast.StringExpression):
@@ -262,10 +271,14 @@ def _hint(node: Any, lists: Mapping[str, ListDef]) -> IndexHint | None:
         return IndexHint(f, frozenset(members)) if members is not None else None
     if isinstance(node, re_ast.FunctionCallExpression) and len(node.arguments) == 2:
         name = getattr(node.function, "name", None)
-        if name == "startswith" and (f := _hint_field(node.arguments[0])):
+        if name in ("startswith", "endswith") and (f := _hint_field(node.arguments[0])):
             arg = node.arguments[1]
-            prefixes = [arg.value] if isinstance(arg, re_ast.StringExpression) else _strings(arg, lists)
-            return IndexHint(f, frozenset(), tuple(prefixes)) if prefixes is not None else None
+            affixes = [arg.value] if isinstance(arg, re_ast.StringExpression) else _strings(arg, lists)
+            if affixes is None:
+                return None
+            if name == "startswith":
+                return IndexHint(f, frozenset(), tuple(affixes))
+            return IndexHint(f, frozenset(), (), tuple(affixes))
     return None
 
 
