@@ -49,7 +49,7 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     rule_hash: str = ""
 
 
-def _collect(bucket: _Frozen, event: Event, out: list[Rule]) -> None:
+def _collect(bucket: _Frozen, event: Event, out: list[_Entry]) -> None:
     always, lookups = bucket
     if always:
         out += always
@@ -98,26 +98,32 @@ class _Bucket:
     __slots__ = ("always", "by_field", "by_prefix", "by_suffix")
 
     def __init__(self) -> None:
-        self.always: list[Rule] = []
-        self.by_field: dict[str, dict[str, list[Rule]]] = {}
-        self.by_prefix: dict[tuple[str, int], dict[str, list[Rule]]] = {}
-        self.by_suffix: dict[tuple[str, int], dict[str, list[Rule]]] = {}
+        self.always: list[_Entry] = []
+        self.by_field: dict[str, dict[str, list[_Entry]]] = {}
+        self.by_prefix: dict[tuple[str, int], dict[str, list[_Entry]]] = {}
+        self.by_suffix: dict[tuple[str, int], dict[str, list[_Entry]]] = {}
 
-    def add(self, rule: Rule) -> None:
+    def add(self, rule: Rule, proven: set[int]) -> None:
+        """File ``rule``; ``proven`` are the operands of its ``and`` chain that reaching this bucket proves.
+
+        The rule is stored with its residual closure: the clauses the index has already established are
+        not evaluated again.
+        """
         second = _secondary_hint(rule)
         if second is None:
-            self.always.append(rule)
+            self.always.append((rule, rule.expr.residual(proven)))
             return
+        entry = (rule, rule.expr.residual(proven | {second.clause}))
         if second.values:
             table = self.by_field.setdefault(second.field, {})
             for value in second.values:
-                table.setdefault(value, []).append(rule)
+                table.setdefault(value, []).append(entry)
         for prefix in second.prefixes:
             ptable = self.by_prefix.setdefault((second.field, len(prefix)), {})
-            ptable.setdefault(prefix, []).append(rule)
+            ptable.setdefault(prefix, []).append(entry)
         for suffix in second.suffixes:
             stable = self.by_suffix.setdefault((second.field, len(suffix)), {})
-            stable.setdefault(suffix, []).append(rule)
+            stable.setdefault(suffix, []).append(entry)
 
     def frozen(self) -> _Frozen:
         lookups: list[_Lookup] = [(attrgetter(f), 0, t) for f, t in self.by_field.items()]
@@ -142,9 +148,11 @@ def _secondary_hint(rule: Rule) -> IndexHint | None:
     return min(usable, key=_selectivity) if usable else None
 
 
+#: a filed rule and the closure that decides it once the index has brought an event to it
+_Entry = tuple[Rule, Callable[[Event], object]]
 #: (getter, n, table): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its last -n
-_Lookup = tuple[Callable[[Event], object], int, dict[str, list[Rule]]]
-_Frozen = tuple[list[Rule], tuple[_Lookup, ...]]
+_Lookup = tuple[Callable[[Event], object], int, dict[str, list[_Entry]]]
+_Frozen = tuple[list[_Entry], tuple[_Lookup, ...]]
 
 
 class _KindIndex:
@@ -194,19 +202,23 @@ class Matcher:
         second = _secondary_hint(rule)
         if second is not None and len(second.prefixes) + len(second.suffixes) + bool(second.values) > 1:
             self._may_repeat = True
+        proven = {action_hint.clause} if action_hint is not None and action_hint.clause >= 0 else set()
         for kind in rule.kinds or (_ALL_KINDS,):
             ki = index.setdefault(kind, _KindIndex())
             if action_hint is None:
-                ki.rest.add(rule)
+                ki.rest.add(rule, proven)
                 continue
             for value in action_hint.values:
-                ki.exact.setdefault(value, _Bucket()).add(rule)
+                ki.exact.setdefault(value, _Bucket()).add(rule, proven)
             for prefix in action_hint.prefixes:
-                ki.prefixes.setdefault(prefix, _Bucket()).add(rule)
+                ki.prefixes.setdefault(prefix, _Bucket()).add(rule, proven)
 
     def candidates(self, event: Event) -> list[Rule]:
         """The rules that may match ``event``; every other rule is certain not to."""
-        out: list[Rule] = []
+        return [rule for rule, _ in self._entries(event)]
+
+    def _entries(self, event: Event) -> list[_Entry]:
+        out: list[_Entry] = []
         action = event.action
         for kind in (event.kind, _ALL_KINDS):
             exact = self._exact.get(kind)
@@ -222,7 +234,7 @@ class Matcher:
             if rest is not None:
                 _collect(rest, event, out)
         if self._may_repeat and len(out) > 1:
-            ids = {id(r): r for r in out}
+            ids = {id(entry[0]): entry for entry in out}
             if len(ids) != len(out):  # a rule filed under two keys that both fit
                 out = list(ids.values())
         return out
@@ -231,9 +243,9 @@ class Matcher:
         """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring)."""
         findings: list[Finding] = []
         group: Mapping[str, str] | None = None
-        for rule in self.candidates(event):
+        for rule, decide in self._entries(event):
             try:
-                if not rule.expr.unchecked(event):
+                if not decide(event):
                     continue
             except Exception as exc:
                 self._fault(rule, event, exc)

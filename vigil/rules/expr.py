@@ -60,15 +60,16 @@ Compilation
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
 from typing import Any, Final
 
 from rule_engine import ast as re_ast  # type: ignore[import-untyped]
 from rule_engine import errors as re_errors
 
 from vigil.events.model import Event
-from vigil.rules.expr_compile import Compiler, Fn
+from vigil.rules.expr_compile import Compiler, Fn, all_of
 from vigil.rules.expr_ref import EventView, RefContext, RefRule
 from vigil.rules.expr_source import (
     EVENT_FIELDS,
@@ -108,6 +109,8 @@ class IndexHint:
     values: frozenset[str]
     prefixes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()
+    #: which operand of the top-level ``and`` chain this hint is (see :meth:`CompiledExpr.residual`)
+    clause: int = dc_field(default=-1, compare=False)
 
 
 class CompiledExpr:
@@ -118,6 +121,7 @@ class CompiledExpr:
         "_fn",
         "_lists",
         "_macros",
+        "_parts",
         "_ref_lists",
         "_rule",
         "compiled",
@@ -141,6 +145,8 @@ class CompiledExpr:
         self._lists: Mapping[str, ListDef] = compiler.lists
         self._macros: Mapping[str, str] = {}
         self._clauses: list[tuple[str, CompiledExpr | ExprError]] | None = None
+        #: closures of the top-level ``and`` operands, for :meth:`residual`
+        self._parts: list[Fn] = []
 
     def _clause(self, text: str) -> CompiledExpr | ExprError:
         if text == self.text:
@@ -152,6 +158,18 @@ class CompiledExpr:
 
     def __repr__(self) -> str:
         return f"CompiledExpr({self.text!r}, cost={self.cost}, compiled={self.compiled})"
+
+    def residual(self, proven: Iterable[int]) -> Fn:
+        """The bare closure (see :attr:`unchecked`) of the top-level ``and`` chain without the operands in
+        ``proven``: an index that has already established those clauses (an event found under
+        ``action == "x"`` needs no second look at ``action``) evaluates only the rest."""
+        skip = set(proven)
+        if not skip or len(self._parts) < 2:
+            return self._fn
+        rest = [f for i, f in enumerate(self._parts) if i not in skip]
+        if not rest:
+            return _always_true
+        return rest[0] if len(rest) == 1 else all_of(rest)
 
     @property
     def unchecked(self) -> Fn:
@@ -215,7 +233,15 @@ def compile_expression(
         raise ExprError("E126", f"expression cost {compiler.cost} exceeds the budget of {cost_budget}", None)
     out = CompiledExpr(text, rule, fn, compiler, extract_hints(rule.statement.expression, lists))
     out._macros = macros or {}
+    parts = flatten(rule.statement.expression, "and")
+    if len(parts) > 1 and out.hints:
+        part_compiler = Compiler(src, lists)  # the operands again, one closure each (cost already counted)
+        out._parts = [part_compiler.boolean(p) for p in parts]
     return out
+
+
+def _always_true(event: Any) -> bool:
+    return True
 
 
 def evaluate_reference(
@@ -303,7 +329,9 @@ def _strings(node: Any, lists: Mapping[str, ListDef]) -> list[str] | None:
 
 def extract_hints(node: Any, lists: Mapping[str, ListDef]) -> tuple[IndexHint, ...]:
     """Index hints of the top-level ``and`` chain (see :class:`IndexHint`)."""
-    return tuple(h for part in flatten(node, "and") if (h := _hint(part, lists)) is not None)
+    parts = flatten(node, "and")
+    hints = ((i, _hint(part, lists)) for i, part in enumerate(parts))
+    return tuple(replace(h, clause=i) for i, h in hints if h is not None)
 
 
 def split_clauses(text: str) -> list[str]:
