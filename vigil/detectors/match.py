@@ -190,6 +190,8 @@ class Matcher:
             rest = ki.rest.frozen()
             if rest[0] or rest[1]:
                 self._rest[kind] = rest
+        #: rules without a kind are looked up for every event; that second pass is skipped when there are none
+        self._kindless = _ALL_KINDS in index
 
     def _add(self, index: dict[str, _KindIndex], rule: Rule) -> None:
         action_hint = next(
@@ -220,7 +222,7 @@ class Matcher:
     def _entries(self, event: Event) -> list[_Entry]:
         out: list[_Entry] = []
         action = event.action
-        for kind in (event.kind, _ALL_KINDS):
+        for kind in (event.kind, _ALL_KINDS) if self._kindless else (event.kind,):
             exact = self._exact.get(kind)
             if exact is not None:
                 bucket = exact.get(action)
