@@ -6,6 +6,7 @@ They exist once here so that every source format applies the same rule to the sa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from hashlib import blake2b as _blake2b
 from typing import Any, Final
@@ -158,6 +159,14 @@ def not_a_string(field: str, value: Any) -> str:
     if value == "":
         return f"{field}: empty"
     return f"{field}: expected a string, got {json_type(value)}"
+
+
+def require_str(record: Mapping[str, Any], field: str) -> str:
+    """``record[field]`` when it is a non-empty string; otherwise a :class:`NormalizeError` saying why not."""
+    value = record.get(field)
+    if type(value) is not str or not value:
+        raise NormalizeError(not_a_string(field, value))
+    return value
 
 
 def lower(value: Any) -> str | None:

@@ -60,6 +60,7 @@ from vigil.events.fields import (
     not_a_string,
     outcome_from_result,
     parse_time,
+    require_str,
     strip_port,
     text,
 )
@@ -98,7 +99,7 @@ class EventGridNormalizer(Normalizer):
         )
 
     def normalize(self, record: dict[str, Any]) -> Event | Control:
-        event_type = _required_str(record, "eventType")
+        event_type = require_str(record, "eventType")
         event_id = _event_id(record)
         return _build(
             record,
@@ -125,7 +126,7 @@ class CloudEventNormalizer(Normalizer):
         version = record.get("specversion")
         if version != "1.0":
             raise NormalizeError(f"specversion: {version!r} is not supported (only CloudEvents '1.0')")
-        event_type = _required_str(record, "type")
+        event_type = require_str(record, "type")
         event_id = _event_id(record)
         source = record.get("source")
         if type(source) is not str or not source:
@@ -280,10 +281,3 @@ def _event_id(record: Mapping[str, Any]) -> str:
     if type(value) is int:
         return str(value)
     raise NormalizeError(not_a_string("id", value) + " (the event id is the idempotency key)")
-
-
-def _required_str(record: Mapping[str, Any], field: str) -> str:
-    value = record.get(field)
-    if type(value) is not str or not value:
-        raise NormalizeError(not_a_string(field, value))
-    return value

@@ -38,14 +38,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from vigil.errors import NormalizeError
 from vigil.events.arm import parse_resource_id
 from vigil.events.fields import (
     actor_from_parts,
     hash_id,
-    not_a_string,
     outcome_from_http,
     parse_time,
+    require_str,
     strip_port,
 )
 from vigil.events.model import Event, Outcome, Resource, freeze
@@ -97,12 +96,8 @@ class StorageLogNormalizer(Normalizer):
     def normalize(self, record: dict[str, Any]) -> Event:
         raw_time = record.get("time")
         when = parse_time(raw_time, "time")
-        resource_id = record.get("resourceId")
-        if type(resource_id) is not str or not resource_id:
-            raise NormalizeError(not_a_string("resourceId", resource_id))
-        op = record.get("operationName")
-        if type(op) is not str or not op:
-            raise NormalizeError(not_a_string("operationName", op))
+        resource_id = require_str(record, "resourceId")
+        op = require_str(record, "operationName")
         status_code = record.get("statusCode")
         status_text = record.get("statusText")
         outcome = outcome_from_http(status_code)
