@@ -26,6 +26,7 @@ from typing import Final
 
 import msgspec
 
+from vigil.detectors.codegen import BucketFn, compile_buckets
 from vigil.events.model import Event, FrozenMap
 from vigil.rules.expr import IndexHint, RuleRuntimeError
 from vigil.rules.model import Rule
@@ -49,16 +50,27 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     rule_hash: str = ""
 
 
-def _collect(bucket: _Frozen, event: Event, out: list[_Entry]) -> None:
+def _slots(bucket: _Frozen, event: Event, out: list[_Slot]) -> None:
+    """The slots of ``bucket`` that ``event`` reaches: its always-slot, and one per matching lookup key."""
     always, lookups = bucket
-    if always:
-        out += always
+    if always is not None:
+        out.append(always)
     for get, n, table in lookups:
         value = get(event)
         if type(value) is str:
             hit = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
-            if hit:
-                out += hit
+            if hit is not None:
+                out.append(hit)
+
+
+class _Slot:
+    """The rules filed under one key, and the generated function that evaluates them all."""
+
+    __slots__ = ("entries", "run")
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.entries = entries
+        self.run: BucketFn = _unset
 
 
 def group_of(event: Event) -> Mapping[str, str]:
@@ -104,16 +116,13 @@ class _Bucket:
         self.by_suffix: dict[tuple[str, int], dict[str, list[_Entry]]] = {}
 
     def add(self, rule: Rule, proven: set[int]) -> None:
-        """File ``rule``; ``proven`` are the operands of its ``and`` chain that reaching this bucket proves.
-
-        The rule is stored with its residual closure: the clauses the index has already established are
-        not evaluated again.
-        """
+        """File ``rule``; ``proven`` are the operands of its ``and`` chain that reaching this bucket proves
+        (they are not evaluated again, see :mod:`vigil.detectors.codegen`)."""
         second = _secondary_hint(rule)
         if second is None:
-            self.always.append((rule, rule.expr.residual(proven)))
+            self.always.append((rule, frozenset(proven)))
             return
-        entry = (rule, rule.expr.residual(proven | {second.clause}))
+        entry = (rule, frozenset(proven | {second.clause}))
         if second.values:
             table = self.by_field.setdefault(second.field, {})
             for value in second.values:
@@ -125,11 +134,20 @@ class _Bucket:
             stable = self.by_suffix.setdefault((second.field, len(suffix)), {})
             stable.setdefault(suffix, []).append(entry)
 
-    def frozen(self) -> _Frozen:
-        lookups: list[_Lookup] = [(attrgetter(f), 0, t) for f, t in self.by_field.items()]
-        lookups += [(attrgetter(f), n, t) for (f, n), t in self.by_prefix.items()]
-        lookups += [(attrgetter(f), -n, t) for (f, n), t in self.by_suffix.items()]
-        return self.always, tuple(lookups)
+    def frozen(self, slots: list[_Slot]) -> _Frozen:
+        """Plain tuples and dicts for the hot path; each rule list becomes a :class:`_Slot` (in ``slots``)."""
+
+        def slot(entries: list[_Entry]) -> _Slot:
+            slots.append(_Slot(entries))
+            return slots[-1]
+
+        def table(t: dict[str, list[_Entry]]) -> dict[str, _Slot]:
+            return {k: slot(v) for k, v in t.items()}
+
+        lookups: list[_Lookup] = [(attrgetter(f), 0, table(t)) for f, t in self.by_field.items()]
+        lookups += [(attrgetter(f), n, table(t)) for (f, n), t in self.by_prefix.items()]
+        lookups += [(attrgetter(f), -n, table(t)) for (f, n), t in self.by_suffix.items()]
+        return (slot(self.always) if self.always else None), tuple(lookups)
 
 
 def _selectivity(hint: IndexHint) -> tuple[int, int]:
@@ -148,11 +166,15 @@ def _secondary_hint(rule: Rule) -> IndexHint | None:
     return min(usable, key=_selectivity) if usable else None
 
 
-#: a filed rule and the closure that decides it once the index has brought an event to it
-_Entry = tuple[Rule, Callable[[Event], object]]
+#: a filed rule and the operands of its ``and`` chain that its place in the index proves
+_Entry = tuple[Rule, frozenset[int]]
 #: (getter, n, table): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its last -n
-_Lookup = tuple[Callable[[Event], object], int, dict[str, list[_Entry]]]
-_Frozen = tuple[list[_Entry], tuple[_Lookup, ...]]
+_Lookup = tuple[Callable[[Event], object], int, "dict[str, _Slot]"]
+_Frozen = tuple["_Slot | None", tuple[_Lookup, ...]]
+
+
+def _unset(event: Event, out: list[Rule]) -> None:  # pragma: no cover - replaced before first use
+    raise RuntimeError("bucket function not compiled")
 
 
 class _KindIndex:
@@ -178,18 +200,21 @@ class Matcher:
         for rule in self.rules:
             self._add(index, rule)
         # Freeze buckets into plain tuples and dicts: the hot path then does no attribute look-ups.
+        slots: list[_Slot] = []
         self._exact: dict[str, dict[str, _Frozen]] = {}
         self._prefixes: dict[str, tuple[tuple[int, dict[str, _Frozen]], ...]] = {}
         self._rest: dict[str, _Frozen] = {}
         for kind, ki in index.items():
-            self._exact[kind] = {a: b.frozen() for a, b in ki.exact.items()}
+            self._exact[kind] = {a: b.frozen(slots) for a, b in ki.exact.items()}
             lengths = sorted({len(p) for p in ki.prefixes})
             self._prefixes[kind] = tuple(
-                (n, {p: b.frozen() for p, b in ki.prefixes.items() if len(p) == n}) for n in lengths
+                (n, {p: b.frozen(slots) for p, b in ki.prefixes.items() if len(p) == n}) for n in lengths
             )
-            rest = ki.rest.frozen()
-            if rest[0] or rest[1]:
+            rest = ki.rest.frozen(slots)
+            if rest[0] is not None or rest[1]:
                 self._rest[kind] = rest
+        for slot, run in zip(slots, compile_buckets([s.entries for s in slots], self._fault), strict=True):
+            slot.run = run
         #: rules without a kind are looked up for every event; that second pass is skipped when there are none
         self._kindless = _ALL_KINDS in index
 
@@ -217,43 +242,39 @@ class Matcher:
 
     def candidates(self, event: Event) -> list[Rule]:
         """The rules that may match ``event``; every other rule is certain not to."""
-        return [rule for rule, _ in self._entries(event)]
+        rules = [rule for slot in self._reached(event) for rule, _ in slot.entries]
+        return list({id(r): r for r in rules}.values())
 
-    def _entries(self, event: Event) -> list[_Entry]:
-        out: list[_Entry] = []
+    def _reached(self, event: Event) -> list[_Slot]:
+        out: list[_Slot] = []
         action = event.action
         for kind in (event.kind, _ALL_KINDS) if self._kindless else (event.kind,):
             exact = self._exact.get(kind)
             if exact is not None:
                 bucket = exact.get(action)
                 if bucket is not None:
-                    _collect(bucket, event, out)
+                    _slots(bucket, event, out)
             for n, table in self._prefixes.get(kind, ()):
                 bucket = table.get(action[:n])
                 if bucket is not None:
-                    _collect(bucket, event, out)
+                    _slots(bucket, event, out)
             rest = self._rest.get(kind)
             if rest is not None:
-                _collect(rest, event, out)
-        if self._may_repeat and len(out) > 1:
-            ids = {id(entry[0]): entry for entry in out}
-            if len(ids) != len(out):  # a rule filed under two keys that both fit
-                out = list(ids.values())
+                _slots(rest, event, out)
         return out
 
     def match(self, event: Event) -> list[Finding]:
         """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring)."""
+        matched: list[Rule] = []
+        for slot in self._reached(event):
+            slot.run(event, matched)
+        if not matched:
+            return []
+        if self._may_repeat and len(matched) > 1:  # a rule filed under two keys that both fit
+            matched = list({id(r): r for r in matched}.values())
+        group = group_of(event)
         findings: list[Finding] = []
-        group: Mapping[str, str] | None = None
-        for rule, decide in self._entries(event):
-            try:
-                if not decide(event):
-                    continue
-            except Exception as exc:
-                self._fault(rule, event, exc)
-                continue
-            if group is None:
-                group = group_of(event)
+        for rule in matched:
             findings.append(
                 Finding(
                     rule=rule.id,

@@ -172,6 +172,16 @@ class CompiledExpr:
         return rest[0] if len(rest) == 1 else all_of(rest)
 
     @property
+    def syntax_tree(self) -> Any:
+        """rule-engine's AST of the expression (macros expanded), for code generators."""
+        return self._rule.statement.expression
+
+    @property
+    def part_closures(self) -> list[Fn]:
+        """Closures of the top-level ``and`` operands (empty when the expression was not split)."""
+        return self._parts
+
+    @property
     def unchecked(self) -> Fn:
         """The bare closure, for hot loops that count faults themselves: on a fault it may raise any
         exception, where calling the expression raises :class:`RuleRuntimeError`."""
