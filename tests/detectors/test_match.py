@@ -183,3 +183,14 @@ def test_index_and_residual_closures_agree_with_full_evaluation(tmp_path: Path) 
         total += len(brute)
     assert total > 20  # the generated rules do fire
     assert not m.errors
+
+
+def test_new_actions_reuse_compiled_buckets(tmp_path: Path) -> None:
+    """Ever-new action names (hostile input) must not cost a compilation each."""
+    m = Matcher(_ruleset(tmp_path).rules)
+    for i in range(500):
+        m.match(_event("azure.activity", f"microsoft.keyvault/vaults/x{i}/write", outcome="success"))
+        m.match(_event("azure.keyvault", f"made-up-{i}"))
+    assert len(m._compiled) <= 4
+    found = m.match(_event("azure.activity", "microsoft.keyvault/vaults/y/write", outcome="success"))
+    assert [f.rule for f in found] == ["t.prefix"]

@@ -10,6 +10,11 @@ Inside each of those buckets a second level files the rules that also require eq
 field first, so an event reaches only rules whose two most selective requirements it meets. Rules with no
 usable hint are evaluated for every event of their kinds (lint warns, W204).
 
+For speed, the buckets one (kind, action) reaches (its exact bucket, every prefix bucket it falls under, and
+the rules without an action requirement) are merged when the pair is first seen, and each key of the merged
+bucket gets one generated function (``codegen.py``). Merged buckets are compiled once per distinct set of
+source buckets, so new action names never cost a compilation each.
+
 A rule that raises :class:`~vigil.rules.expr.RuleRuntimeError` on an event (a real fault, such as ordering a
 string against a number) is counted in :attr:`Matcher.errors` per rule and is never taken as "no match"
 silently; the other rules still see the event.
@@ -22,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from operator import attrgetter
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -134,6 +139,14 @@ class _Bucket:
             stable = self.by_suffix.setdefault((second.field, len(suffix)), {})
             stable.setdefault(suffix, []).append(entry)
 
+    def dedupe(self) -> None:
+        """Drop repeated rules from every list (a merged bucket gets a rule once per source bucket)."""
+        self.always = _unique(self.always)
+        tables = [*self.by_field.values(), *self.by_prefix.values(), *self.by_suffix.values()]
+        for table in tables:
+            for key, entries in table.items():
+                table[key] = _unique(entries)
+
     def frozen(self, slots: list[_Slot]) -> _Frozen:
         """Plain tuples and dicts for the hot path; each rule list becomes a :class:`_Slot` (in ``slots``)."""
 
@@ -148,6 +161,20 @@ class _Bucket:
         lookups += [(attrgetter(f), n, table(t)) for (f, n), t in self.by_prefix.items()]
         lookups += [(attrgetter(f), -n, table(t)) for (f, n), t in self.by_suffix.items()]
         return (slot(self.always) if self.always else None), tuple(lookups)
+
+
+_K = TypeVar("_K")
+
+
+def _merge_tables(mine: dict[_K, dict[str, list[_Entry]]], theirs: dict[_K, dict[str, list[_Entry]]]) -> None:
+    for key, table in theirs.items():
+        target = mine.setdefault(key, {})
+        for value, entries in table.items():
+            target.setdefault(value, []).extend(entries)
+
+
+def _unique(entries: list[_Entry]) -> list[_Entry]:
+    return list({id(rule): (rule, proven) for rule, proven in entries}.values())
 
 
 def _selectivity(hint: IndexHint) -> tuple[int, int]:
@@ -190,33 +217,60 @@ class _KindIndex:
 class Matcher:
     """Evaluates a rule set against events through the kind/action index."""
 
+    #: (kind, action) pairs whose merged bucket is kept; past this the cache starts over
+    MERGED_CACHE: Final = 4096
+
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.errors: Counter[str] = Counter()
         self.unindexed: list[str] = []
         #: whether a rule is filed under two keys that one event can both meet (then de-duplicate)
         self._may_repeat = False
-        index: dict[str, _KindIndex] = {}
+        self._index: dict[str, _KindIndex] = {}
         for rule in self.rules:
-            self._add(index, rule)
-        # Freeze buckets into plain tuples and dicts: the hot path then does no attribute look-ups.
-        slots: list[_Slot] = []
-        self._exact: dict[str, dict[str, _Frozen]] = {}
-        self._prefixes: dict[str, tuple[tuple[int, dict[str, _Frozen]], ...]] = {}
-        self._rest: dict[str, _Frozen] = {}
-        for kind, ki in index.items():
-            self._exact[kind] = {a: b.frozen(slots) for a, b in ki.exact.items()}
-            lengths = sorted({len(p) for p in ki.prefixes})
-            self._prefixes[kind] = tuple(
-                (n, {p: b.frozen(slots) for p, b in ki.prefixes.items() if len(p) == n}) for n in lengths
-            )
-            rest = ki.rest.frozen(slots)
-            if rest[0] is not None or rest[1]:
-                self._rest[kind] = rest
-        for slot, run in zip(slots, compile_buckets([s.entries for s in slots], self._fault), strict=True):
-            slot.run = run
+            self._add(self._index, rule)
         #: rules without a kind are looked up for every event; that second pass is skipped when there are none
-        self._kindless = _ALL_KINDS in index
+        self._kindless = _ALL_KINDS in self._index
+        #: per (kind, action): the exact bucket, every prefix bucket the action has and the rest, merged into
+        #: one bucket with one generated function per key, built when the pair is first seen
+        self._merged: dict[tuple[str, str], _Frozen] = {}
+        #: merged buckets by the identity of their source buckets (bounded by the rule set, not the input)
+        self._compiled: dict[tuple[int, ...], _Frozen] = {}
+
+    def _merge(self, kind: str, action: str) -> _Frozen:
+        """Build (or reuse) the merged bucket of a (kind, action) pair seen for the first time.
+
+        Merged buckets are compiled once per distinct set of source buckets, not per action, so a stream
+        of ever-new actions (hostile or not) costs a dict scan each, never a compilation each.
+        """
+        ki = self._index.get(kind)
+        sources: list[_Bucket] = []
+        if ki is not None:
+            if action in ki.exact:
+                sources.append(ki.exact[action])
+            sources += [b for p, b in ki.prefixes.items() if action.startswith(p)]
+            sources.append(ki.rest)
+        key = tuple(id(b) for b in sources)
+        frozen = self._compiled.get(key)
+        if frozen is None:
+            merged = _Bucket()
+            for src in sources:
+                merged.always += src.always
+                _merge_tables(merged.by_field, src.by_field)
+                _merge_tables(merged.by_prefix, src.by_prefix)
+                _merge_tables(merged.by_suffix, src.by_suffix)
+            merged.dedupe()
+            slots: list[_Slot] = []
+            frozen = merged.frozen(slots)
+            for slot, run in zip(
+                slots, compile_buckets([s.entries for s in slots], self._fault), strict=True
+            ):
+                slot.run = run
+            self._compiled[key] = frozen
+        if len(self._merged) >= self.MERGED_CACHE:
+            self._merged.clear()
+        self._merged[kind, action] = frozen
+        return frozen
 
     def _add(self, index: dict[str, _KindIndex], rule: Rule) -> None:
         action_hint = next(
@@ -248,19 +302,12 @@ class Matcher:
     def _reached(self, event: Event) -> list[_Slot]:
         out: list[_Slot] = []
         action = event.action
+        merged = self._merged
         for kind in (event.kind, _ALL_KINDS) if self._kindless else (event.kind,):
-            exact = self._exact.get(kind)
-            if exact is not None:
-                bucket = exact.get(action)
-                if bucket is not None:
-                    _slots(bucket, event, out)
-            for n, table in self._prefixes.get(kind, ()):
-                bucket = table.get(action[:n])
-                if bucket is not None:
-                    _slots(bucket, event, out)
-            rest = self._rest.get(kind)
-            if rest is not None:
-                _slots(rest, event, out)
+            bucket = merged.get((kind, action))
+            if bucket is None:
+                bucket = self._merge(kind, action)
+            _slots(bucket, event, out)
         return out
 
     def match(self, event: Event) -> list[Finding]:
