@@ -313,8 +313,22 @@ class Matcher:
     def match(self, event: Event) -> list[Finding]:
         """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring)."""
         matched: list[Rule] = []
-        for slot in self._reached(event):
-            slot.run(event, matched)
+        action = event.action
+        merged = self._merged
+        for kind in (event.kind, _ALL_KINDS) if self._kindless else (event.kind,):
+            bucket = merged.get((kind, action))
+            if bucket is None:
+                bucket = self._merge(kind, action)
+            # The hot path: the same walk as _slots(), running each slot as soon as it is found.
+            always, lookups = bucket
+            if always is not None:
+                always.run(event, matched)
+            for get, n, table in lookups:
+                value = get(event)
+                if type(value) is str:
+                    slot = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
+                    if slot is not None:
+                        slot.run(event, matched)
         if not matched:
             return []
         if self._may_repeat and len(matched) > 1:  # a rule filed under two keys that both fit
