@@ -155,12 +155,15 @@ class ActivityLogNormalizer(Normalizer):
             if authz is not None and authz.evidence is not None:
                 principal_id = authz.evidence.principalId
                 principal_type = authz.evidence.principalType
+        ip = rec.callerIpAddress or None
+        if ip is not None and ":" in ip:  # a port or IPv6: the common IPv4 case skips the call
+            ip = strip_port(ip)
         actor = actor_from_parts(
             oid=c.oid_uri or c.oid or principal_id,
             name=c.upn_uri or c.upn or c.unique_name or c.name or c.name_uri,
             app_id=c.appid or c.azp,
             tenant=c.tid_uri or c.tid,
-            ip=strip_port(rec.callerIpAddress) or c.ipaddr,
+            ip=ip or c.ipaddr,
             managed_identity=bool(c.xms_mirid),
             principal_type=principal_type,
         )
