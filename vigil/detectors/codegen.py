@@ -38,23 +38,20 @@ Fault = Callable[[Rule, Event, Exception], None]
 _STR_KINDS: Final = frozenset({"str", "str?"})
 
 
-def _field(node: Any) -> str | None:
-    """``e.action`` / ``e.actor.ip`` for a string field of the event's structs, else None."""
+_SCALAR_KINDS: Final = _STR_KINDS | {"bool?"}
+
+
+def _field(node: Any, kinds: frozenset[str] = _STR_KINDS) -> str | None:
+    """``e.action`` / ``e.actor.ip`` for an event field whose kind is in ``kinds``, else None."""
     p = path_of(node)
     if p is None:
         return None
     root, steps = p
-    if not steps and SCALARS.get(root) in _STR_KINDS:
+    if not steps and SCALARS.get(root) in kinds:
         return f"e.{root}"
-    if len(steps) == 1 and not steps[0][0] and STRUCTS.get(root, {}).get(steps[0][1]) in _STR_KINDS:
-        return f"e.{root}.{steps[0][1]}"
-    if len(steps) == 1 and not steps[0][0] and STRUCTS.get(root, {}).get(steps[0][1]) == "bool?":
+    if len(steps) == 1 and not steps[0][0] and STRUCTS.get(root, {}).get(steps[0][1]) in kinds:
         return f"e.{root}.{steps[0][1]}"
     return None
-
-
-def _is_str_field(src: str) -> bool:
-    return not src.endswith(".attested")
 
 
 class _Emitter:
@@ -79,7 +76,7 @@ class _Emitter:
         if isinstance(node, re_ast.ContainsExpression):
             field = _field(node.member)
             container = node.container
-            if field is None or not _is_str_field(field) or not isinstance(container, re_ast.ArrayExpression):
+            if field is None or not isinstance(container, re_ast.ArrayExpression):
                 return None
             items = list(container.value)
             if not all(isinstance(i, re_ast.StringExpression) for i in items):
@@ -89,7 +86,7 @@ class _Emitter:
             name = getattr(node.function, "name", None)
             field = _field(node.arguments[0])
             lit = node.arguments[1]
-            if field is None or not _is_str_field(field) or not isinstance(lit, re_ast.StringExpression):
+            if field is None or not isinstance(lit, re_ast.StringExpression):
                 return None
             k = self.const(lit.value)
             if name == "startswith":
@@ -103,14 +100,13 @@ class _Emitter:
     def _compare(self, node: Any) -> str | None:
         op = "==" if node.type == "eq" else "!="
         for side, other in ((node.left, node.right), (node.right, node.left)):
-            field = _field(side)
-            if field is None:
-                continue
-            if isinstance(other, re_ast.StringExpression) and _is_str_field(field):
+            if isinstance(other, re_ast.StringExpression) and (field := _field(side)) is not None:
                 return f"({field} {op} {self.const(other.value)})"
             if isinstance(other, re_ast.BooleanExpression | re_ast.NullExpression):
-                value = getattr(other, "value", None)
-                return f"({field} {'is' if op == '==' else 'is not'} {value!r})"
+                field = _field(side, _SCALAR_KINDS)
+                if field is not None:
+                    value = getattr(other, "value", None)
+                    return f"({field} {'is' if op == '==' else 'is not'} {value!r})"
         return None
 
 

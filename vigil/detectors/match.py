@@ -205,12 +205,11 @@ def _unset(event: Event, out: list[Rule]) -> None:  # pragma: no cover - replace
 
 
 class _KindIndex:
-    __slots__ = ("exact", "prefix_lengths", "prefixes", "rest")
+    __slots__ = ("exact", "prefixes", "rest")
 
     def __init__(self) -> None:
         self.exact: dict[str, _Bucket] = {}
         self.prefixes: dict[str, _Bucket] = {}
-        self.prefix_lengths: tuple[int, ...] = ()
         self.rest = _Bucket()
 
 
@@ -301,24 +300,24 @@ class Matcher:
 
     def _reached(self, event: Event) -> list[_Slot]:
         out: list[_Slot] = []
+        for bucket in self._buckets(event):
+            _slots(bucket, event, out)
+        return out
+
+    def _buckets(self, event: Event) -> list[_Frozen]:
+        """The merged bucket of the event's (kind, action), and of ("", action) when rules lack a kind."""
         action = event.action
         merged = self._merged
+        out = []
         for kind in (event.kind, _ALL_KINDS) if self._kindless else (event.kind,):
             bucket = merged.get((kind, action))
-            if bucket is None:
-                bucket = self._merge(kind, action)
-            _slots(bucket, event, out)
+            out.append(bucket if bucket is not None else self._merge(kind, action))
         return out
 
     def match(self, event: Event) -> list[Finding]:
         """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring)."""
         matched: list[Rule] = []
-        action = event.action
-        merged = self._merged
-        for kind in (event.kind, _ALL_KINDS) if self._kindless else (event.kind,):
-            bucket = merged.get((kind, action))
-            if bucket is None:
-                bucket = self._merge(kind, action)
+        for bucket in self._buckets(event):
             # The hot path: the same walk as _slots(), running each slot as soon as it is found.
             always, lookups = bucket
             if always is not None:

@@ -160,7 +160,8 @@ class CompiledExpr:
         return f"CompiledExpr({self.text!r}, cost={self.cost}, compiled={self.compiled})"
 
     def residual(self, proven: Iterable[int]) -> Fn:
-        """The bare closure (see :attr:`unchecked`) of the top-level ``and`` chain without the operands in
+        """The bare closure (it may raise any exception on a fault, where calling the expression raises
+        :class:`RuleRuntimeError`) of the top-level ``and`` chain without the operands in
         ``proven``: an index that has already established those clauses (an event found under
         ``action == "x"`` needs no second look at ``action``) evaluates only the rest."""
         skip = set(proven)
@@ -180,12 +181,6 @@ class CompiledExpr:
     def part_closures(self) -> list[Fn]:
         """Closures of the top-level ``and`` operands (empty when the expression was not split)."""
         return self._parts
-
-    @property
-    def unchecked(self) -> Fn:
-        """The bare closure, for hot loops that count faults themselves: on a fault it may raise any
-        exception, where calling the expression raises :class:`RuleRuntimeError`."""
-        return self._fn
 
     def __call__(self, event: Event) -> bool:
         try:
