@@ -6,7 +6,7 @@ also compiled into one function whose body is a sequence of plain ``if`` tests, 
 
     def _b17(e, out, R, P, K, fault):
         try:
-            if "abc" in (e.actor.id or "") and not (e.outcome == "failure"):
+            if (e.actor.id is not None and 'abc' in e.actor.id) and (not (e.outcome == 'failure')):
                 out.append(R[3])
         except Exception as x:
             fault(R[3], e, x)
@@ -15,9 +15,11 @@ also compiled into one function whose body is a sequence of plain ``if`` tests, 
 Only clause shapes whose Python meaning is exactly the closure compiler's are emitted as source: ``==`` and
 ``!=`` between a string field of the event's structs and a string, ``true``, ``false`` or ``null``; ``in``
 with a literal list of strings; ``startswith``/``endswith``/``contains`` of a string field and a string
-literal; ``not``, ``and``, ``or``. Every other clause (``raw.*``, regexes, lists, functions) calls its
-compiled closure (``P[i](e)``), so meaning never depends on which path ran. Each rule has its own ``try``:
-a fault in one rule is counted and the others still run.
+literal; ``not``, ``and``, ``or``. String literals are written inline (``repr`` of a ``str`` is an exact
+Python literal, and it saves a global look-up per clause); other constants are ``K[i]``. Every other
+clause (``raw.*``, regexes, lists, functions) calls its compiled closure (``P[i](e)``), so meaning never
+depends on which path ran. Each rule has its own ``try``: a fault in one rule is counted and the others
+still run.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class _Emitter:
         self.consts = consts
 
     def const(self, value: Any) -> str:
+        """A literal: strings inline (``repr`` of a ``str`` is exact Python), other values as ``K[i]``."""
+        if type(value) is str:
+            return repr(value)
         self.consts.append(value)
         return f"K[{len(self.consts) - 1}]"
 
