@@ -247,7 +247,7 @@ def test_all_problems_of_a_file_at_once() -> None:
         "many_problems.yaml:6:8 E112",  # tags[0] upper case
         "many_problems.yaml:6:22 E112",  # tags[1] malformed ATT&CK tactic
         "many_problems.yaml:7:24 E112",  # kind[1] unknown
-        "many_problems.yaml:9:1 E130",  # threshold
+        "many_problems.yaml:9:47 E112",  # threshold group_by: unknown field
         "many_problems.yaml:17:11 E112",  # suppress
         "many_problems.yaml:19:24 E132",  # unknown sink
         "many_problems.yaml:20:16 E132",  # unknown remediation

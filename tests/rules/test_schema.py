@@ -91,8 +91,7 @@ def test_status_and_severity_are_closed_sets() -> None:
 
 def test_required_keys_and_unknown_keys() -> None:
     errors = _errors(RuleDoc, {"id": "kv.read", "titel": "x"})
-    assert sorted(errors) == [
-        (("match",), "missing"),
+    assert sorted(errors) == [  # a missing match is reported by the builder (only sequences omit it)
         (("severity",), "missing"),
         (("titel",), "extra_forbidden"),
         (("title",), "missing"),
@@ -178,12 +177,17 @@ def test_test_cases_need_exactly_one_input_and_an_expectation() -> None:
     ]
 
 
-def test_stateful_forms_parse_as_mappings() -> None:
-    doc = _rule(
-        threshold={"count": 20, "window": "5m"}, sequence={"by": ["actor.id"]}, flatline={"for": "1h"}
+def test_stateful_forms_are_strict() -> None:
+    doc = _rule(threshold={"count": 20, "window": "5m", "group_by": ["actor.ip"]})
+    assert doc.threshold is not None and doc.threshold.bounds == (20.0, None) and doc.form == "threshold"
+    assert _errors(RuleDoc, MINIMAL | {"threshold": 20}) == [(("threshold",), "model_type")]
+    assert (("threshold", "for"), "extra_forbidden") in _errors(
+        RuleDoc, MINIMAL | {"threshold": {"count": 2, "window": "1m", "for": 1}}
     )
-    assert doc.threshold == {"count": 20, "window": "5m"}
-    assert _errors(RuleDoc, MINIMAL | {"threshold": 20}) == [(("threshold",), "dict_type")]
+    two = _errors(
+        RuleDoc, MINIMAL | {"threshold": {"count": 2, "window": "1m"}, "flatline": {"period": "1m"}}
+    )
+    assert two == [((), "value_error")]
 
 
 def test_library_list_forms() -> None:
@@ -226,5 +230,5 @@ def test_document_kind() -> None:
 def test_json_schema_for_editors() -> None:
     js = json_schema()
     assert js["additionalProperties"] is False
-    assert set(js["required"]) == {"id", "title", "severity", "match"}
+    assert set(js["required"]) == {"id", "title", "severity"}
     assert "pagerduty" in str(js)

@@ -24,35 +24,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Final, TypeVar
 
-import msgspec
-
 from vigil.detectors.codegen import BucketFn, compile_buckets
-from vigil.events.model import Event, FrozenMap
+from vigil.detectors.finding import Finding, group_of
+from vigil.events.model import Event
 from vigil.rules.expr import IndexHint, RuleRuntimeError
 from vigil.rules.model import Rule
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Finding", "Matcher", "group_of"]
+
 _ALL_KINDS: Final = ""
-_NO_GROUP: Final[Mapping[str, str]] = FrozenMap({})
-
-
-class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    """A rule matched. ``rule_hash`` is the hash of the exact rule text, so every finding is explainable."""
-
-    rule: str
-    title: str
-    severity: str
-    score: int
-    event_ids: tuple[str, ...]
-    time: datetime
-    group: Mapping[str, str] = _NO_GROUP
-    rule_hash: str = ""
 
 
 def _slots(bucket: _Frozen, event: Event, out: list[_Slot]) -> None:
@@ -76,15 +62,6 @@ class _Slot:
     def __init__(self, entries: list[_Entry]) -> None:
         self.entries = entries
         self.run: BucketFn = _unset
-
-
-def group_of(event: Event) -> Mapping[str, str]:
-    """The group a single-event finding belongs to: the resource it is about, else the training node."""
-    rid = event.resource.id
-    if rid:
-        return FrozenMap({"resource.id": rid})
-    node = event.node.id
-    return FrozenMap({"node.id": node}) if node else _NO_GROUP
 
 
 #: fields a second index level may use, most selective first (struct fields: one attribute read each)
@@ -315,23 +292,14 @@ class Matcher:
         return out
 
     def match(self, event: Event) -> list[Finding]:
-        """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring)."""
-        matched: list[Rule] = []
-        for bucket in self._buckets(event):
-            # The hot path: the same walk as _slots(), running each slot as soon as it is found.
-            always, lookups = bucket
-            if always is not None:
-                always.run(event, matched)
-            for get, n, table in lookups:
-                value = get(event)
-                if type(value) is str:
-                    slot = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
-                    if slot is not None:
-                        slot.run(event, matched)
+        """Findings of every rule that matches ``event`` (rule faults are counted, see module docstring).
+
+        Every rule is taken as a single-event rule here; :class:`~vigil.detectors.engine.Detector` is what
+        runs the stateful forms and suppression on top of :meth:`matching`.
+        """
+        matched = self.matching(event)
         if not matched:
             return []
-        if self._may_repeat and len(matched) > 1:  # a rule filed under two keys that both fit
-            matched = list({id(r): r for r in matched}.values())
         group = group_of(event)
         findings: list[Finding] = []
         for rule in matched:
@@ -348,6 +316,24 @@ class Matcher:
                 )
             )
         return findings
+
+    def matching(self, event: Event) -> list[Rule]:
+        """The rules whose expression is true for ``event``, each once."""
+        matched: list[Rule] = []
+        for bucket in self._buckets(event):
+            # The hot path: the same walk as _slots(), running each slot as soon as it is found.
+            always, lookups = bucket
+            if always is not None:
+                always.run(event, matched)
+            for get, n, table in lookups:
+                value = get(event)
+                if type(value) is str:
+                    slot = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
+                    if slot is not None:
+                        slot.run(event, matched)
+        if self._may_repeat and len(matched) > 1:  # a rule filed under two keys that both fit
+            matched = list({id(r): r for r in matched}.values())
+        return matched
 
     def _fault(self, rule: Rule, event: Event, exc: Exception) -> None:
         """Count a rule that raised; a fault that is not a :class:`RuleRuntimeError` is a bug, so log it."""

@@ -22,16 +22,19 @@ from pydantic import ValidationError
 
 from vigil.events.batch import BatchNormalizer
 from vigil.events.model import KINDS, Event, event_from_mapping
+from vigil.rules.build_forms import build_flatline, build_sequence, build_threshold
 from vigil.rules.diagnostics import CODES, Diagnostic
 from vigil.rules.documents import Document, schema_diagnostics, vocabulary_of
-from vigil.rules.expr import DEFAULT_COST_BUDGET, EVENT_FIELDS, CompiledExpr, ExprError, compile_expression
+from vigil.rules.expr import DEFAULT_COST_BUDGET, CompiledExpr, ExprError, compile_expression
 from vigil.rules.model import Action, AlertAction, ListDef, RemediateAction, Rule, RuleTest
 from vigil.rules.positions import scalar_offset_position
 from vigil.rules.schema import DEFAULT_TARGET, AlertSpec, RuleDoc, TestSpec
+from vigil.rules.schema_forms import field_known, parse_duration
 
 #: test events without a ``time`` get this one plus their position in the case, in seconds
 TEST_EPOCH: Final = datetime(2024, 1, 1, tzinfo=UTC)
-_STATEFUL: Final = ("threshold", "sequence", "flatline")
+#: the filter of a sequence rule without a ``match`` of its own (its steps match)
+_MATCH_ALL: Final = compile_expression("true")
 _TEMPLATE: Final = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 VOCABULARY: Final = vocabulary_of(RuleDoc)
 
@@ -53,14 +56,6 @@ class Context:
 def content_hash(data: Any) -> str:
     """sha256 of the canonical JSON of a document (sorted keys, no spaces): the identity of its text."""
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def field_known(dotted: str) -> bool:
-    """Whether ``dotted`` names a canonical event field (``raw.*`` and ``labels.*`` are open)."""
-    head, _, rest = dotted.partition(".")
-    if head in ("labels", "raw"):
-        return bool(rest) and all(rest.split(".")) and (head == "raw" or "." not in rest)
-    return dotted in EVENT_FIELDS
 
 
 def compile_match(doc: Document, ctx: Context, rule_id: str | None) -> CompiledExpr | None:
@@ -102,12 +97,11 @@ def build_rule(doc: Document, ctx: Context) -> Rule | None:
     except ValidationError as exc:
         ctx.diagnostics += schema_diagnostics(doc, exc, VOCABULARY, rid)
         spec = None
-    expr = compile_match(doc, ctx, rid)
-    for name in _STATEFUL:
-        if name in data:
-            pos = doc.position((name,), key=True)
-            message = f"{name}: rule form not yet supported (it arrives with stateful detection)"
-            ctx.diagnostics.append(doc.diagnostic("E130", message, pos, rid))
+    if "match" not in data and "sequence" not in data:
+        message = "missing required key 'match' (only a sequence rule, whose steps match, may omit it)"
+        ctx.diagnostics.append(doc.diagnostic("E111", message, doc.start, rid))
+    expr = compile_match(doc, ctx, rid) if data.get("match") is not None or spec is None else _MATCH_ALL
+    sequence = build_sequence(doc, spec, ctx, rid, ctx.diagnostics) if spec is not None else None
     _check_actions(doc, data, rid, ctx)
     kinds = _kinds_of(data.get("kind"))
     cases = list(enumerate(spec.tests)) if spec else _salvage_tests(data)
@@ -133,6 +127,9 @@ def build_rule(doc: Document, ctx: Context) -> Rule | None:
         path=doc.path,
         line=doc.start[0],
         content_hash=content_hash(data),
+        threshold=build_threshold(spec),
+        sequence=sequence,
+        flatline=build_flatline(spec),
     )
 
 
@@ -217,7 +214,8 @@ def _tests(
                 ctx.diagnostics.append(doc.diagnostic("E134", message, pos, rid))
         if ok:
             pos = doc.position(("tests", ci))
-            out.append(RuleTest(case.name, tuple(events), case.expect.findings, pos[0]))
+            advance = parse_duration(case.advance) if case.advance else None
+            out.append(RuleTest(case.name, tuple(events), case.expect.findings, pos[0], advance))
     return out
 
 

@@ -68,6 +68,35 @@ def add_parsers(sub: Any) -> None:
         "--format", dest="fmt", default="auto", metavar="NAME", help="input format (default: auto)"
     )
     rp.add_argument("--stats", action="store_true", help="print a JSON statistics object to stderr")
+    rp.add_argument(
+        "--lateness",
+        default="5m",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="allowed lateness of event time (default: 5m); later events are counted and clamped",
+    )
+    rp.add_argument(
+        "--advance",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="at the end, move event time this far past the last event so pending flatlines and absent "
+        "steps fire (default: leave them pending)",
+    )
+    rp.add_argument(
+        "--state",
+        metavar="FILE",
+        help="load detector state (open windows, sequences, flatlines) from FILE if it exists, save it back",
+    )
+
+
+def _duration_arg(text: str) -> str:
+    from vigil.rules.schema_forms import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,8 +183,10 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from vigil.detectors.match import Finding, Matcher
+    from vigil.detectors.engine import Detector
+    from vigil.detectors.finding import Finding
     from vigil.events.deadletter import DeadLetter, DeadLetterWriter
+    from vigil.rules.schema_forms import parse_duration
     from vigil.runtime import tune_gc
     from vigil.streams.replay import replay
 
@@ -174,9 +205,25 @@ def _replay(args: argparse.Namespace) -> int:
     def write_dead(letters: list[DeadLetter]) -> None:
         dead.write(letters)
 
+    detector = Detector(ruleset.rules, lateness=parse_duration(args.lateness))
+    if args.state:
+        from vigil.detectors.snapshot import load
+
+        report = load(detector, args.state)
+        if report is not None and args.stats:
+            print(
+                f"vigil: restored {report.keys} keys of {report.rules} rules from {args.state}"
+                + (f"; dropped (rule changed): {', '.join(report.dropped)}" if report.dropped else ""),
+                file=sys.stderr,
+            )
+    advance = parse_duration(args.advance) if args.advance else None
     stats = replay(
-        args.files, Matcher(ruleset.rules), fmt=args.fmt, on_findings=write_findings, on_dead=write_dead
+        args.files, detector, fmt=args.fmt, on_findings=write_findings, on_dead=write_dead, advance=advance
     )
+    if args.state:
+        from vigil.detectors.snapshot import save
+
+        save(detector, args.state)
     out.flush()
     if args.stats:
         sys.stderr.write(orjson.dumps(stats.to_dict()).decode() + "\n")

@@ -38,13 +38,14 @@ CODES: Final[dict[str, str]] = {
     "E127": "unknown function or wrong arguments",
     "E128": "invalid CIDR in a list or expression",
     # rule semantics
-    "E130": "rule form not yet supported (threshold, sequence, flatline arrive with stateful detection)",
+    "E130": "rule form not supported (retired: threshold, sequence and flatline are supported now)",
     "E131": "auto approval requires status: stable",
     "E132": "unknown action, alert sink or remediation",
     "E133": "overlay targets an unknown list",
     "E134": "invalid test case",
     "E135": "rule has no positive test case (lint: a case expecting findings is required)",
     "E136": "rule has no negative test case (lint: a case expecting no findings is required)",
+    "E137": "invalid stateful form (a sequence step names a missing rule or one it cannot wait for)",
     # lint warnings
     "W200": "rule has no positive test case (a case expecting findings)",
     "W201": "rule has no negative test case (a case expecting none)",

@@ -249,6 +249,8 @@ def schema_diagnostics(
         loc = tuple(err["loc"])
         kind = err["type"]
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "missing_match":
+            continue  # the rule builder reports it from the data, together with every other problem
         if kind == "extra_forbidden":
             pos, path = locate(doc.node, loc, doc.start, key=True)
             name = str(loc[-1])

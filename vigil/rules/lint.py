@@ -13,8 +13,8 @@
   other means; the check stays here as the second line of defence.
 * **W202** no ``attack.*`` tag, **W203** ``score`` more than 30 away from the severity's default, **W204** no
   index hint on ``action`` (the matcher evaluates the rule against every event of its kinds), **W205** no
-  ``kind`` (the rule sees every event). Warnings fail only ``--strict``, which the caller applies: the
-  diagnostics are the same either way.
+  ``kind`` (the rule sees every event); a sequence rule is checked step by step (W204/W205 name the step).
+  Warnings fail only ``--strict``, which the caller applies: the diagnostics are the same either way.
 
 Example::
 
@@ -68,12 +68,13 @@ def lint_rule(rule: Rule) -> list[Diagnostic]:
     if abs(rule.score - default) > SCORE_TOLERANCE:
         message = f"score {rule.score} is far from the {rule.severity} default {default}: check the severity"
         out.append(diag("W203", message))
-    if not any(hint.field == "action" for hint in rule.expr.hints):
-        out.append(
-            diag(
-                "W204", "not indexable: no top-level action ==/in/startswith clause; evaluated on every event"
-            )
-        )
-    if not rule.kinds:
-        out.append(diag("W205", "no kind: the rule is evaluated against every event of every source"))
+    # a sequence is judged by its steps (each is indexed on its own); a step naming a rule has none
+    steps = [s for s in rule.sequence.steps if s.expr is not None] if rule.sequence else []
+    filters = [(s.name + ": ", s.expr, s.kinds) for s in steps] if steps else [("", rule.expr, rule.kinds)]
+    for where, expr, kinds in filters:
+        if expr is not None and not any(hint.field == "action" for hint in expr.hints):
+            message = "not indexable: no top-level action ==/in/startswith clause; evaluated on every event"
+            out.append(diag("W204", where + message))
+        if not kinds:
+            out.append(diag("W205", where + "no kind: evaluated against every event of every source"))
     return out

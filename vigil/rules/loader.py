@@ -37,6 +37,7 @@ import orjson
 from pydantic import ValidationError
 
 from vigil.rules.build import Context, build_rule, compile_macro, content_hash
+from vigil.rules.build_forms import check_references
 from vigil.rules.diagnostics import Diagnostic, sort_key
 from vigil.rules.documents import Document, SourceFile, read_file, schema_diagnostics, vocabulary_of
 from vigil.rules.model import ListDef, Network, Rule, RuleSet
@@ -93,6 +94,8 @@ def load_rules(
             first_seen[rid] = f"{doc.path}:{pos[0]}:{pos[1]}"
         if rule is not None:
             rules.append(rule)
+    rules, unresolved = check_references(rules)
+    diagnostics += unresolved
     return RuleSet(
         rules=tuple(rules),
         lists=lists,

@@ -62,12 +62,60 @@ Action = AlertAction | RemediateAction
 
 @dataclass(frozen=True, slots=True)
 class RuleTest:
-    """One embedded test case: events in, the number of findings expected out."""
+    """One embedded test case: events in (in the order given; their times drive stateful rules), then the
+    clock moved ``advance`` past the last event (so flatlines and absent steps can fire), and the number of
+    findings expected out."""
 
     name: str
     events: tuple[Event, ...]
     expect_findings: int
     line: int = 0
+    advance: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """``threshold:``: an aggregate (``count``, ``distinct`` values of ``field``, ``sum`` of ``field``)
+    per ``group_by`` group over a sliding ``window``, checked against ``at_least`` / ``at_most``."""
+
+    measure: Literal["count", "distinct", "sum"]
+    window: timedelta
+    at_least: float | None = None
+    at_most: float | None = None
+    field: str | None = None
+    group_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a sequence: its own compiled ``match`` (the rule's ``match`` ANDed in) with its kinds, or
+    the id of another rule whose findings it waits for; ``by`` are the fields that join it to the others."""
+
+    name: str
+    by: tuple[str, ...]
+    expr: CompiledExpr | None = None
+    kinds: frozenset[str] = frozenset()
+    rule_id: str | None = None
+    absent: bool = False
+    line: int = 0
+    col: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sequence:
+    """``sequence:``: ``steps`` in order, joined by their ``by`` fields, all ``within`` of the first."""
+
+    within: timedelta
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Flatline:
+    """``flatline:``: a ``group_by`` group seen before has had no matching event for ``period``."""
+
+    period: timedelta
+    expire: timedelta
+    group_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +140,28 @@ class Rule:
     path: str = ""
     line: int = 0
     content_hash: str = ""
+    threshold: Threshold | None = None
+    sequence: Sequence | None = None
+    flatline: Flatline | None = None
+
+    @property
+    def form(self) -> Literal["event", "threshold", "sequence", "flatline"]:
+        """``event`` for a single-event rule, else the stateful form."""
+        if self.threshold is not None:
+            return "threshold"
+        if self.sequence is not None:
+            return "sequence"
+        return "flatline" if self.flatline is not None else "event"
+
+    @property
+    def group_by(self) -> tuple[str, ...]:
+        """The fields a finding of this rule is grouped (and suppressed) by; () means the default group
+        of a single-event finding: the resource, else the training node."""
+        if self.threshold is not None:
+            return self.threshold.group_by
+        if self.sequence is not None:
+            return self.sequence.steps[0].by
+        return self.flatline.group_by if self.flatline is not None else ()
 
 
 @dataclass(frozen=True, slots=True)

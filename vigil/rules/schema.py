@@ -10,8 +10,8 @@ top-level keys:
 
 The models forbid unknown keys and coerce nothing (a quoted ``"70"`` is not a score). They check what can be
 checked in one document; what needs the whole set (duplicate ids, undefined lists, expressions, test events)
-is the loader's job. ``threshold``, ``sequence`` and ``flatline`` are accepted as mappings so that rules
-written for the stateful release parse today; the loader rejects them with E130 until it arrives.
+is the loader's job. The stateful forms (``threshold``, ``sequence``, ``flatline``) live in
+``schema_forms.py``.
 
 Example (the scaffold of ``vigil rules new`` validates)::
 
@@ -38,9 +38,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from vigil.events.model import KINDS
 from vigil.rules.model import SEVERITY_SCORE
+from vigil.rules.schema_forms import Duration, FlatlineSpec, SequenceSpec, ThresholdSpec, parse_duration
 
 Sink = Literal["pagerduty", "teams", "slack", "webhook", "console"]
 Remediation = Literal["rotate_key", "quarantine_vm", "lock_storage", "revoke_release"]
@@ -54,7 +56,6 @@ NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: ``attack.t1552``, ``attack.t1552.001``, ``attack.credential_access``, ``attack.g0016``, ``attack.s0002``
 ATTACK_TAG: Final = re.compile(r"^attack\.(t\d{4}(\.\d{3})?|[gs]\d{4}|[a-z]+(_[a-z]+)*)$")
 TAG_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]*$"
-DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 #: the default remediation target: the resource the event is about
 DEFAULT_TARGET: Final = "{{ resource.id }}"
 
@@ -71,29 +72,11 @@ def _attack_tag(tag: str) -> str:
     return tag
 
 
-def _duration(text: str) -> str:
-    parse_duration(text)
-    return text
-
-
 RuleId = Annotated[str, StringConstraints(pattern=RULE_ID_PATTERN)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 TagStr = Annotated[str, StringConstraints(pattern=TAG_PATTERN), AfterValidator(_attack_tag)]
 Kind = Annotated[str, AfterValidator(_known_kind)]
-Duration = Annotated[str, AfterValidator(_duration)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``30m``, ``1h``, ``1h30m``, ``7d`` as a timedelta; ValueError for anything else or zero."""
-    m = DURATION.match(text)
-    if not text or m is None:
-        raise ValueError(f"invalid duration {text!r}: use a number and a unit, e.g. 90s, 30m, 1h, 1h30m, 7d")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if not delta:
-        raise ValueError("duration must be greater than zero")
-    return delta
 
 
 def _as_list(value: Any) -> Any:
@@ -160,6 +143,8 @@ class TestSpec(_Strict):
     name: NonEmpty
     events: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
     records: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
+    #: after the events, move the clock this far past the last one (flatlines and absent steps fire)
+    advance: Duration | None = None
     expect: Expect
 
     @model_validator(mode="after")
@@ -183,10 +168,10 @@ class RuleDoc(_Strict):
     score: Annotated[int, Field(ge=0, le=100)] | None = None
     tags: list[TagStr] = Field(default_factory=list)
     kind: list[Kind] = Field(default_factory=list)
-    match: NonEmpty
-    threshold: dict[str, Any] | None = None
-    sequence: dict[str, Any] | None = None
-    flatline: dict[str, Any] | None = None
+    match: NonEmpty | None = None
+    threshold: ThresholdSpec | None = None
+    sequence: SequenceSpec | None = None
+    flatline: FlatlineSpec | None = None
     suppress: Duration | None = None
     actions: list[ActionSpec] = Field(default_factory=list)
     tests: list[TestSpec] = Field(default_factory=list)
@@ -195,6 +180,27 @@ class RuleDoc(_Strict):
     falsepositives: list[str] = Field(default_factory=list)
 
     _one_or_many = field_validator("kind", mode="before")(_as_list)
+
+    @model_validator(mode="after")
+    def _form(self) -> RuleDoc:
+        forms = [f for f in ("threshold", "sequence", "flatline") if getattr(self, f) is not None]
+        if len(forms) > 1:
+            raise ValueError(
+                f"a rule has at most one of threshold, sequence, flatline (got {', '.join(forms)})"
+            )
+        if self.match is None and self.sequence is None:
+            raise PydanticCustomError(
+                "missing_match",
+                "missing required key 'match' (only a sequence rule, whose steps match, may omit it)",
+            )
+        return self
+
+    @property
+    def form(self) -> str:
+        """``event`` for a single-event rule, else the stateful form's name."""
+        return next(
+            (f for f in ("threshold", "sequence", "flatline") if getattr(self, f) is not None), "event"
+        )
 
     @property
     def effective_score(self) -> int:

@@ -1,9 +1,15 @@
 """``vigil replay``: normalise files and evaluate a rule set over them, in process, as the daemon would.
 
-This is the path analysts use to try rules on recorded data, and the path ``bench/rules.py`` measures: read
-and normalise (the same :class:`~vigil.events.batch.BatchNormalizer` as ``vigil normalize``), then the
-indexed :class:`~vigil.detectors.match.Matcher`. Single-event rules see events in input order; the stateful
-forms of the next release will order them by event time.
+This is the path analysts use to try rules on recorded data, and the path ``bench/`` measures: read and
+normalise (the same :class:`~vigil.events.batch.BatchNormalizer` as ``vigil normalize``), then the
+:class:`~vigil.detectors.engine.Detector` (indexed matcher, windows, sequences, flatlines, suppression).
+
+Order. Stateful rules see events in event-time order: when the rule set has any stateful rule or
+``suppress``, replay reads every file first, then sorts the events by ``time`` (a stable sort: equal times
+keep their input order) — so it holds the events of the replay in memory; split very large replays by time.
+A rule set of single-event rules only needs no order and streams, batch by batch. ``advance`` moves event
+time past the last event at the end, so flatlines and ``absent`` steps still pending can fire; without it
+they stay pending, exactly as in the daemon when no later event has arrived yet.
 """
 
 from __future__ import annotations
@@ -11,11 +17,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from operator import attrgetter
 
-from vigil.detectors.match import Finding, Matcher
+from vigil.detectors.engine import Detector
+from vigil.detectors.finding import Finding
 from vigil.events.batch import BatchNormalizer
 from vigil.events.deadletter import DeadLetter
+from vigil.events.model import Event
 from vigil.events.reader import open_source
+
+FindingsFn = Callable[[list[Finding]], None]
 
 
 @dataclass
@@ -28,6 +40,7 @@ class ReplayStats:
     rule_errors: int = 0
     seconds: float = 0.0
     errors_by_rule: dict[str, int] = field(default_factory=dict)
+    detector: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -38,39 +51,66 @@ class ReplayStats:
             "rule_errors_by_rule": self.errors_by_rule,
             "seconds": round(self.seconds, 6),
             "events_per_second": round(self.events / self.seconds, 1) if self.seconds else None,
+            "detector": self.detector,
         }
 
 
 def replay(
     files: Iterable[str],
-    matcher: Matcher,
+    detector: Detector,
     *,
     fmt: str = "auto",
-    on_findings: Callable[[list[Finding]], None] | None = None,
+    on_findings: FindingsFn | None = None,
     on_dead: Callable[[list[DeadLetter]], None] | None = None,
+    advance: timedelta | None = None,
 ) -> ReplayStats:
-    """Normalise ``files`` and match every event; findings and dead letters go to the callbacks in batches."""
+    """Normalise ``files`` and run every event through ``detector``; findings and dead letters go to the
+    callbacks in batches."""
     stats = ReplayStats()
     normalizer = BatchNormalizer(fmt)
-    match = matcher.match
-    errors_before = sum(matcher.errors.values())
+    errors = detector.matcher.errors
+    errors_before = sum(errors.values())
+    ordered = bool(detector.stateful or detector.suppressors)
+    held: list[Event] = []
     started = time.perf_counter()
+    process = detector.process
     for path in files:
         with open_source(path) as fh:
             for batch in normalizer.stream(fh, path):
-                found: list[Finding] = []
-                for event in batch.events:
-                    hits = match(event)
-                    if hits:
-                        found += hits
                 stats.events += len(batch.events)
-                stats.findings += len(found)
                 stats.dead_letters += len(batch.dead)
-                if found and on_findings is not None:
-                    on_findings(found)
                 if batch.dead and on_dead is not None:
                     on_dead(batch.dead)
+                if ordered:
+                    held += batch.events
+                    continue
+                found: list[Finding] = []
+                for event in batch.events:
+                    hits = process(event)
+                    if hits:
+                        found += hits
+                _emit(found, stats, on_findings)
+    if ordered:
+        held.sort(key=attrgetter("time"))
+        found = []
+        for event in held:
+            hits = process(event)
+            if hits:
+                found += hits
+                if len(found) >= 1024:
+                    _emit(found, stats, on_findings)
+                    found = []
+        _emit(found, stats, on_findings)
+    if advance is not None:
+        _emit(detector.advance(advance), stats, on_findings)
     stats.seconds = time.perf_counter() - started
-    stats.rule_errors = sum(matcher.errors.values()) - errors_before
-    stats.errors_by_rule = {k: v for k, v in matcher.errors.items() if v}
+    stats.rule_errors = sum(errors.values()) - errors_before
+    stats.errors_by_rule = {k: v for k, v in errors.items() if v}
+    stats.detector = detector.stats()
     return stats
+
+
+def _emit(found: list[Finding], stats: ReplayStats, on_findings: FindingsFn | None) -> None:
+    stats.findings += len(found)
+    if found and on_findings is not None:
+        on_findings(found)

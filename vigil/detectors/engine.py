@@ -1,0 +1,258 @@
+"""The detector: every rule form over a stream of events, with suppression, timers and snapshots.
+
+One :class:`Detector` holds a rule set. Its :class:`~vigil.detectors.match.Matcher` indexes every filter
+expression at once — single-event rules, the ``match`` of threshold and flatline rules, and each sequence
+step (as a pseudo-rule ``<id>#<n>``) — so an event meets only its candidate filters, whatever the form.
+Then, per event:
+
+1. single-event rules that matched become findings;
+2. threshold and flatline filters that matched update their rule's state (``threshold.py``,
+   ``flatline.py``), which may fire;
+3. sequence steps that matched (and steps naming a rule that fired in 1-2) advance partials
+   (``sequence.py``);
+4. timers whose due time the watermark has passed fire (flatlines, ``absent`` steps, ``at_most`` windows);
+5. findings of rules with ``suppress`` go through their :class:`~vigil.detectors.suppress.Suppressor`.
+
+Event times go through an :class:`~vigil.detectors.clock.EventClock` first (late, future and 1970 events
+are counted and clamped). Idle state is swept out a few shards at a time every :data:`SWEEP_EVERY` events,
+so no single event pays for a full scan. :meth:`Detector.snapshot` / :meth:`Detector.restore` carry the
+open state across a restart (``snapshot.py``); a rule whose text changed starts from empty state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Final, Protocol
+
+from vigil.detectors.clock import EventClock, to_ms
+from vigil.detectors.finding import Finding, group_of
+from vigil.detectors.flatline import FlatlineDetector
+from vigil.detectors.match import Matcher
+from vigil.detectors.sequence import SequenceDetector
+from vigil.detectors.state import DEFAULT_MAX_KEYS, KeyedState
+from vigil.detectors.suppress import Suppressor
+from vigil.detectors.threshold import ThresholdDetector
+from vigil.events.model import Event
+from vigil.rules.model import Rule
+
+#: events between two incremental expiry sweeps (each sweeps one shard of every stateful rule)
+SWEEP_EVERY: Final = 512
+NO_TIMER: Final = 1 << 62
+
+
+class Stateful(Protocol):
+    """What the engine needs from every stateful detector."""
+
+    rule: Rule
+    state: KeyedState
+    next_due: int
+
+    def due(self, watermark: int, out: list[Finding]) -> None: ...
+
+    def dead(self, watermark: int) -> object: ...
+
+
+class Detector:
+    """Evaluates a rule set, every form, over events in (roughly) event-time order."""
+
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        *,
+        lateness: timedelta = timedelta(minutes=5),
+        max_future: timedelta = timedelta(minutes=10),
+        live: bool = False,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: EventClock | None = None,
+    ) -> None:
+        self.rules = tuple(rules)
+        self._clock_args = (lateness, max_future, live)
+        self.clock = clock or EventClock(lateness, max_future=max_future, live=live)
+        self.thresholds: dict[int, ThresholdDetector] = {}
+        self.flatlines: dict[int, FlatlineDetector] = {}
+        #: pseudo-rule id(step rule) -> (sequence detector, step index)
+        self.steps: dict[int, tuple[SequenceDetector, int]] = {}
+        #: rule id -> the (sequence, step) pairs that wait for that rule's findings
+        self.refs: dict[str, list[tuple[SequenceDetector, int]]] = {}
+        self.suppressors: dict[str, Suppressor] = {}
+        self.sequences: list[SequenceDetector] = []
+        indexed: list[Rule] = []
+        for rule in self.rules:
+            if rule.suppress is not None:
+                self.suppressors[rule.id] = Suppressor(rule, max_keys)
+            if rule.threshold is not None:
+                self.thresholds[id(rule)] = ThresholdDetector(rule, max_keys)
+            elif rule.flatline is not None:
+                self.flatlines[id(rule)] = FlatlineDetector(rule, max_keys)
+            elif rule.sequence is not None:
+                seq = SequenceDetector(rule, max_keys)
+                self.sequences.append(seq)
+                for i, step in enumerate(rule.sequence.steps):
+                    if step.rule_id is not None:
+                        self.refs.setdefault(step.rule_id, []).append((seq, i))
+                        continue
+                    assert step.expr is not None
+                    pseudo = dataclasses.replace(rule, id=f"{rule.id}#{i}", expr=step.expr, kinds=step.kinds)
+                    self.steps[id(pseudo)] = (seq, i)
+                    indexed.append(pseudo)
+                continue
+            indexed.append(rule)
+        self.matcher = Matcher(indexed)
+        self.stateful: list[Stateful] = [*self.thresholds.values(), *self.flatlines.values(), *self.sequences]
+        self._timed: list[Stateful] = [d for d in self.stateful if not isinstance(d, ThresholdDetector)]
+        self._timed += [d for d in self.thresholds.values() if d.high is not None]
+        #: whether anything needs event time at all (else events skip the clock)
+        self._needs_time = bool(self.stateful or self.suppressors)
+        self._tick = 0
+        self._sweep_at = 0
+
+    # -- the event path ------------------------------------------------------------------------------
+
+    def process(self, event: Event) -> list[Finding]:
+        """The findings ``event`` causes, including timers its time lets fire."""
+        matched = self.matcher.matching(event)
+        if not self._needs_time:
+            if not matched:
+                return []
+            group = group_of(event)
+            return [self._single(rule, event, group) for rule in matched]
+        t = self.clock.admit(to_ms(event.time))
+        out: list[Finding] = []
+        if matched:
+            self._dispatch(matched, event, t, out)
+        self._tick += 1
+        if self._tick >= SWEEP_EVERY:
+            self._tick = 0
+            self._sweep()
+        self._fire_due(out)
+        return self._suppress(out, t) if self.suppressors and out else out
+
+    def _single(self, rule: Rule, event: Event, group: object) -> Finding:
+        return Finding(
+            rule=rule.id,
+            title=rule.title,
+            severity=rule.severity,
+            score=rule.score,
+            event_ids=(event.id,),
+            time=event.time,
+            group=group,  # type: ignore[arg-type]
+            rule_hash=rule.content_hash,
+        )
+
+    def _dispatch(self, matched: list[Rule], event: Event, t: int, out: list[Finding]) -> None:
+        steps: dict[int, tuple[SequenceDetector, list[int]]] = {}
+        group = None
+        for rule in matched:
+            key = id(rule)
+            th = self.thresholds.get(key)
+            if th is not None:
+                th.on_event(event, t, out)
+                continue
+            fl = self.flatlines.get(key)
+            if fl is not None:
+                fl.on_event(event, t, out)
+                continue
+            step = self.steps.get(key)
+            if step is not None:
+                steps.setdefault(id(step[0]), (step[0], []))[1].append(step[1])
+                continue
+            if group is None:
+                group = group_of(event)
+            out.append(self._single(rule, event, group))
+        if self.refs and out:
+            for found in out:
+                for seq, i in self.refs.get(found.rule, ()):
+                    steps.setdefault(id(seq), (seq, []))[1].append(i)
+        for seq, indexes in steps.values():
+            seq.on_event(event, t, indexes, out)
+
+    def _suppress(self, found: list[Finding], t: int) -> list[Finding]:
+        out: list[Finding] = []
+        for f in found:
+            sup = self.suppressors.get(f.rule)
+            if sup is None:
+                out.append(f)
+                continue
+            when = t if f.event_ids else to_ms(f.time)
+            kept = sup.admit(f, when)
+            if kept is not None:
+                out.append(kept)
+        return out
+
+    # -- time ----------------------------------------------------------------------------------------
+
+    def _fire_due(self, out: list[Finding]) -> None:
+        watermark = self.clock.watermark
+        for det in self._timed:
+            if watermark >= det.next_due:
+                det.due(watermark, out)
+
+    def tick(self) -> list[Finding]:
+        """Live mode: advance the watermark with the monotonic clock and fire what is due (call it every
+        second or so, events or not: a flatline is the absence of events)."""
+        self.clock.tick()
+        out: list[Finding] = []
+        self._fire_due(out)
+        return self._suppress(out, self.clock.watermark) if self.suppressors and out else out
+
+    def advance(self, by: timedelta) -> list[Finding]:
+        """Move event time ``by`` past the newest event and fire what is due (test cases, end of replay)."""
+        base = self.clock.max_seen if self.clock.max_seen > -(1 << 61) else self.clock.now_ms()
+        self.clock.advance_to(base + int(by.total_seconds() * 1000))
+        out: list[Finding] = []
+        self._fire_due(out)
+        return self._suppress(out, self.clock.watermark) if self.suppressors and out else out
+
+    def _sweep(self, shards: int = 1) -> None:
+        watermark = self.clock.watermark
+        for det in self.stateful:
+            det.state.sweep(det.dead(watermark), shards)  # type: ignore[arg-type]
+        for sup in self.suppressors.values():
+            sup.state.sweep(sup.dead(watermark), shards)
+
+    # -- introspection -------------------------------------------------------------------------------
+
+    def open_keys(self) -> int:
+        return sum(d.state.size for d in self.stateful) + sum(s.state.size for s in self.suppressors.values())
+
+    def stats(self) -> dict[str, object]:
+        """Counters for metrics and ``vigil replay --stats``."""
+        per_rule: dict[str, dict[str, int]] = {}
+        for det in self.stateful:
+            entry = {"keys": det.state.size, "key_limit_hits": det.state.limited}
+            if isinstance(det, ThresholdDetector):
+                entry |= {"stale_events": det.stale, "bad_values": det.bad_values}
+            per_rule[det.rule.id] = entry
+        for rid, sup in self.suppressors.items():
+            per_rule.setdefault(rid, {})["suppressed"] = sup.held
+        return {
+            **self.clock.counters(),
+            "watermark_ms": self.clock.watermark,
+            "open_keys": self.open_keys(),
+            "rules": per_rule,
+        }
+
+    def states(self) -> dict[str, tuple[Rule, KeyedState]]:
+        """Every keyed state by a stable name (for snapshots): ``<rule id>`` and ``<rule id>!suppress``."""
+        out = {d.rule.id: (d.rule, d.state) for d in self.stateful}
+        out |= {f"{rid}!suppress": (s.rule, s.state) for rid, s in self.suppressors.items()}
+        return out
+
+    def reset(self) -> None:
+        """Forget all state and start a new clock (each embedded test case starts from nothing)."""
+        for det in self.stateful:
+            det.state.clear()
+            det.next_due = NO_TIMER
+        for sup in self.suppressors.values():
+            sup.state.clear()
+            sup.held = 0
+        lateness, max_future, live = self._clock_args
+        self.clock = EventClock(lateness, max_future=max_future, live=live)
+        self._tick = 0
+
+    def rearm(self) -> None:
+        """After a restore: every timer rescans its restored state at the next watermark check."""
+        for det in self._timed:
+            det.next_due = 0

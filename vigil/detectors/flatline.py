@@ -1,0 +1,67 @@
+"""``flatline`` rules: a group that was seen before has had no matching event for ``period``.
+
+Each group keeps one packed int: the event time it was last seen, shifted left one bit, with the low bit set
+once it has fired. When the watermark passes ``last + period`` for a group that has not fired, a finding
+fires (its time is ``last + period``, its group the silent group); the group fires again only after it has
+been seen again and gone silent again. Groups not seen for ``expire`` are forgotten.
+
+A group that has never been seen cannot flatline: Vigil cannot know what it has never heard from. The
+scan for due groups runs only when the earliest due time has passed, so a healthy fleet costs one
+comparison per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from vigil.detectors.clock import from_ms
+from vigil.detectors.finding import Finding, finding, group_from_key, key_function
+from vigil.detectors.state import KeyedState, Packed
+from vigil.events.model import Event
+from vigil.rules.model import Rule
+
+NO_TIMER: Final = 1 << 62
+
+
+class FlatlineDetector:
+    """One flatline rule's last-seen times (see module docstring)."""
+
+    def __init__(self, rule: Rule, limit: int) -> None:
+        spec = rule.flatline
+        assert spec is not None
+        self.rule = rule
+        self.fields = spec.group_by
+        self.key_of = key_function(spec.group_by)
+        self.period = int(spec.period.total_seconds() * 1000)
+        self.expire = int(spec.expire.total_seconds() * 1000)
+        self.state = KeyedState(limit)
+        self.next_due = NO_TIMER
+
+    def on_event(self, event: Event, t: int, out: list[Finding]) -> None:
+        key = self.key_of(event)
+        st = self.state.get(key)
+        if (st is None or (type(st) is int and t > st >> 1)) and self.state.put(key, t << 1):
+            self.next_due = min(self.next_due, t + self.period)
+
+    def due(self, watermark: int, out: list[Finding]) -> None:
+        if watermark < self.next_due:
+            return
+        self.next_due = NO_TIMER
+        fired: list[tuple[str, int]] = []
+        for key, st in self.state.items():
+            assert type(st) is int
+            if st & 1:
+                continue
+            deadline = (st >> 1) + self.period
+            if deadline <= watermark:
+                fired.append((key, st | 1))
+                out.append(finding(self.rule, (), from_ms(deadline), group_from_key(self.fields, key)))
+            else:
+                self.next_due = min(self.next_due, deadline)
+        for key, st in fired:
+            self.state.put(key, st)
+
+    def dead(self, watermark: int) -> Callable[[Packed], bool]:
+        expire = self.expire
+        return lambda st: type(st) is int and (st >> 1) + expire < watermark
