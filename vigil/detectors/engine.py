@@ -101,8 +101,13 @@ class Detector:
             indexed.append(rule)
         self.matcher = Matcher(indexed)
         self.stateful: list[Stateful] = [*self.thresholds.values(), *self.flatlines.values(), *self.sequences]
-        self._timed: list[Stateful] = [d for d in self.stateful if not isinstance(d, ThresholdDetector)]
+        #: the detectors that have timers: flatlines, sequences with an absent step, at_most thresholds
+        self._timed: list[Stateful] = [*self.flatlines.values()]
+        self._timed += [s for s in self.sequences if s.absent]
         self._timed += [d for d in self.thresholds.values() if d.high is not None]
+        #: id(rule) -> its state update, for the threshold and flatline filters the matcher returns
+        self._updates = {k: d.on_event for k, d in self.thresholds.items()}
+        self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
         #: whether anything needs event time at all (else events skip the clock)
         self._needs_time = bool(self.stateful or self.suppressors)
         self._tick = 0
@@ -144,15 +149,12 @@ class Detector:
     def _dispatch(self, matched: list[Rule], event: Event, t: int, out: list[Finding]) -> None:
         steps: dict[int, tuple[SequenceDetector, list[int]]] = {}
         group = None
+        updates = self._updates
         for rule in matched:
             key = id(rule)
-            th = self.thresholds.get(key)
-            if th is not None:
-                th.on_event(event, t, out)
-                continue
-            fl = self.flatlines.get(key)
-            if fl is not None:
-                fl.on_event(event, t, out)
+            update = updates.get(key)
+            if update is not None:
+                update(event, t, out)
                 continue
             step = self.steps.get(key)
             if step is not None:
