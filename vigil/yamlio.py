@@ -76,17 +76,22 @@ def line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def plain(value: Any) -> Any:
-    """A ruamel tree as plain dicts, lists and scalars; empty mapping values dropped (they mean defaults)."""
-    return _plain(value)
+def plain(value: Any, *, data_keys: frozenset[str] = frozenset()) -> Any:
+    """A ruamel tree as plain dicts, lists and scalars; empty mapping values dropped (they mean defaults),
+    except below a key in ``data_keys``, whose values are data where ``null`` means null (test events)."""
+    return _plain(value, data_keys)
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, data_keys: frozenset[str] = frozenset(), keep_null: bool = False) -> Any:
     """ruamel's scalar subclasses as plain Python values; empty values dropped (they mean the default)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+        return {
+            str(k): _plain(v, data_keys, keep_null or str(k) in data_keys)
+            for k, v in value.items()
+            if v is not None or keep_null
+        }
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, data_keys, keep_null) for v in value]
     for base in (bool, int, float, str):
         if isinstance(value, base):
             return base(value)

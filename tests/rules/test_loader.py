@@ -358,3 +358,22 @@ def test_overlay_documents_only_from_overlay_files(tmp_path: Path) -> None:
     assert rs.lists["break_glass_accounts"].values != {"prod-breakglass@contoso.example"}
     rs = load_rules([GOOD], overlays=[GOOD / "lists.yaml"])
     assert _where(rs.diagnostics) == ["lists.yaml:2:1 E102", "lists.yaml:9:1 E102"]
+
+
+def test_null_in_test_event_data_is_a_value_but_an_empty_setting_is_a_default(tmp_path: Path) -> None:
+    text = (
+        "id: t.nan\ntitle: t\nseverity: low\nscore:\nkind: node.telemetry\n"
+        "match: raw.metrics.loss == null and 'loss' in raw.metrics\n"
+        "tests:\n"
+        "  - name: null loss\n    events: [{action: a, raw: {metrics: {loss: null}}}]\n    expect: {findings: 1}\n"
+        "  - name: no loss\n    events: [{action: a, raw: {metrics: {}}}]\n    expect: {findings: 0}\n"
+    )
+    (tmp_path / "r.yaml").write_text(text, encoding="utf-8")
+    rs = load_rules([tmp_path / "r.yaml"])
+    assert rs.ok, [d.format() for d in rs.diagnostics]
+    rule = rs.rules[0]
+    assert rule.score == 30  # `score:` (empty) means the severity's default
+    assert dict(rule.tests[0].events[0].raw) == {"metrics": {"loss": None}}
+    from vigil.rules.testing import run_tests
+
+    assert [r.passed for r in run_tests(rs)] == [True, True]

@@ -10,7 +10,8 @@ Then, per event:
    ``flatline.py``), which may fire;
 3. sequence steps that matched (and steps naming a rule that fired in 1-2) advance partials
    (``sequence.py``);
-4. timers whose due time the watermark has passed fire (flatlines, ``absent`` steps, ``at_most`` windows);
+4. timers whose due time the event's watermark has passed fire (flatlines, ``absent`` steps, ``at_most``
+   windows) — before 1-3 in fact, since what was due happened before this event;
 5. findings of rules with ``suppress`` go through their :class:`~vigil.detectors.suppress.Suppressor`.
 
 Event times go through an :class:`~vigil.detectors.clock.EventClock` first (late, future and 1970 events
@@ -125,13 +126,15 @@ class Detector:
             return [self._single(rule, event, group) for rule in matched]
         t = self.clock.admit(to_ms(event.time))
         out: list[Finding] = []
+        # Timers first: what was due by the new watermark happened before this event (a node's own return
+        # after a long silence must not hide the silence).
+        self._fire_due(out)
         if matched:
             self._dispatch(matched, event, t, out)
         self._tick += 1
         if self._tick >= SWEEP_EVERY:
             self._tick = 0
             self._sweep()
-        self._fire_due(out)
         return self._suppress(out, t) if self.suppressors and out else out
 
     def _single(self, rule: Rule, event: Event, group: object) -> Finding:

@@ -105,6 +105,10 @@ class _Yaml(YAML):
         self.vigil_notes = notes
 
 
+#: keys whose values are event data, where ``null`` is a value (a NaN loss reported as null), not a default
+_DATA_KEYS: Final = frozenset({"events", "records"})
+
+
 @dataclass(slots=True)
 class Document:
     """One YAML document of a file: its ruamel node (for positions) and its plain data (for validation)."""
@@ -228,7 +232,7 @@ def parse_text(text: str, out: SourceFile) -> None:
     starts = notes["starts"]
     for i, node in enumerate(nodes):
         start = _mark(starts[i]) if i < len(starts) else (1, 1)
-        out.documents.append(Document(where, i, node, plain(node), start, text))
+        out.documents.append(Document(where, i, node, plain(node, data_keys=_DATA_KEYS), start, text))
 
 
 def _mark(mark: Any) -> Pos:
