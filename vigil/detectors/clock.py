@@ -114,9 +114,11 @@ class EventClock:
         return self.watermark
 
     def advance_to(self, t: int) -> int:
-        """Declare event time complete up to ``t`` (end of a test case, end of a replay with ``--until``)."""
+        """Declare event time complete through ``t`` inclusive (end of a test case, ``--advance``): the
+        watermark moves just past it, so a timer due at exactly ``t`` fires (timers fire once the watermark
+        is later than their due time; an event stamped at the watermark itself is not late)."""
         self.max_seen = max(self.max_seen, t)
-        self.watermark = max(self.watermark, t)
+        self.watermark = max(self.watermark, t + 1)
         return self.watermark
 
     def state(self) -> dict[str, int]:

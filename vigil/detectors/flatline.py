@@ -1,7 +1,8 @@
 """``flatline`` rules: a group that was seen before has had no matching event for ``period``.
 
 Each group keeps one packed int: the event time it was last seen, shifted left one bit, with the low bit set
-once it has fired. When the watermark passes ``last + period`` for a group that has not fired, a finding
+once it has fired. An event at exactly ``last + period`` is still in time. When the watermark passes
+(is later than) ``last + period`` for a group that has not fired, a finding
 fires (its time is ``last + period``, its group the silent group); the group fires again only after it has
 been seen again and gone silent again. Groups not seen for ``expire`` are forgotten.
 
@@ -42,7 +43,7 @@ class FlatlineDetector:
         key = self.key_of(event)
         st = self.state.get(key)
         if (st is None or (type(st) is int and t > st >> 1)) and self.state.put(key, t << 1):
-            self.next_due = min(self.next_due, t + self.period)
+            self.next_due = min(self.next_due, t + self.period + 1)
 
     def due(self, watermark: int, out: list[Finding]) -> None:
         if watermark < self.next_due:
@@ -54,11 +55,11 @@ class FlatlineDetector:
             if st & 1:
                 continue
             deadline = (st >> 1) + self.period
-            if deadline <= watermark:
+            if deadline < watermark:
                 fired.append((key, st | 1))
                 out.append(finding(self.rule, (), from_ms(deadline), group_from_key(self.fields, key)))
             else:
-                self.next_due = min(self.next_due, deadline)
+                self.next_due = min(self.next_due, deadline + 1)
         for key, st in fired:
             self.state.put(key, st)
 

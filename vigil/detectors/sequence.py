@@ -9,9 +9,10 @@ key, see state.py). An event that matches:
 * the step the partial waits for, within ``within`` of the first step, advances it; the last step completes
   it and a finding fires with every step's event id;
 * when the last step is ``absent``, a partial that has matched every other step fires only when the
-  watermark passes ``first + within`` without an absent-step event for the group (one arriving in time
-  cancels it). So "attestation failed, and no successful re-attestation within 10 minutes" waits for
-  event time to be complete — the allowed lateness — before it fires.
+  watermark passes (is later than) ``first + within`` without an absent-step event for the group; one
+  arriving in time (at ``first + within`` exactly included) cancels it. So "attestation failed, and no
+  successful re-attestation within 10 minutes" waits for event time to be complete — the allowed lateness
+  — before it fires.
 
 One event advances a group's partial by at most one step (steps are tried from the last to the first).
 Partials older than ``within`` are dropped by the expiry sweep. Steps that name another rule are satisfied
@@ -107,7 +108,7 @@ class SequenceDetector:
 
     def _wait(self, key: str, step: int, start: int, ids: str) -> None:
         if self.state.put(key, _pack(step, start, ids)):
-            self.next_due = min(self.next_due, start + self.within)
+            self.next_due = min(self.next_due, start + self.within + 1)
 
     def due(self, watermark: int, out: list[Finding]) -> None:
         """Fire the partials whose absent step did not come by ``first + within`` (watermark passed it)."""
@@ -120,12 +121,12 @@ class SequenceDetector:
             if step != self.n_pos:
                 continue
             deadline = start + self.within
-            if deadline <= watermark:
+            if deadline < watermark:
                 fired.append(key)
                 group = group_from_key(self.fields, key)
                 out.append(finding(self.rule, tuple(ids.split(_IDS)), from_ms(deadline), group))
             else:
-                self.next_due = min(self.next_due, deadline)
+                self.next_due = min(self.next_due, deadline + 1)
         for key in fired:
             self.state.pop(key)
 

@@ -3,14 +3,16 @@
 A snapshot holds, per stateful rule (and per rule's suppression), the rule's content hash and every
 ``key -> packed value`` entry, plus the clock's watermark. Restoring loads the entries of every rule whose
 text is unchanged; a rule that changed (or disappeared) starts empty — its old windows would mean
-something else — and is reported. The format is JSON (arbitrary-size ints, bytes as base64), versioned,
-written atomically (temporary file, fsync, rename), so a crash while saving leaves the previous snapshot.
-The daemon keeps it in its store; ``vigil replay --state FILE`` uses a file.
+something else — and is reported. The format is JSON (packed ints as decimal strings, since they outgrow
+64 bits; bytes as base64), versioned, written atomically (temporary file, fsync, rename), so a crash
+while saving leaves the previous snapshot. ``vigil replay --state FILE`` uses a file; the daemon will keep
+it in its store.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -36,17 +38,23 @@ class RestoreReport:
 
 
 def _encode(value: object) -> list[Any]:
+    # packed ints outgrow 64 bits (a bucket index shifted by 48), which JSON readers turn into floats:
+    # they are written as decimal strings
     if type(value) is bytes:
         return ["b", base64.b64encode(value).decode("ascii")]
-    return ["i" if type(value) is int else "s", value]
+    if type(value) is int:
+        return ["i", str(value)]
+    return ["s", value]
 
 
-def _decode(tag: str, value: Any) -> int | bytes | str:
+def _decode(tag: Any, value: Any) -> int | bytes | str:
+    if type(value) is not str:
+        raise ValueError(f"entry value is a {type(value).__name__}, not a string")
     if tag == "b":
-        return base64.b64decode(value)
-    if tag == "i" and type(value) is int:
-        return value
-    if tag == "s" and type(value) is str:
+        return base64.b64decode(value, validate=True)
+    if tag == "i":
+        return int(value)
+    if tag == "s":
         return value
     raise ValueError(f"bad entry tag {tag!r}")
 
@@ -59,7 +67,7 @@ def snapshot(detector: Detector) -> bytes:
         if state.size
     }
     doc = {"version": VERSION, "clock": detector.clock.state(), "states": states}
-    return orjson.dumps(doc, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+    return orjson.dumps(doc)
 
 
 def restore(detector: Detector, data: bytes) -> RestoreReport:
@@ -73,22 +81,44 @@ def restore(detector: Detector, data: bytes) -> RestoreReport:
             f"detector snapshot version {doc.get('version') if isinstance(doc, dict) else '?'}"
             f" is not {VERSION}"
         )
+    try:
+        loaded = _read(detector, doc)
+    except (ValueError, TypeError, AttributeError, KeyError, binascii.Error) as exc:
+        detector.reset()  # nothing half-restored
+        raise VigilError(f"detector snapshot is corrupt: {exc}") from exc
+    detector.rearm()
+    return loaded
+
+
+def _read(detector: Detector, doc: dict[str, Any]) -> RestoreReport:
+    """Decode every entry first, then load: a corrupt entry anywhere leaves the detector untouched."""
     report = RestoreReport()
     current = detector.states()
-    for name, saved in (doc.get("states") or {}).items():
+    states = doc.get("states") or {}
+    if not isinstance(states, dict):
+        raise ValueError("'states' is not an object")
+    staged = []
+    for name, saved in states.items():
         target = current.get(name)
         if target is None or target[0].content_hash != saved.get("hash"):
             report.dropped.append(name)
             continue
-        state = target[1]
-        for key, tag, value in saved.get("entries", ()):
-            if state.put(key, _decode(tag, value)):
-                report.keys += 1
+        entries = []
+        for entry in saved.get("entries", ()):
+            key, tag, value = entry
+            if type(key) is not str:
+                raise ValueError(f"{name}: key is not a string")
+            entries.append((key, _decode(tag, value)))
+        staged.append((target[1], entries))
+    clock = doc.get("clock", {})
+    if not isinstance(clock, dict) or not all(type(v) is int for v in clock.values()):
+        raise ValueError("'clock' is not an object of integers")
+    for state, entries in staged:
         report.rules += 1
-    clock = doc.get("clock")
-    if isinstance(clock, dict):
-        detector.clock.restore(clock)
-    detector.rearm()
+        for key, value in entries:
+            if state.put(key, value):
+                report.keys += 1
+    detector.clock.restore(clock)
     return report
 
 

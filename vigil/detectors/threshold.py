@@ -125,7 +125,7 @@ class ThresholdDetector:
                     self._judge(key, kb, cur, out)
                 prev = cur if b == kb + 1 else 0
                 cur, kb = 0, b
-            elif b < kb:
+            elif b < kb and self.high is None:  # (at_most: a judged bucket's late event counts in kb)
                 if b < kb - 1:
                     self.stale += 1
                     return
@@ -171,10 +171,10 @@ class ThresholdDetector:
                     self._judge(key, kb, cur, out)
                 prev = cur if b == kb + 1 else 0.0
                 cur, kb = 0.0, b
-            elif b < kb - 1:
+            elif b < kb - 1 and self.high is None:
                 self.stale += 1
                 return
-        if b < kb:  # late into the previous bucket
+        if b < kb and self.high is None:  # late into the previous bucket
             before = cur + prev
             prev += v
         else:
@@ -211,10 +211,12 @@ class ThresholdDetector:
                     self._judge(key, kb, ncur, out)
                 prev = cur if b == kb + 1 else b""
                 cur, kb, only = b"", b, len(prev) // 8 if b == kb + 1 else 0
-            elif b < kb - 1:
+            elif b < kb - 1 and self.high is None:
                 self.stale += 1
                 return
-        if b < kb:  # late into the previous bucket: kept there, and all of it is in the window
+        if (
+            b < kb and self.high is None
+        ):  # late into the previous bucket: kept there, and all of it is in the window
             if _has(prev, h) or _has(cur, h):
                 return
             late_before = len(cur) // 8 + only

@@ -99,10 +99,13 @@ def _compile_step(
 
 
 def check_references(rules: Iterable[Rule]) -> tuple[list[Rule], list[Diagnostic]]:
-    """Resolve steps that name other rules: the named rule must exist and be a single-event or threshold
-    rule (its findings are known when the event is processed). Rules with a bad reference are dropped."""
+    """Resolve steps that name other rules: the named rule must exist and be a single-event or an at_least
+    threshold rule (its findings are known when the event is processed). Rules with a bad reference are
+    dropped."""
     rules = list(rules)
-    forms = {r.id: r.form for r in rules}
+    forms: dict[str, str] = {r.id: r.form for r in rules}
+    # an at_most threshold fires from the watermark timer, not on an event: nothing a step could wait for
+    forms |= {r.id: "at_most threshold" for r in rules if r.threshold and r.threshold.at_most is not None}
     keep: list[Rule] = []
     diagnostics: list[Diagnostic] = []
     for rule in rules:
@@ -115,7 +118,7 @@ def check_references(rules: Iterable[Rule]) -> tuple[list[Rule], list[Diagnostic
                 f"steps[{i}].rule: no rule {step.rule_id!r} is loaded"
                 if form is None
                 else f"steps[{i}].rule: {step.rule_id!r} is a {form} rule; a step can name a single-event or "
-                "threshold rule"
+                "an at_least threshold rule"
                 if form not in ("event", "threshold")
                 else ""
             )
