@@ -23,23 +23,24 @@ open state across a restart (``snapshot.py``); a rule whose text changed starts 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Final, Protocol
 
 from vigil.detectors.clock import EventClock, to_ms
-from vigil.detectors.finding import Finding, group_of
+from vigil.detectors.finding import Finding, finding, group_from_key, group_of
 from vigil.detectors.flatline import FlatlineDetector
 from vigil.detectors.match import Matcher
 from vigil.detectors.sequence import SequenceDetector
-from vigil.detectors.state import DEFAULT_MAX_KEYS, KeyedState
+from vigil.detectors.state import DEFAULT_MAX_KEYS, KeyedState, Packed
 from vigil.detectors.suppress import Suppressor
 from vigil.detectors.threshold import ThresholdDetector
 from vigil.events.model import Event
 from vigil.rules.model import Rule
 
-#: events between two incremental expiry sweeps (each sweeps one shard of every stateful rule)
-SWEEP_EVERY: Final = 512
+#: events between two incremental expiry sweep steps (each visits one shard of one rule's state)
+SWEEP_EVERY: Final = 32
+_M24: Final = (1 << 24) - 1
 NO_TIMER: Final = 1 << 62
 
 
@@ -50,9 +51,12 @@ class Stateful(Protocol):
     state: KeyedState
     next_due: int
 
+    @property
+    def granularity(self) -> int: ...
+
     def due(self, watermark: int, out: list[Finding]) -> None: ...
 
-    def dead(self, watermark: int) -> object: ...
+    def dead(self, watermark: int) -> Callable[[Packed], bool]: ...
 
 
 class Detector:
@@ -109,10 +113,21 @@ class Detector:
         #: id(rule) -> its state update, for the threshold and flatline filters the matcher returns
         self._updates = {k: d.on_event for k, d in self.thresholds.items()}
         self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
+        #: id(rule) -> what the inlined same-bucket update of a plain count threshold needs
+        self._counts: dict[int, tuple[ThresholdDetector, list[dict[str, Packed]], int, float]] = {}
+        for k, det in self.thresholds.items():
+            fast = det.fast_count
+            if fast is not None:
+                self._counts[k] = (det, *fast)
+        #: every keyed state with its owner, visited round robin by the sweep
+        self._sweepable: list[tuple[KeyedState, Stateful | Suppressor]] = [
+            (d.state, d) for d in self.stateful
+        ]
+        self._sweepable += [(s.state, s) for s in self.suppressors.values()]
+        self._sweep_next = 0
         #: whether anything needs event time at all (else events skip the clock)
         self._needs_time = bool(self.stateful or self.suppressors)
         self._tick = 0
-        self._sweep_at = 0
 
     # -- the event path ------------------------------------------------------------------------------
 
@@ -151,10 +166,41 @@ class Detector:
 
     def _dispatch(self, matched: list[Rule], event: Event, t: int, out: list[Finding]) -> None:
         steps: dict[int, tuple[SequenceDetector, list[int]]] = {}
-        group = None
+        group: Mapping[str, str] | None = None
         updates = self._updates
+        counts = self._counts
+        keys: dict[tuple[str, ...], str] = {}  # group keys of this event, shared by rules that group alike
         for rule in matched:
             key = id(rule)
+            fast = counts.get(key)
+            if fast is not None:
+                # The common case inlined: a count rule, a group already in the current bucket.
+                det, shards, w, low = fast
+                gk = keys.get(det.fields)
+                if gk is None:
+                    gk = keys[det.fields] = det.key_of(event)
+                shard = shards[hash(gk) & 255]
+                st = shard.get(gk)
+                if st is None:  # a new group: its first event
+                    state = det.state
+                    if state.size >= state.limit:
+                        state.limited += 1
+                        continue
+                    state.size += 1
+                    shard[gk] = ((t // w) << 48) | (1 << 24)
+                    before: float = 0
+                elif type(st) is int and st >> 48 == t // w:  # the group's current bucket
+                    cur, prev = (st >> 24) & _M24, st & _M24
+                    before = cur + prev * (1 - (t % w) / w) if prev else cur
+                    if cur < _M24:
+                        shard[gk] = st + (1 << 24)
+                else:  # a new bucket, or a late event: the general path
+                    det.on_event(event, t, out)
+                    continue
+                if before < low <= before + 1:
+                    fields = det.fields
+                    out.append(finding(rule, (event.id,), event.time, group_from_key(fields, gk), before + 1))
+                continue
             update = updates.get(key)
             if update is not None:
                 update(event, t, out)
@@ -210,12 +256,18 @@ class Detector:
         self._fire_due(out)
         return self._suppress(out, self.clock.watermark) if self.suppressors and out else out
 
-    def _sweep(self, shards: int = 1) -> None:
+    def _sweep(self) -> None:
+        """One step of the expiry sweep: one shard of the next rule state that has work (each state is
+        visited once per unit of its granularity of watermark progress, so idle rules cost nothing)."""
         watermark = self.clock.watermark
-        for det in self.stateful:
-            det.state.sweep(det.dead(watermark), shards)  # type: ignore[arg-type]
-        for sup in self.suppressors.values():
-            sup.state.sweep(sup.dead(watermark), shards)
+        pairs = self._sweepable
+        for _ in range(len(pairs)):
+            state, owner = pairs[self._sweep_next]
+            self._sweep_next = (self._sweep_next + 1) % len(pairs)
+            generation = watermark // max(1, owner.granularity)
+            if state.pending(generation):
+                state.sweep(owner.dead(watermark), 1, generation)
+                return
 
     # -- introspection -------------------------------------------------------------------------------
 

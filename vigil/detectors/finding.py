@@ -92,6 +92,14 @@ def key_function(fields: tuple[str, ...]) -> Callable[[Event], str]:
             return v if type(v) is str else _text(v)
 
         return one
+    if len(getters) == 2:
+        first, second = getters
+
+        def two(e: Event) -> str:
+            a, b = first(e), second(e)
+            return (a if type(a) is str else _text(a)) + SEP + (b if type(b) is str else _text(b))
+
+        return two
     return lambda e: SEP.join([_text(g(e)) for g in getters])
 
 

@@ -63,6 +63,10 @@ class FlatlineDetector:
         for key, st in fired:
             self.state.put(key, st)
 
+    @property
+    def granularity(self) -> int:
+        return self.period
+
     def dead(self, watermark: int) -> Callable[[Packed], bool]:
         expire = self.expire
         return lambda st: type(st) is int and (st >> 1) + expire < watermark

@@ -130,6 +130,10 @@ class SequenceDetector:
         for key in fired:
             self.state.pop(key)
 
+    @property
+    def granularity(self) -> int:
+        return self.within
+
     def dead(self, watermark: int) -> Callable[[Packed], bool]:
         """Partials the expiry sweep may drop: past ``within`` and not waiting on an absent step."""
         within, n_pos, absent = self.within, self.n_pos, self.absent

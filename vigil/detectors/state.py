@@ -28,7 +28,7 @@ DEFAULT_MAX_KEYS: Final = 1_000_000
 class KeyedState:
     """Sharded ``key -> packed value`` with a key limit and incremental expiry."""
 
-    __slots__ = ("_cursor", "limit", "limited", "shards", "size")
+    __slots__ = ("_cursor", "_generation", "_todo", "limit", "limited", "shards", "size")
 
     def __init__(self, limit: int = DEFAULT_MAX_KEYS) -> None:
         self.shards: list[dict[str, Packed]] = [{} for _ in range(SHARDS)]
@@ -36,6 +36,8 @@ class KeyedState:
         self.size = 0
         self.limited = 0
         self._cursor = 0
+        self._generation = -1
+        self._todo = SHARDS
 
     def shard(self, key: str) -> dict[str, Packed]:
         """The dict that holds ``key`` (hot paths use it directly: one hash, cached on the string)."""
@@ -73,8 +75,21 @@ class KeyedState:
         for shard in self.shards:
             yield from shard.items()
 
-    def sweep(self, dead: Callable[[Packed], bool], shards: int = 1) -> int:
-        """Remove the keys whose value is ``dead`` from the next ``shards`` shards (round robin)."""
+    def pending(self, generation: int) -> bool:
+        """Whether a sweep for ``generation`` has shards left to visit (see :meth:`sweep`)."""
+        return generation != self._generation or self._todo > 0
+
+    def sweep(self, dead: Callable[[Packed], bool], shards: int = 1, generation: int | None = None) -> int:
+        """Remove the keys whose value is ``dead`` from the next ``shards`` shards (round robin).
+
+        With a ``generation`` (say, the watermark's window number: nothing new can have died until it
+        changes), each shard is visited once per generation and further calls are free.
+        """
+        if generation is not None:
+            if generation != self._generation:
+                self._generation, self._todo = generation, SHARDS
+            shards = min(shards, self._todo)
+            self._todo -= shards
         removed = 0
         for _ in range(min(shards, SHARDS)):
             shard = self.shards[self._cursor]

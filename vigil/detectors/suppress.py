@@ -44,6 +44,10 @@ class Suppressor:
         count = st & _LOW if type(st) is int else 0
         return msgspec.structs.replace(found, suppressed=count) if count else found
 
+    @property
+    def granularity(self) -> int:
+        return self.period
+
     def dead(self, watermark: int) -> Callable[[Packed], bool]:
         """Periods that have ended with nothing held back can be forgotten."""
         return lambda st: type(st) is int and st >> 32 < watermark and not st & _LOW

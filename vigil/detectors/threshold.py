@@ -82,6 +82,7 @@ class ThresholdDetector:
             self._raw_get = field_getter(spec.field)
         #: earliest watermark at which due() has work (at_most rules judge closed buckets)
         self.next_due = NO_TIMER
+        self.measure = spec.measure
         self.on_event: Callable[[Event, int, list[Finding]], None] = {
             "count": self._count,
             "sum": self._sum,
@@ -279,4 +280,20 @@ class ThresholdDetector:
         oldest = watermark // self.w - 1
         if self.high is not None:
             return lambda st: False
+        if self.measure == "count":
+            below = oldest << 48  # packed ints order by bucket first
+            return lambda st: st < below  # type: ignore[operator]
         return lambda st: self._unpack(st)[0] < oldest
+
+    @property
+    def granularity(self) -> int:
+        """Milliseconds of watermark progress between two sweeps that can find something new to drop."""
+        return self.w
+
+    @property
+    def fast_count(self) -> tuple[list[dict[str, Packed]], int, float] | None:
+        """(shards, window ms, at_least) for the engine's inlined same-bucket update of a plain count rule
+        (``count: N`` / ``at_least`` only), or None for every other kind of threshold."""
+        if self.measure != "count" or self.high is not None or self.low is None:
+            return None
+        return self.state.shards, self.w, self.low
