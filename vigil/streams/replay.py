@@ -4,18 +4,22 @@ This is the path analysts use to try rules on recorded data, and the path ``benc
 normalise (the same :class:`~vigil.events.batch.BatchNormalizer` as ``vigil normalize``), then the
 :class:`~vigil.detectors.engine.Detector` (indexed matcher, windows, sequences, flatlines, suppression).
 
-Order. Stateful rules see events in event-time order: when the rule set has any stateful rule or
-``suppress``, replay reads every file first, then sorts the events by ``time`` (a stable sort: equal times
-keep their input order) — so it holds the events of the replay in memory; split very large replays by time.
-A rule set of single-event rules only needs no order and streams, batch by batch. ``advance`` moves event
-time past the last event at the end, so flatlines and ``absent`` steps still pending can fire; without it
-they stay pending, exactly as in the daemon when no later event has arrived yet.
+Order. Stateful rules need events in event-time order, and replay streams (memory stays flat however
+large the files): each batch of a file (a few thousand records) is sorted by ``time`` (a stable sort), and
+when several files are given they are merged by time, as if the sources had been read side by side. Files
+are usually in time order already (logs are written as things happen); events out of order *across*
+batches by less than the allowed lateness are handled exactly (windows are keyed by event time), and those
+out of order by more are late events, counted and clamped as in the daemon (docs/rules.md, "Event time"):
+raise ``--lateness`` for a badly shuffled file. A rule set of single-event rules skips the ordering.
+``advance`` moves event time past the last event at the end, so flatlines and ``absent`` steps still
+pending can fire; without it they stay pending, exactly as in the daemon when no later event has arrived.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from operator import attrgetter
@@ -67,40 +71,29 @@ def replay(
     """Normalise ``files`` and run every event through ``detector``; findings and dead letters go to the
     callbacks in batches."""
     stats = ReplayStats()
-    normalizer = BatchNormalizer(fmt)
     errors = detector.matcher.errors
     errors_before = sum(errors.values())
     ordered = bool(detector.stateful or detector.suppressors)
-    held: list[Event] = []
     started = time.perf_counter()
-    process = detector.process
-    for path in files:
+
+    def batches(path: str) -> Iterator[list[Event]]:
+        normalizer = BatchNormalizer(fmt)
         with open_source(path) as fh:
             for batch in normalizer.stream(fh, path):
                 stats.events += len(batch.events)
                 stats.dead_letters += len(batch.dead)
                 if batch.dead and on_dead is not None:
                     on_dead(batch.dead)
-                if ordered:
-                    held += batch.events
-                    continue
-                found: list[Finding] = []
-                for event in batch.events:
-                    hits = process(event)
-                    if hits:
-                        found += hits
-                _emit(found, stats, on_findings)
-    if ordered:
-        held.sort(key=attrgetter("time"))
-        found = []
-        for event in held:
-            hits = process(event)
-            if hits:
-                found += hits
-                if len(found) >= 1024:
-                    _emit(found, stats, on_findings)
-                    found = []
-        _emit(found, stats, on_findings)
+                if batch.events:
+                    yield sorted(batch.events, key=_TIME) if ordered else batch.events
+
+    paths = list(files)
+    if ordered and len(paths) > 1:
+        merged = heapq.merge(*(_flat(batches(p)) for p in paths), key=_TIME)
+        _run(_chunks(merged), detector, stats, on_findings)
+    else:
+        for path in paths:
+            _run(batches(path), detector, stats, on_findings)
     if advance is not None:
         _emit(detector.advance(advance), stats, on_findings)
     stats.seconds = time.perf_counter() - started
@@ -108,6 +101,38 @@ def replay(
     stats.errors_by_rule = {k: v for k, v in errors.items() if v}
     stats.detector = detector.stats()
     return stats
+
+
+_TIME = attrgetter("time")
+
+
+def _flat(batches: Iterator[list[Event]]) -> Iterator[Event]:
+    for batch in batches:
+        yield from batch
+
+
+def _chunks(events: Iterator[Event], size: int = 4096) -> Iterator[list[Event]]:
+    chunk: list[Event] = []
+    for event in events:
+        chunk.append(event)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run(
+    batches: Iterable[list[Event]], detector: Detector, stats: ReplayStats, on: FindingsFn | None
+) -> None:
+    process = detector.process
+    for batch in batches:
+        found: list[Finding] = []
+        for event in batch:
+            hits = process(event)
+            if hits:
+                found += hits
+        _emit(found, stats, on)
 
 
 def _emit(found: list[Finding], stats: ReplayStats, on_findings: FindingsFn | None) -> None:
