@@ -28,6 +28,7 @@ per bucket (8-byte BLAKE2b), enough to decide the bound; ``sum`` adds numbers an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -48,7 +49,13 @@ _DIST: Final = struct.Struct("<qII")
 
 def value_hash(value: object) -> bytes:
     """8-byte stable hash of a value (stable across restarts, so snapshots stay valid)."""
-    text = value if type(value) is str else repr(value)
+    return _text_hash(value if type(value) is str else repr(value))
+
+
+@functools.lru_cache(maxsize=65536)
+def _text_hash(text: str) -> bytes:
+    """Memoised (LRU, evicted one entry at a time): several distinct rules usually count the same field
+    of an event, and busy values repeat."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
