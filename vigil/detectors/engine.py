@@ -44,6 +44,12 @@ _M24: Final = (1 << 24) - 1
 NO_TIMER: Final = 1 << 62
 
 
+#: (detector, shards, window ms, at_least, group_by fields, key function) of a plain count rule
+_FastCount = tuple[
+    ThresholdDetector, list[dict[str, Packed]], int, float, tuple[str, ...], Callable[[Event], str]
+]
+
+
 class Stateful(Protocol):
     """What the engine needs from every stateful detector."""
 
@@ -114,11 +120,11 @@ class Detector:
         self._updates = {k: d.on_event for k, d in self.thresholds.items()}
         self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
         #: id(rule) -> what the inlined same-bucket update of a plain count threshold needs
-        self._counts: dict[int, tuple[ThresholdDetector, list[dict[str, Packed]], int, float]] = {}
+        self._counts: dict[int, _FastCount] = {}
         for k, det in self.thresholds.items():
             fast = det.fast_count
             if fast is not None:
-                self._counts[k] = (det, *fast)
+                self._counts[k] = (det, *fast, det.fields, det.key_of)
         #: every keyed state with its owner, visited round robin by the sweep
         self._sweepable: list[tuple[KeyedState, Stateful | Suppressor]] = [
             (d.state, d) for d in self.stateful
@@ -165,7 +171,7 @@ class Detector:
         )
 
     def _dispatch(self, matched: list[Rule], event: Event, t: int, out: list[Finding]) -> None:
-        steps: dict[int, tuple[SequenceDetector, list[int]]] = {}
+        steps: dict[int, tuple[SequenceDetector, list[int]]] | None = None
         group: Mapping[str, str] | None = None
         updates = self._updates
         counts = self._counts
@@ -174,31 +180,31 @@ class Detector:
             key = id(rule)
             fast = counts.get(key)
             if fast is not None:
-                # The common case inlined: a count rule, a group already in the current bucket.
-                det, shards, w, low = fast
-                gk = keys.get(det.fields)
+                # The common case inlined: a plain count rule, a new group or one in its current bucket.
+                det, shards, w, low, fields, key_of = fast
+                gk = keys.get(fields)
                 if gk is None:
-                    gk = keys[det.fields] = det.key_of(event)
+                    gk = keys[fields] = key_of(event)
                 shard = shards[hash(gk) & 255]
                 st = shard.get(gk)
+                b = t // w
                 if st is None:  # a new group: its first event
                     state = det.state
                     if state.size >= state.limit:
                         state.limited += 1
                         continue
                     state.size += 1
-                    shard[gk] = ((t // w) << 48) | (1 << 24)
+                    shard[gk] = (b << 48) | (1 << 24)
                     before: float = 0
-                elif type(st) is int and st >> 48 == t // w:  # the group's current bucket
+                elif type(st) is int and st >> 48 == b:  # the group's current bucket
                     cur, prev = (st >> 24) & _M24, st & _M24
-                    before = cur + prev * (1 - (t % w) / w) if prev else cur
+                    before = cur + prev * (1 - (t - b * w) / w) if prev else cur
                     if cur < _M24:
                         shard[gk] = st + (1 << 24)
                 else:  # a new bucket, or a late event: the general path
                     det.on_event(event, t, out)
                     continue
                 if before < low <= before + 1:
-                    fields = det.fields
                     out.append(finding(rule, (event.id,), event.time, group_from_key(fields, gk), before + 1))
                 continue
             update = updates.get(key)
@@ -207,17 +213,33 @@ class Detector:
                 continue
             step = self.steps.get(key)
             if step is not None:
+                if steps is None:
+                    steps = {}
                 steps.setdefault(id(step[0]), (step[0], []))[1].append(step[1])
                 continue
             if group is None:
                 group = group_of(event)
-            out.append(self._single(rule, event, group))
+            out.append(
+                Finding(
+                    rule=rule.id,
+                    title=rule.title,
+                    severity=rule.severity,
+                    score=rule.score,
+                    event_ids=(event.id,),
+                    time=event.time,
+                    group=group,
+                    rule_hash=rule.content_hash,
+                )
+            )
         if self.refs and out:
             for found in out:
                 for seq, i in self.refs.get(found.rule, ()):
+                    if steps is None:
+                        steps = {}
                     steps.setdefault(id(seq), (seq, []))[1].append(i)
-        for seq, indexes in steps.values():
-            seq.on_event(event, t, indexes, out)
+        if steps:
+            for seq, indexes in steps.values():
+                seq.on_event(event, t, indexes, out)
 
     def _suppress(self, found: list[Finding], t: int) -> list[Finding]:
         out: list[Finding] = []
