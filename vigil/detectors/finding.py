@@ -12,6 +12,7 @@ is documented in docs/rules.md.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from operator import attrgetter
@@ -53,6 +54,15 @@ def group_of(event: Event) -> Mapping[str, str]:
         return FrozenMap({"resource.id": rid})
     node = event.node.id
     return FrozenMap({"node.id": node}) if node else NO_GROUP
+
+
+def finding_id(found: Finding) -> str:
+    """The identity of a finding: rule, group, form, event time and events. Processing the same events
+    again (after a crash, from the store's cursor and snapshot) yields the same ids, so the store keeps each
+    finding once."""
+    ms = int(found.time.timestamp() * 1000)
+    text = SEP.join((found.rule, found.form, group_key(found.group), str(ms), *found.event_ids))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def group_key(group: Mapping[str, str]) -> str:

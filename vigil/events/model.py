@@ -191,6 +191,11 @@ def encode_event(event: Event | Control) -> bytes:
     return _encoder.encode(event)
 
 
+def encode_json(obj: msgspec.Struct) -> bytes:
+    """Any of Vigil's structs (a finding, a dead letter) as compact JSON, read-only mappings included."""
+    return _encoder.encode(obj)
+
+
 def encode_events(events: list[Event]) -> bytes:
     """Serialise many events as JSON Lines in one call (the fast path of ``vigil normalize``)."""
     buf = bytearray()

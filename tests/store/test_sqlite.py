@@ -1,0 +1,106 @@
+"""The SQLite store: event log, findings by identity, dead letters, offsets, snapshots, retention."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.detectors.stateful_helpers import at, ev
+from vigil.detectors.finding import Finding, finding_id
+from vigil.events.deadletter import DeadLetter
+from vigil.events.model import FrozenMap
+from vigil.store.sqlite import Store, StoreError
+
+
+def _finding(rule: str = "r.one", seconds: float = 0, eid: str = "e1", group: str = "n1") -> Finding:
+    return Finding(
+        rule=rule,
+        title="t",
+        severity="high",
+        score=70,
+        event_ids=(eid,),
+        time=at(seconds),
+        group=FrozenMap({"node.id": group}),
+    )
+
+
+def test_event_log_round_trip_keeps_order_and_content(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    events = [ev(f"e{i}", i, ip="203.0.113.9", raw={"n": i, "nested": {"k": None}}) for i in range(5)]
+    assert store.append_events(events, "http") == (1, 5)
+    assert store.append_events([], "http") == (0, 0)
+    assert store.append_events(events[:2], "file") == (6, 7)
+    back = store.read_events(0, limit=100)
+    assert [s.seq for s in back] == [1, 2, 3, 4, 5, 6, 7]
+    assert back[0].event == events[0]
+    assert dict(back[4].event.raw) == {"n": 4, "nested": {"k": None}}
+    assert [s.seq for s in store.read_events(5, limit=1)] == [6]
+    assert store.last_seq() == 7 and store.count_events() == 7
+    store.close()
+    # durable: a new connection sees everything
+    again = Store(tmp_path / "vigil.db")
+    assert again.count_events() == 7
+
+
+def test_findings_are_kept_once_by_identity(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    a, b = _finding(eid="e1"), _finding(eid="e2")
+    assert finding_id(a) != finding_id(b)
+    assert finding_id(a) == finding_id(_finding(eid="e1"))  # same rule, group, time, events: same finding
+    assert store.commit_detection([(1, a), (2, b)], 2, None) == 2
+    assert store.commit_detection([(1, a), (2, b), (3, _finding(eid="e3"))], 3, None) == 1  # a replay
+    assert store.count_findings() == 3
+    assert store.cursor() == 3
+    newest = store.findings(limit=10)
+    assert sorted(f["event_ids"][0] for f in newest) == ["e1", "e2", "e3"]
+    assert all(
+        f["id"] == finding_id(_finding(eid=f["event_ids"][0])) and f["rule"] == "r.one" for f in newest
+    )
+    assert store.findings(rule="other") == []
+
+
+def test_snapshot_commits_with_the_cursor(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    assert store.snapshot() is None and store.cursor() == 0
+    store.commit_detection([], 10, b'{"version":1}')
+    store.commit_detection([], 12, None)  # cursor moves, snapshot stays at 10
+    assert store.snapshot() == (10, b'{"version":1}')
+    assert store.cursor() == 12
+    assert store.cursor("other") == 0
+
+
+def test_dead_letters_and_offsets(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    store.add_dead_letters([DeadLetter(source="in.jsonl", reason="not JSON", line=3)], "file")
+    assert store.dead_letters() == [{"source": "in.jsonl", "reason": "not JSON", "line": 3}]
+    assert store.offset("tail:/var/log/x") is None
+    store.set_offset("tail:/var/log/x", "1234")
+    store.set_offset("tail:/var/log/x", "2048")
+    assert store.offset("tail:/var/log/x") == "2048"
+
+
+def test_prune_keeps_unprocessed_events(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    store.append_events([ev(f"e{i}", i) for i in range(6)], "http")
+    far_future = 2**62
+    assert store.prune_events(far_future, processed_through=4) == 4
+    assert [s.seq for s in store.read_events(0)] == [5, 6]
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path / "vigil.db").close()
+    db = sqlite3.connect(tmp_path / "vigil.db")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(tmp_path / "vigil.db")
+
+
+def test_an_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot open"):
+        Store(blocker / "vigil.db")

@@ -1,0 +1,253 @@
+"""The embedded store: one SQLite database in WAL mode under the data folder.
+
+What lives here, and why in one database: the **event log** (every accepted event, with a sequence number,
+written before a source acknowledges it), the **findings** (keyed by their identity, so re-processing the
+same events after a crash inserts nothing twice), **dead letters**, **source offsets** (a file tail's
+position) and **detector snapshots** with the event sequence they cover. Because the detector's cursor, its
+snapshot and the findings it produced commit in one transaction (:meth:`Store.commit_detection`), a crash
+anywhere leaves a state from which re-processing the events after the cursor gives exactly the same
+findings: at-least-once processing, exactly-once findings.
+
+Durability: ``synchronous=FULL`` by default (a commit survives power loss); ``NORMAL`` survives a crash of
+the process but may lose the last commits on power loss, and is faster. Retention: :meth:`prune_events`
+drops raw events older than a cut-off that the detector has already processed.
+
+One connection, used from one thread at a time (the pipeline's stages take turns on the event loop or
+hand the store to a worker thread); SQLite's own locking makes a second process fail cleanly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+import orjson
+
+from vigil.detectors.clock import to_ms
+from vigil.detectors.finding import Finding, finding_id, group_key
+from vigil.errors import VigilError
+from vigil.events.deadletter import DeadLetter
+from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
+CREATE TABLE IF NOT EXISTS findings (
+    id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, group_key TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_time ON findings(time_ms);
+CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule, time_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL,
+    received_ms INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY, cursor INTEGER NOT NULL, saved_ms INTEGER NOT NULL, body BLOB NOT NULL);
+"""
+
+
+class StoreError(VigilError):
+    """The store cannot be opened or written (disk full, locked, corrupt, newer schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event of the log with its sequence number."""
+
+    seq: int
+    event: Event
+
+
+class Store:
+    """The SQLite store (see module docstring)."""
+
+    def __init__(self, path: str | Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._tx():
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(stmt)
+                row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None:
+                    self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: store schema {row[0]} is newer than this Vigil ({SCHEMA_VERSION})"
+                    )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- transactions --------------------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> None:
+            self.db.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, kind: object, exc: object, tb: object) -> None:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+    def _tx(self) -> Store._Tx:
+        return Store._Tx(self._db)
+
+    def _write(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` in one transaction; SQLite failures become :class:`StoreError`."""
+        try:
+            with self._tx():
+                return fn(*args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from exc
+
+    # -- the event log -------------------------------------------------------------------------------
+
+    def append_events(self, events: Sequence[Event], source: str) -> tuple[int, int]:
+        """Persist ``events`` in one transaction; (first seq, last seq), or (0, 0) for none."""
+        if not events:
+            return 0, 0
+        now = int(time.time() * 1000)
+        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
+
+        def insert() -> tuple[int, int]:
+            cur = self._db.executemany(
+                "INSERT INTO events (id, source, time_ms, received_ms, body) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            del cur
+            last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            return last - len(rows) + 1, last
+
+        result: tuple[int, int] = self._write(insert)
+        return result
+
+    def read_events(self, after: int, limit: int = 1000) -> list[StoredEvent]:
+        """Events with ``seq > after``, oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+        return [StoredEvent(seq, event_from_mapping(orjson.loads(body))) for seq, body in rows]
+
+    def last_seq(self) -> int:
+        row = self._db.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def count_events(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def prune_events(self, received_before_ms: int, processed_through: int) -> int:
+        """Drop raw events received before the cut-off that the detector has processed; how many."""
+
+        def delete() -> int:
+            cur = self._db.execute(
+                "DELETE FROM events WHERE received_ms < ? AND seq <= ?",
+                (received_before_ms, processed_through),
+            )
+            return int(cur.rowcount)
+
+        removed: int = self._write(delete)
+        return removed
+
+    # -- detection: findings, cursor and snapshot together -------------------------------------------
+
+    def commit_detection(
+        self,
+        findings: Iterable[tuple[int, Finding]],
+        cursor: int,
+        snapshot: bytes | None,
+        name: str = "detector",
+    ) -> int:
+        """In one transaction: insert the findings (those already present are skipped), move the detector's
+        cursor to ``cursor`` and, when given, replace its snapshot. Returns how many findings were new."""
+        rows = [
+            (finding_id(f), f.rule, f.severity, group_key(f.group), to_ms(f.time), seq, encode_json(f))
+            for seq, f in findings
+        ]
+
+        def write() -> int:
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            new = self._db.total_changes - before
+            now = int(time.time() * 1000)
+            if snapshot is not None:
+                self._db.execute(
+                    "INSERT INTO snapshots VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                    "cursor=excluded.cursor, saved_ms=excluded.saved_ms, body=excluded.body",
+                    (name, cursor, now, snapshot),
+                )
+            self._set_offset(f"cursor:{name}", str(cursor))
+            return new
+
+        new: int = self._write(write)
+        return new
+
+    def cursor(self, name: str = "detector") -> int:
+        """The last event sequence the named detector has committed."""
+        value = self.offset(f"cursor:{name}")
+        return int(value) if value is not None else 0
+
+    def snapshot(self, name: str = "detector") -> tuple[int, bytes] | None:
+        """(cursor, snapshot bytes) of the named detector's last snapshot."""
+        row = self._db.execute("SELECT cursor, body FROM snapshots WHERE name = ?", (name,)).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    def findings(
+        self, *, rule: str | None = None, since_ms: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The newest findings first (as JSON objects with their ``id``)."""
+        sql = "SELECT id, body FROM findings WHERE time_ms >= ?"
+        args: list[Any] = [since_ms]
+        if rule is not None:
+            sql += " AND rule = ?"
+            args.append(rule)
+        sql += " ORDER BY time_ms DESC, id LIMIT ?"
+        args.append(limit)
+        return [{"id": fid, **orjson.loads(body)} for fid, body in self._db.execute(sql, args)]
+
+    def count_findings(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM findings").fetchone()[0])
+
+    # -- dead letters and offsets --------------------------------------------------------------------
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter], source: str) -> None:
+        now = int(time.time() * 1000)
+        rows = [(source, dl.reason, now, msgspec.json.encode(dl)) for dl in letters]
+        self._write(
+            lambda: self._db.executemany(
+                "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)", rows
+            )
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT body FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,))
+        return [orjson.loads(body) for (body,) in rows]
+
+    def offset(self, source: str) -> str | None:
+        row = self._db.execute("SELECT value FROM offsets WHERE source = ?", (source,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_offset(self, source: str, value: str) -> None:
+        self._write(self._set_offset, source, value)
+
+    def _set_offset(self, source: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET value=excluded.value",
+            (source, value),
+        )
