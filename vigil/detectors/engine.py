@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Final, Protocol
 
 from vigil.detectors.clock import EventClock, to_ms
-from vigil.detectors.finding import Finding, finding, group_from_key, group_of
+from vigil.detectors.finding import Finding, finding, group_from_key, group_of, single
 from vigil.detectors.flatline import FlatlineDetector
 from vigil.detectors.match import Matcher
 from vigil.detectors.sequence import SequenceDetector
@@ -144,7 +144,7 @@ class Detector:
             if not matched:
                 return []
             group = group_of(event)
-            return [self._single(rule, event, group) for rule in matched]
+            return [single(rule, event, group) for rule in matched]
         t = self.clock.admit(to_ms(event.time))
         out: list[Finding] = []
         # Timers first: what was due by the new watermark happened before this event (a node's own return
@@ -157,18 +157,6 @@ class Detector:
             self._tick = 0
             self._sweep()
         return self._suppress(out, t) if self.suppressors and out else out
-
-    def _single(self, rule: Rule, event: Event, group: object) -> Finding:
-        return Finding(
-            rule=rule.id,
-            title=rule.title,
-            severity=rule.severity,
-            score=rule.score,
-            event_ids=(event.id,),
-            time=event.time,
-            group=group,  # type: ignore[arg-type]
-            rule_hash=rule.content_hash,
-        )
 
     def _dispatch(self, matched: list[Rule], event: Event, t: int, out: list[Finding]) -> None:
         steps: dict[int, tuple[SequenceDetector, list[int]]] | None = None
@@ -219,18 +207,7 @@ class Detector:
                 continue
             if group is None:
                 group = group_of(event)
-            out.append(
-                Finding(
-                    rule=rule.id,
-                    title=rule.title,
-                    severity=rule.severity,
-                    score=rule.score,
-                    event_ids=(event.id,),
-                    time=event.time,
-                    group=group,
-                    rule_hash=rule.content_hash,
-                )
-            )
+            out.append(single(rule, event, group))
         if self.refs and out:
             for found in out:
                 for seq, i in self.refs.get(found.rule, ()):

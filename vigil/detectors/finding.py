@@ -121,6 +121,20 @@ def group_from_key(fields: tuple[str, ...], key: str) -> Mapping[str, str]:
     return FrozenMap(dict(zip(fields, values, strict=False)))
 
 
+def single(rule: Rule, event: Event, group: Mapping[str, str]) -> Finding:
+    """The finding of a single-event rule that matched ``event``."""
+    return Finding(
+        rule=rule.id,
+        title=rule.title,
+        severity=rule.severity,
+        score=rule.score,
+        event_ids=(event.id,),
+        time=event.time,
+        group=group,
+        rule_hash=rule.content_hash,
+    )
+
+
 def finding(
     rule: Rule,
     event_ids: tuple[str, ...],

@@ -29,7 +29,7 @@ from operator import attrgetter
 from typing import Final, TypeVar
 
 from vigil.detectors.codegen import BucketFn, compile_buckets
-from vigil.detectors.finding import Finding, group_of
+from vigil.detectors.finding import Finding, group_of, single
 from vigil.events.model import Event
 from vigil.rules.expr import IndexHint, RuleRuntimeError
 from vigil.rules.model import Rule
@@ -301,21 +301,7 @@ class Matcher:
         if not matched:
             return []
         group = group_of(event)
-        findings: list[Finding] = []
-        for rule in matched:
-            findings.append(
-                Finding(
-                    rule=rule.id,
-                    title=rule.title,
-                    severity=rule.severity,
-                    score=rule.score,
-                    event_ids=(event.id,),
-                    time=event.time,
-                    group=group,
-                    rule_hash=rule.content_hash,
-                )
-            )
-        return findings
+        return [single(rule, event, group) for rule in matched]
 
     def matching(self, event: Event) -> list[Rule]:
         """The rules whose expression is true for ``event``, each once."""
