@@ -91,6 +91,34 @@ class OutputSettings(Section):
     )
 
 
+class DetectSettings(Section):
+    """The rules the daemon runs and how stateful detection treats time."""
+
+    rules: Path = Field(default=Path("rules"), description="rule file or folder loaded at start")
+    lateness: str = Field(default="5m", description="allowed lateness of event time (a duration: 90s, 5m)")
+    snapshot_interval: float = Field(
+        default=30.0, gt=0, le=86400, description="seconds between detector state snapshots in the store"
+    )
+    max_keys: int = Field(default=1_000_000, ge=1, description="open window keys per stateful rule")
+
+    @field_validator("lateness")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from vigil.rules.schema_forms import parse_duration
+
+        parse_duration(value)
+        return value
+
+
+class StoreSettings(Section):
+    """The embedded store (SQLite, WAL): event log, findings, dead letters, offsets, snapshots."""
+
+    path: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/vigil.db"), description="database file")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="FULL survives power loss; NORMAL only a crash of the process"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of a Vigil process. Build it with :func:`load_settings`, which explains errors."""
 
@@ -109,6 +137,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vigil import __version__
 from vigil.settings import Settings
+
+if TYPE_CHECKING:
+    from vigil.detectors.engine import Detector
+    from vigil.rules.model import RuleSet
+    from vigil.store.sqlite import Store
+    from vigil.streams.pipeline import DetectStats
 
 
 @dataclass
@@ -58,6 +65,14 @@ class RunState:
     ingest: IngestStats = field(default_factory=IngestStats)
     started_at: float = field(default_factory=time.time)
     version: str = __version__
+    #: the embedded store (findings, dead letters, the event log); None until the runner opened it
+    store: Store | None = None
+    #: the rule set the detector runs (its hash, rules and warnings)
+    ruleset: RuleSet | None = None
+    #: the detector (its stats(): late events, open keys, per-rule counters)
+    detector: Detector | None = None
+    #: the detect stage's counters (events, findings, new findings, snapshots)
+    detect: DetectStats | None = None
 
 
 __all__ = ["IngestStats", "RunState"]
