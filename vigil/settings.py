@@ -104,7 +104,7 @@ class DetectSettings(Section):
     @field_validator("lateness")
     @classmethod
     def _duration(cls, value: str) -> str:
-        from vigil.rules.schema_forms import parse_duration
+        from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
 
         parse_duration(value)
         return value

@@ -6,12 +6,14 @@ directly, so the runner's own contract is checked even where the CLI wiring chan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -38,6 +40,18 @@ COMMANDS = {
     "serve": [sys.executable, "-c", SERVE],
 }
 DEADLINE = 30.0
+#: the daemon's rule set in these tests: one rule that the GOOD record matches
+RULES = """\
+id: t.vault-write
+title: Key Vault written
+severity: medium
+kind: azure.activity
+match: action == "microsoft.keyvault/vaults/write"
+tests:
+  - {name: fires, events: [{action: microsoft.keyvault/vaults/write}], expect: {findings: 1}}
+  - {name: quiet, events: [{action: other}], expect: {findings: 0}}
+"""
+PROFILE_RULES = "detect:\n  rules: rules.yaml\n"
 
 
 class Daemon:
@@ -103,8 +117,9 @@ class Daemon:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "rules.yaml").write_text(RULES, encoding="utf-8")
     (tmp_path / "profile.yaml").write_text(
-        "data_dir: var\nhttp:\n  port: 0\ningest:\n  poll_interval: 0.1\n", encoding="utf-8"
+        "data_dir: var\nhttp:\n  port: 0\ningest:\n  poll_interval: 0.1\n" + PROFILE_RULES, encoding="utf-8"
     )
     return tmp_path
 
@@ -167,6 +182,12 @@ def test_vigil_run_end_to_end(daemon: Daemon, workdir: Path) -> None:
     assert [json.loads(e)["action"] for e in events] == ["microsoft.keyvault/vaults/write"]
     assert len((workdir / "var" / "dead-letter.jsonl").read_text(encoding="utf-8").splitlines()) == 2
     assert (inbox / "processed" / "batch.jsonl").exists()
+    # the event reached the store's log and the detect stage stored its finding, once
+    db = workdir / "var" / "vigil.db"
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end and _findings(db) != [("t.vault-write",)]:
+        time.sleep(0.05)
+    assert _findings(db) == [("t.vault-write",)]
     status = httpx.get(f"{base}/v1/status", timeout=5).json()
     assert status["counters"]["events"] == 1
     assert status["settings"]["ingest"]["drop_dir"] == str(inbox)
@@ -179,12 +200,32 @@ def test_vigil_run_end_to_end(daemon: Daemon, workdir: Path) -> None:
     assert f"watching drop folder {inbox}" in log
 
 
+def _findings(db: Path) -> list[tuple[str]]:
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        return conn.execute("SELECT rule FROM findings").fetchall()
+
+
+def test_a_rule_set_with_errors_stops_the_start(workdir: Path) -> None:
+    (workdir / "rules.yaml").write_text(
+        RULES.replace("severity: medium", "severity: urgent"), encoding="utf-8"
+    )
+    proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
+    try:
+        assert proc.wait(30) == 1
+        proc.wait_for_log(r"rules\.yaml:3:11: E112 severity")
+        proc.wait_for_log(r"has errors; not starting")
+    finally:
+        proc.stop()
+
+
 def test_a_busy_port_is_a_clear_error(workdir: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        (workdir / "profile.yaml").write_text(f"data_dir: var\nhttp:\n  port: {port}\n", encoding="utf-8")
+        (workdir / "profile.yaml").write_text(
+            f"data_dir: var\nhttp:\n  port: {port}\n{PROFILE_RULES}", encoding="utf-8"
+        )
         proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
         try:
             assert proc.wait(30) == 1

@@ -39,7 +39,7 @@ SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, source TEXT NOT NULL,
     time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
 CREATE TABLE IF NOT EXISTS findings (
@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL,
     received_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS staged (
+    n INTEGER PRIMARY KEY, token TEXT NOT NULL, kind TEXT NOT NULL, id TEXT, time_ms INTEGER,
+    reason TEXT, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS staged_token ON staged(token, n);
 CREATE TABLE IF NOT EXISTS snapshots (
     name TEXT PRIMARY KEY, cursor INTEGER NOT NULL, saved_ms INTEGER NOT NULL, body BLOB NOT NULL);
 """
@@ -137,6 +141,57 @@ class Store:
 
         result: tuple[int, int] = self._write(insert)
         return result
+
+    # -- staging: a source's unit of work becomes visible all at once -------------------------------
+
+    def stage(self, token: str, events: Sequence[Event], dead: Sequence[DeadLetter] = ()) -> None:
+        """Hold ``events`` and ``dead`` letters under ``token`` (a file being read) without publishing
+        them: the detector does not see them until :meth:`publish`, and :meth:`discard` forgets them."""
+        rows: list[tuple[str, str, str | None, int | None, str | None, bytes]] = [
+            (token, "e", e.id, to_ms(e.time), None, encode_event(e)) for e in events
+        ]
+        rows += [(token, "d", None, None, dl.reason, msgspec.json.encode(dl)) for dl in dead]
+        if rows:
+            self._write(
+                lambda: self._db.executemany(
+                    "INSERT INTO staged (token, kind, id, time_ms, reason, body) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            )
+
+    def publish(self, token: str, source: str) -> int:
+        """In one transaction: move everything staged under ``token`` into the event log and the dead
+        letters, in order, and record the token as published. Returns the number of events published."""
+        now = int(time.time() * 1000)
+
+        def move() -> int:
+            cur = self._db.execute(
+                "INSERT INTO events (id, source, time_ms, received_ms, body) SELECT id, ?, time_ms, ?, body "
+                "FROM staged WHERE token = ? AND kind = 'e' ORDER BY n",
+                (source, now, token),
+            )
+            count = int(cur.rowcount)
+            self._db.execute(
+                "INSERT INTO dead_letters (source, reason, received_ms, body) SELECT ?, reason, ?, body "
+                "FROM staged WHERE token = ? AND kind = 'd' ORDER BY n",
+                (source, now, token),
+            )
+            self._db.execute("DELETE FROM staged WHERE token = ?", (token,))
+            self._set_offset(f"published:{token}", str(now))
+            return count
+
+        published: int = self._write(move)
+        return published
+
+    def published(self, token: str) -> bool:
+        return self.offset(f"published:{token}") is not None
+
+    def discard(self, token: str) -> None:
+        """Forget what is staged under ``token`` (the unit of work is being redone or abandoned)."""
+        self._write(lambda: self._db.execute("DELETE FROM staged WHERE token = ?", (token,)))
+
+    def forget_published(self, token: str) -> None:
+        self._write(lambda: self._db.execute("DELETE FROM offsets WHERE source = ?", (f"published:{token}",)))
 
     def read_events(self, after: int, limit: int = 1000) -> list[StoredEvent]:
         """Events with ``seq > after``, oldest first."""

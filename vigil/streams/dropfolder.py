@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -33,7 +35,9 @@ from vigil.events.batch import BatchNormalizer
 from vigil.events.deadletter import DeadLetterWriter
 from vigil.events.model import encode_events
 from vigil.settings import Settings
+from vigil.store.sqlite import Store, StoreError
 from vigil.streams import IngestStats
+from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,20 @@ class FileOutcome:
 class DropFolder:
     """Watches one folder; :meth:`run` is the asyncio task, the other methods are its blocking steps."""
 
-    def __init__(self, settings: Settings, stats: IngestStats | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: IngestStats | None = None,
+        *,
+        store: Store | None = None,
+        on_published: Callable[[], None] | None = None,
+    ) -> None:
         self.stats = stats if stats is not None else IngestStats()
+        #: with a store, each file's events and dead letters are staged there while it is read and
+        #: published in one transaction when it is complete (then ``on_published`` is called, from the
+        #: worker thread)
+        self.store = store
+        self.on_published = on_published
         self.drop_dir = settings.ingest.drop_dir
         self.processed_dir = self.drop_dir / PROCESSED
         self.failed_dir = self.drop_dir / FAILED
@@ -190,11 +206,12 @@ class DropFolder:
         self.recover()
         dest = _free_name(self.processed_dir, path.name)
         offsets = {"events": _size(self.events_file), "dead": _size(self.dead_letter_file)}
-        self._write_journal({"file": path.name, "dest": str(dest), **offsets})
+        token = f"{dest.name}:{uuid.uuid4().hex}"
+        self._write_journal({"file": path.name, "dest": str(dest), "token": token, **offsets})
         try:
-            outcome = self._normalise(path, dest)
+            outcome = self._normalise(path, dest, token)
         except _InputError as exc:
-            self._rollback(offsets)
+            self._rollback(offsets, token)
             failed = _free_name(self.failed_dir, path.name)
             try:
                 os.replace(path, failed)
@@ -205,25 +222,47 @@ class DropFolder:
                 raise OutputError(f"{path.name}: cannot move to {FAILED}/: {move_exc}") from move_exc
             self._clear_journal()
             return FileOutcome(path.name, "failed", dest=failed, error=str(exc))
-        except OSError as exc:
-            self._rollback(offsets)
+        except (OSError, StoreError) as exc:
+            self._rollback(offsets, token)
             self._clear_journal()
             raise OutputError(f"{path.name}: cannot write output: {exc}") from exc
         if outcome.status == "vanished":
+            self._rollback(offsets, token)
             self._clear_journal()
             return outcome
+        # The commit point: the file's events become visible to the detector all at once. Before it a
+        # crash redoes the file; after it the restart only finishes the move (see recover()).
+        try:
+            crash_point("dropfolder.before_publish")
+            if self.store is not None:
+                self.store.publish(token, f"file:{dest.name}")
+            crash_point("dropfolder.after_publish")
+        except StoreError as exc:
+            self._rollback(offsets, token)
+            self._clear_journal()
+            raise OutputError(f"{path.name}: cannot publish to the store: {exc}") from exc
+        self._finish(path, dest, token)
+        if self.on_published is not None:
+            self.on_published()
+        return outcome
+
+    def _finish(self, path: Path, dest: Path, token: str) -> None:
+        """Move a published file to ``processed/`` and clear the journal."""
         try:
             os.replace(path, dest)
             _fsync_dir(self.drop_dir)
             _fsync_dir(self.processed_dir)
         except OSError as exc:
-            self._rollback(offsets)
-            self._clear_journal()
-            raise OutputError(f"{path.name}: cannot move to {PROCESSED}/: {exc}") from exc
+            raise OutputError(
+                f"{path.name}: cannot move to {PROCESSED}/ (its events are published): {exc}"
+            ) from exc
+        crash_point("dropfolder.after_move")
         self._clear_journal()
-        return outcome
+        if self.store is not None:
+            with contextlib.suppress(StoreError):
+                self.store.forget_published(token)
 
-    def _normalise(self, path: Path, dest: Path) -> FileOutcome:
+    def _normalise(self, path: Path, dest: Path, token: str) -> FileOutcome:
         normalizer = BatchNormalizer(
             self._format, max_record_bytes=self._caps[0], max_document_bytes=self._caps[1]
         )
@@ -252,6 +291,8 @@ class DropFolder:
                     raise _internal(path, exc) from exc
                 ev_out.write(data)  # an OSError here is ours (disk, permissions), not the input's
                 dead.write(batch.dead)
+                if self.store is not None:
+                    self.store.stage(token, batch.events, batch.dead)
                 events += len(batch.events)
                 controls += len(batch.controls)
             for out in (ev_out, dl_out):
@@ -269,16 +310,27 @@ class DropFolder:
             entry = json.loads(self.journal.read_text(encoding="utf-8"))
             name, dest = entry["file"], Path(entry["dest"])
             offsets = {"events": int(entry["events"]), "dead": int(entry["dead"])}
+            token = str(entry.get("token", ""))
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise OutputError(f"unreadable journal {self.journal}: {exc}; inspect and delete it") from exc
+        try:
+            published = self.store is not None and bool(token) and self.store.published(token)
+        except StoreError as exc:
+            raise OutputError(f"cannot read the store to recover {name}: {exc}") from exc
         if dest.exists():
             log.info("%s: the previous run completed it; its output is kept", name)
         elif (self.drop_dir / name).exists():
-            self._rollback(offsets)
+            if published:
+                log.info("%s: the previous run published it; finishing the move", name)
+                self._finish(self.drop_dir / name, dest, token)
+                return
+            self._rollback(offsets, token)
             log.warning("%s: the previous run stopped inside it; its partial output was removed", name)
         else:
+            if not published:
+                self._rollback_store(token)
             log.warning("%s: gone since the previous run stopped inside it; its output is kept", name)
         self._clear_journal()
 
@@ -301,8 +353,17 @@ class DropFolder:
         except OSError as exc:
             raise OutputError(f"cannot remove journal {self.journal}: {exc}") from exc
 
-    def _rollback(self, offsets: dict[str, int]) -> None:
-        """Cut both outputs back to their sizes before the file; the journal stays if this fails."""
+    def _rollback_store(self, token: str) -> None:
+        if self.store is not None and token:
+            try:
+                self.store.discard(token)
+            except StoreError as exc:
+                raise OutputError(f"cannot discard staged events: {exc}") from exc
+
+    def _rollback(self, offsets: dict[str, int], token: str = "") -> None:
+        """Cut both outputs back to their sizes before the file, and forget what it staged in the store;
+        the journal stays if this fails."""
+        self._rollback_store(token)
         for out, size in ((self.events_file, offsets["events"]), (self.dead_letter_file, offsets["dead"])):
             try:
                 if _size(out) > size:

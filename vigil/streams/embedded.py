@@ -1,12 +1,14 @@
 """The embedded runner behind ``vigil run``: one process, one asyncio loop, no external services.
 
-Today it runs the drop-folder source and the HTTP listener (health, readiness, metrics, status); the
-detect → decide → act stages join the same loop in later issues. Why one loop: the sources, the pipeline
-and the API share state (counters, later the store) without locks, and a shutdown has one place to
-happen in.
+It runs the drop-folder source, the detect stage (the store's event log through every rule, findings
+into the store, exactly once; :mod:`vigil.streams.pipeline`) and the HTTP listener (health, readiness,
+metrics, status, findings, rules); the decide → act stages join the same loop in later issues.
+Why one loop: the sources, the pipeline and the API share state (counters, the store) without locks,
+and a shutdown has one place to happen in.
 
 Shutdown: the first SIGINT or SIGTERM stops taking new files, lets the watcher finish the file it is on
-(its output is fsynced and the file moved), then stops the HTTP listener, and :func:`serve` returns 0. A
+(its output is fsynced, its events published to the store and the file moved), lets the detect stage
+process what is published and save a snapshot, then stops the HTTP listener, and :func:`serve` returns 0. A
 second signal exits at once (status 128 + signal); the drop folder's journal rolls back the interrupted
 file at the next start, so nothing is lost or doubled either way.
 
@@ -29,9 +31,14 @@ from collections.abc import Generator
 import uvicorn
 
 from vigil.api import create_app
+from vigil.detectors.engine import Detector
+from vigil.rules.loader import load_rules
+from vigil.rules.schema_forms import parse_duration
 from vigil.settings import Settings
+from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
 from vigil.streams.dropfolder import DropFolder, OutputError
+from vigil.streams.pipeline import DetectStage
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +48,74 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; return the process exit status (0 after a clean shutdown)."""
     configure_logging(settings.log_level)
-    watcher = DropFolder(settings)
-    try:  # fail fast on a folder that cannot be created or a journal that cannot be recovered
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        watcher.prepare()
-    except (OSError, OutputError) as exc:
-        log.error("cannot prepare the data folders: %s", exc)
+    ruleset = load_rules([settings.detect.rules])
+    if not ruleset.ok:
+        for diag in ruleset.diagnostics:
+            if diag.severity == "error":
+                log.error("%s", diag.format())
+        log.error(
+            "the rule set %s has errors; not starting (check it with: vigil rules lint)",
+            settings.detect.rules,
+        )
         return 1
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.store.path, synchronous=settings.store.synchronous)
+    except (OSError, StoreError) as exc:
+        log.error("cannot open the store: %s", exc)
+        return 1
+    detector = Detector(
+        ruleset.rules,
+        lateness=parse_duration(settings.detect.lateness),
+        live=True,
+        max_keys=settings.detect.max_keys,
+    )
+    stage = DetectStage(store, detector, snapshot_every=settings.detect.snapshot_interval)
+    wake = _Wake()
+    watcher = DropFolder(settings, store=store, on_published=wake.set_threadsafe)
+    try:  # fail fast on a folder that cannot be created or a journal that cannot be recovered
+        watcher.prepare()
+        resumed = stage.recover()
+    except (OSError, OutputError, StoreError) as exc:
+        log.error("cannot prepare the data folders: %s", exc)
+        store.close()
+        return 1
+    log.info(
+        "%d rules loaded (%s), detection resumes after event %d of the store %s",
+        len(ruleset.rules),
+        ruleset.hash[:12],
+        resumed,
+        settings.store.path,
+    )
     try:
         sock = bind(settings.http.host, settings.http.port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.http.host, settings.http.port, exc.strerror or exc)
         return 1
+    state = RunState(settings=settings, ingest=watcher.stats, store=store, ruleset=ruleset, detector=detector)
+    state.detect = stage.stats
     try:
-        return asyncio.run(_main(settings, watcher, sock))
+        return asyncio.run(_main(state, watcher, stage, wake, sock))
     finally:
         sock.close()
+        store.close()
+
+
+class _Wake:
+    """An asyncio.Event that the drop folder's worker thread can set (bound to the loop once it runs)."""
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self) -> asyncio.Event:
+        self.loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+        return self.event
+
+    def set_threadsafe(self) -> None:
+        if self.loop is not None and self.event is not None:
+            self.loop.call_soon_threadsafe(self.event.set)
 
 
 def configure_logging(level: str) -> None:
@@ -102,9 +161,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _main(settings: Settings, watcher: DropFolder, sock: socket.socket) -> int:
+async def _main(
+    state: RunState, watcher: DropFolder, stage: DetectStage, wake: _Wake, sock: socket.socket
+) -> int:
     loop = asyncio.get_running_loop()
-    state = RunState(settings=settings, ingest=watcher.stats)
+    settings = state.settings
     config = uvicorn.Config(
         create_app(state),
         host=settings.http.host,
@@ -118,6 +179,8 @@ async def _main(settings: Settings, watcher: DropFolder, sock: socket.socket) ->
     stopping = asyncio.Event()
     signals = _install_signal_handlers(loop, stopping)
     watcher_task = asyncio.create_task(watcher.run(), name="vigil.dropfolder")
+    stage_stop = asyncio.Event()
+    stage_task = asyncio.create_task(stage.run(wake.bind(), stage_stop), name="vigil.detect")
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="vigil.http")
     status = 0
     try:
@@ -132,21 +195,26 @@ async def _main(settings: Settings, watcher: DropFolder, sock: socket.socket) ->
             )
         stop_wait = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait(
-            {stop_wait, watcher_task, server_task}, return_when=asyncio.FIRST_COMPLETED
+            {stop_wait, watcher_task, server_task, stage_task}, return_when=asyncio.FIRST_COMPLETED
         )
         stop_wait.cancel()
         if stop_wait not in done:
             status = 1
-            log.error(
-                "%s stopped unexpectedly; shutting down",
-                "HTTP listener" if server_task in done else "watcher",
-            )
+            names = [n for t, n in ((server_task, "HTTP listener"), (watcher_task, "watcher")) if t in done]
+            names += ["detect stage"] if stage_task in done else []
+            log.error("%s stopped unexpectedly; shutting down", ", ".join(names))
         watcher.stop()
         try:
             await watcher_task
         except Exception:
             status = 1
             log.exception("drop-folder watcher failed")
+        stage_stop.set()  # after the watcher: the last file's events are processed, then a snapshot
+        try:
+            await stage_task
+        except Exception:
+            status = 1
+            log.exception("detect stage failed")
         server.should_exit = True
         try:
             await server_task
@@ -156,7 +224,13 @@ async def _main(settings: Settings, watcher: DropFolder, sock: socket.socket) ->
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-    log.info("stopped (files processed: %d)", state.ingest.files_processed)
+    detect = stage.stats
+    log.info(
+        "stopped (files processed: %d, events detected: %d, findings stored: %d)",
+        state.ingest.files_processed,
+        detect.events,
+        detect.new_findings,
+    )
     return status
 
 

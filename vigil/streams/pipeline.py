@@ -28,6 +28,7 @@ from vigil.detectors.finding import Finding
 from vigil.detectors.snapshot import restore, snapshot
 from vigil.errors import VigilError
 from vigil.store.sqlite import Store
+from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ class DetectStage:
             return 0
         due = force_snapshot or time.monotonic() - self._last_snapshot >= self.snapshot_every
         body = snapshot(self.detector) if due and self.detector.stateful else None
+        crash_point("detect.before_commit")
         new = self.store.commit_detection(found, last, body, self.name)
+        crash_point("detect.after_commit")
         if body is not None:
             self._last_snapshot = time.monotonic()
             self.stats.snapshots += 1
