@@ -50,11 +50,53 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SourceAuth(Section):
+    """Who may post to one ingestion endpoint. Nothing configured: the endpoint accepts the local token
+    that ``vigil run`` creates in ``{data_dir}/ingest.token`` (0600) at first start."""
+
+    tokens: list[str] = Field(default_factory=list, description="accepted bearer tokens")
+    hmac_secrets: list[str] = Field(
+        default_factory=list, description="secrets for X-Vigil-Signature: t=<unix>,v1=<hex HMAC-SHA256>"
+    )
+    query_secrets: list[str] = Field(
+        default_factory=list, description="accepted ?code= values (Event Grid's URL secret; two for rotation)"
+    )
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens or self.hmac_secrets or self.query_secrets)
+
+
+class EventGridAuth(SourceAuth):
+    """Event Grid deliveries: also which subscriptions may validate the endpoint."""
+
+    subscriptions: list[str] = Field(
+        default_factory=list, description="allowed aeg-subscription-name values (empty: any)"
+    )
+
+
+class SourcesSettings(Section):
+    """Credentials of each ingestion endpoint."""
+
+    events: SourceAuth = Field(default_factory=SourceAuth)
+    eventgrid: EventGridAuth = Field(default_factory=EventGridAuth)
+    azure_monitor: SourceAuth = Field(default_factory=SourceAuth)
+    sentinel: SourceAuth = Field(default_factory=SourceAuth)
+
+
 class HttpSettings(Section):
-    """The HTTP listener (health, metrics, status; later the REST API)."""
+    """The HTTP listener: operations, the read API and the ingestion endpoints."""
 
     host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(default=8470, ge=0, le=65535, description="TCP port; 0 picks a free one")
+    max_body_bytes: ByteSize = Field(
+        default=ByteSize(16 << 20), gt=0, description="larger ingestion bodies are refused with 413"
+    )
+    max_backlog: int = Field(
+        default=200_000, ge=1, description="events stored but not yet detected before ingestion answers 429"
+    )
+    max_skew: int = Field(default=300, ge=1, description="seconds an HMAC signature's timestamp may be off")
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
 
 
 class IngestSettings(Section):

@@ -137,7 +137,9 @@ def test_status(client: Client, state: RunState) -> None:
     assert body["version"] == __version__
     assert body["ready"] is False and body["reason"] == "drop folder not scanned yet"
     assert body["uptime_seconds"] >= 0
-    assert body["settings"]["http"] == {"host": "127.0.0.1", "port": 0}
+    http = body["settings"]["http"]
+    assert (http["host"], http["port"]) == ("127.0.0.1", 0)
+    assert http["sources"]["events"]["tokens"] == []  # (a configured secret would read "<redacted>")
     assert body["settings"]["ingest"]["drop_dir"] == str(state.settings.ingest.drop_dir)
     assert body["ingest"]["running"] is True
     assert body["counters"] == {

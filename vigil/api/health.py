@@ -6,9 +6,17 @@
   succeeded; otherwise 503 with ``{"status": "not ready", "reason": ...}``, so a load balancer or a deploy
   script can tell "up" from "doing its job".
 - ``GET /metrics``: Prometheus text exposition (format 0.0.4), written by hand: a dozen lines do not
-  justify a client library, and the names are an interface dashboards depend on, so they are listed here.
+  justify a client library, and the names are an interface dashboards depend on, so they are listed here
+  (and in config/README.md). The detection metrics (findings, detect events, lag, late events, open
+  window keys, rules loaded, per-rule key-limit hits) appear only once the runner has put the store, the
+  rule set, the detector and the detect stage's counters into the state: a process without them has
+  nothing true to report, and a 0 would read as "healthy and idle".
 - ``GET /v1/status``: JSON for humans and scripts: version, uptime, the effective settings (secrets
-  redacted), the watcher's state and the counters.
+  redacted), the watcher's state, the counters, and under ``detect`` the detect stage's and the
+  detector's numbers (null before either exists).
+
+The read API (findings, dead letters, rules) lives in :mod:`vigil.api.read`; :func:`create_app` mounts it,
+so that one factory builds the whole app.
 
 The handlers only read the shared :class:`~vigil.streams.RunState`; they run in the event loop that also
 drives the sources, so reads are consistent without locks.
@@ -16,12 +24,18 @@ drives the sources, so reads are consistent without locks.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import time
+from collections.abc import Iterable
 from typing import Any, Final
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from vigil.api.ingest import create_router as create_ingest_router
+from vigil.api.read import router as read_router
+from vigil.store.sqlite import StoreError
 from vigil.streams import RunState
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,11 +55,43 @@ _INGEST_METRICS: Final = (
     ("vigil_drop_folder_pending_files", "gauge", "Candidate files in the drop folder.", "pending_files"),
 )
 
+#: (name, type, help, key of detect_document()); a metric whose key is absent is not exported
+_DETECT_METRICS: Final = (
+    (
+        "vigil_findings_total",
+        "counter",
+        "Findings stored (new ones: the repeats a replay after a restart produces are not counted).",
+        "new_findings",
+    ),
+    (
+        "vigil_detect_events_total",
+        "counter",
+        "Events the detect stage has processed (events replayed after a restart included).",
+        "events",
+    ),
+    (
+        "vigil_detect_lag_events",
+        "gauge",
+        "Events in the store's log that the detector has not committed yet.",
+        "lag_events",
+    ),
+    (
+        "vigil_late_events_total",
+        "counter",
+        "Events older than the watermark (processed at the watermark's time).",
+        "late",
+    ),
+    ("vigil_open_window_keys", "gauge", "Keys held in the stateful rules' windows.", "open_keys"),
+    ("vigil_rules_loaded", "gauge", "Rules in the loaded rule set.", "rules_loaded"),
+)
+
 
 def create_app(state: RunState) -> FastAPI:
     """Build the API over ``state``; ``app.state.vigil`` keeps it for later routers."""
     app = FastAPI(title="Vigil", version=state.version, docs_url=None, redoc_url=None)
     app.state.vigil = state
+    app.include_router(read_router)
+    app.include_router(create_ingest_router(state))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -86,10 +132,14 @@ def render_metrics(state: RunState) -> str:
     ingest = state.ingest
     lines: list[str] = []
 
-    def metric(name: str, kind: str, help_text: str, value: float, labels: str = "") -> None:
+    def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+        """One metric family: HELP and TYPE once, then its samples (``labels`` text, value)."""
         lines.append(f"# HELP {name} {_escape_help(help_text)}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name}{labels} {_number(value)}")
+        lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
+
+    def metric(name: str, kind: str, help_text: str, value: float, labels: str = "") -> None:
+        family(name, kind, help_text, [(labels, value)])
 
     metric("vigil_up", "gauge", "1 while the process is serving.", 1)
     metric(
@@ -109,6 +159,51 @@ def render_metrics(state: RunState) -> str:
     metric("vigil_ready", "gauge", "1 when /readyz answers 200.", 0 if not_ready_reason(state) else 1)
     for name, kind, help_text, attr in _INGEST_METRICS:
         metric(name, kind, help_text, getattr(ingest, attr))
+    detect = detect_document(state)
+    if detect is not None:
+        for name, kind, help_text, key in _DETECT_METRICS:
+            value = detect.get(key)
+            if isinstance(value, int | float):
+                metric(name, kind, help_text, value)
+        hits = sorted(
+            (rule_id, entry["key_limit_hits"])
+            for rule_id, entry in detect.get("rules", {}).items()
+            if entry.get("key_limit_hits", 0) > 0
+        )
+        if hits:
+            family(
+                "vigil_rule_key_limit_hits_total",
+                "counter",
+                "New keys a stateful rule did not track because it held detect.max_keys keys already.",
+                [(f'{{rule="{_label(rule_id)}"}}', n) for rule_id, n in hits],
+            )
+    http = state.http_ingest
+    for name, help_text, counter in (
+        ("vigil_ingest_events_total", "Events accepted over HTTP and committed to the store.", http.accepted),
+        (
+            "vigil_ingest_dead_letters_total",
+            "Records dead-lettered by the HTTP endpoints.",
+            http.dead_letters,
+        ),
+        ("vigil_ingest_too_large_total", "Ingestion bodies refused with 413.", http.too_large),
+        (
+            "vigil_ingest_throttled_total",
+            "Ingestion calls answered 429 (detect backlog full).",
+            http.throttled,
+        ),
+    ):
+        family(
+            name, "counter", help_text, [(f'{{source="{_label(k)}"}}', v) for k, v in sorted(counter.items())]
+        )
+    family(
+        "vigil_ingest_rejected_total",
+        "counter",
+        "Ingestion calls refused with 401, by source and reason.",
+        [
+            (f'{{source="{_label(src)}",reason="{_label(why)}"}}', v)
+            for (src, why), v in sorted(http.rejected.items())
+        ],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +228,35 @@ def status_document(state: RunState) -> dict[str, Any]:
             "pending_files": ingest.pending_files,
         },
         "counters": ingest.counters(),
+        "detect": detect_document(state),
     }
+
+
+def detect_document(state: RunState) -> dict[str, Any] | None:
+    """The detection numbers the state holds, by short name; None when it holds none of them.
+
+    The detect stage's counters (``events``, ``findings``, ``new_findings``, ``snapshots``, ``replayed``),
+    the detector's (``late``, ``future_clamped``, ``ancient_clamped``, ``watermark_ms``, ``open_keys``, and
+    ``rules``: per-rule keys, key-limit hits, ...), the store's position (``cursor``, ``last_seq``,
+    ``lag_events``; ``store_error`` when the store cannot be read) and ``rules_loaded``/``ruleset_hash``.
+    """
+    if state.detect is None and state.detector is None and state.store is None and state.ruleset is None:
+        return None
+    doc: dict[str, Any] = {}
+    if state.detect is not None:
+        doc |= dataclasses.asdict(state.detect)
+    if state.detector is not None:
+        doc |= state.detector.stats()
+    if state.store is not None:
+        try:
+            cursor, last = state.store.cursor(), state.store.last_seq()
+        except (StoreError, sqlite3.Error) as exc:
+            doc["store_error"] = str(exc)
+        else:
+            doc |= {"cursor": cursor, "last_seq": last, "lag_events": max(0, last - cursor)}
+    if state.ruleset is not None:
+        doc |= {"rules_loaded": len(state.ruleset.rules), "ruleset_hash": state.ruleset.hash}
+    return doc
 
 
 def _number(value: float) -> str:

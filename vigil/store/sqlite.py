@@ -19,6 +19,7 @@ hand the store to a worker thread); SQLite's own locking makes a second process 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Store:
 
     def __init__(self, path: str | Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
         self.path = Path(path)
+        self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -115,12 +117,20 @@ class Store:
         return Store._Tx(self._db)
 
     def _write(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` in one transaction; SQLite failures become :class:`StoreError`."""
+        """Run ``fn`` in one transaction; SQLite failures become :class:`StoreError`. The lock keeps a
+        transaction of one thread (an ingestion request in a worker) from interleaving with another's."""
         try:
-            with self._tx():
+            with self._lock, self._tx():
                 return fn(*args)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: read failed: {exc}") from exc
 
     # -- the event log -------------------------------------------------------------------------------
 
@@ -193,19 +203,36 @@ class Store:
     def forget_published(self, token: str) -> None:
         self._write(lambda: self._db.execute("DELETE FROM offsets WHERE source = ?", (f"published:{token}",)))
 
+    def accept(self, events: Sequence[Event], dead: Sequence[DeadLetter], source: str) -> tuple[int, int]:
+        """What one ingestion request brought, in one transaction: events into the log, dead letters
+        beside them (a crash can never keep one and lose the other). (first seq, last seq) of the events."""
+        now = int(time.time() * 1000)
+        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
+        letters = [(source, dl.reason, now, msgspec.json.encode(dl)) for dl in dead]
+
+        def insert() -> tuple[int, int]:
+            self._db.executemany(
+                "INSERT INTO events (id, source, time_ms, received_ms, body) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            self._db.executemany(
+                "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)", letters
+            )
+            return (last - len(rows) + 1, last) if rows else (0, 0)
+
+        result: tuple[int, int] = self._write(insert)
+        return result
+
     def read_events(self, after: int, limit: int = 1000) -> list[StoredEvent]:
         """Events with ``seq > after``, oldest first."""
-        rows = self._db.execute(
-            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ).fetchall()
+        rows = self._read("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
         return [StoredEvent(seq, event_from_mapping(orjson.loads(body))) for seq, body in rows]
 
     def last_seq(self) -> int:
-        row = self._db.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+        return int(self._read("SELECT max(seq) FROM events")[0][0] or 0)
 
     def count_events(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self._read("SELECT count(*) FROM events")[0][0])
 
     def prune_events(self, received_before_ms: int, processed_through: int) -> int:
         """Drop raw events received before the cut-off that the detector has processed; how many."""
@@ -260,8 +287,8 @@ class Store:
 
     def snapshot(self, name: str = "detector") -> tuple[int, bytes] | None:
         """(cursor, snapshot bytes) of the named detector's last snapshot."""
-        row = self._db.execute("SELECT cursor, body FROM snapshots WHERE name = ?", (name,)).fetchone()
-        return (int(row[0]), bytes(row[1])) if row else None
+        rows = self._read("SELECT cursor, body FROM snapshots WHERE name = ?", (name,))
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def findings(
         self, *, rule: str | None = None, since_ms: int = 0, limit: int = 100
@@ -274,10 +301,10 @@ class Store:
             args.append(rule)
         sql += " ORDER BY time_ms DESC, id LIMIT ?"
         args.append(limit)
-        return [{"id": fid, **orjson.loads(body)} for fid, body in self._db.execute(sql, args)]
+        return [{"id": fid, **orjson.loads(body)} for fid, body in self._read(sql, args)]
 
     def count_findings(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM findings").fetchone()[0])
+        return int(self._read("SELECT count(*) FROM findings")[0][0])
 
     # -- dead letters and offsets --------------------------------------------------------------------
 
@@ -291,12 +318,12 @@ class Store:
         )
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT body FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,))
+        rows = self._read("SELECT body FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,))
         return [orjson.loads(body) for (body,) in rows]
 
     def offset(self, source: str) -> str | None:
-        row = self._db.execute("SELECT value FROM offsets WHERE source = ?", (source,)).fetchone()
-        return str(row[0]) if row else None
+        rows = self._read("SELECT value FROM offsets WHERE source = ?", (source,))
+        return str(rows[0][0]) if rows else None
 
     def set_offset(self, source: str, value: str) -> None:
         self._write(self._set_offset, source, value)

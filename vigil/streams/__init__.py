@@ -10,8 +10,9 @@ same loop, and no lock is needed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from vigil import __version__
 from vigil.settings import Settings
@@ -57,6 +58,26 @@ class IngestStats:
         }
 
 
+K = TypeVar("K")
+
+
+@dataclass
+class HttpIngestStats:
+    """What the HTTP ingestion endpoints have done, per source; exported by ``/metrics``."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    controls: dict[str, int] = field(default_factory=dict)
+    #: (source, reason) -> rejected calls (401)
+    rejected: dict[tuple[str, str], int] = field(default_factory=dict)
+    too_large: dict[str, int] = field(default_factory=dict)
+    throttled: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def bump(counter: dict[K, int], key: K, n: int = 1) -> None:
+        counter[key] = counter.get(key, 0) + n
+
+
 @dataclass
 class RunState:
     """Everything the HTTP API reports about a running ``vigil run`` process."""
@@ -73,6 +94,13 @@ class RunState:
     detector: Detector | None = None
     #: the detect stage's counters (events, findings, new findings, snapshots)
     detect: DetectStats | None = None
+    http_ingest: HttpIngestStats = field(default_factory=HttpIngestStats)
+    #: called after an ingestion request appended events (wakes the detect stage); any thread
+    wake: Callable[[], None] | None = None
+    #: events in the store not yet detected (ingestion answers 429 above ``http.max_backlog``)
+    backlog: Callable[[], int] | None = None
+    #: the local ingestion token, accepted by sources that configure no credentials
+    local_token: str | None = None
 
 
-__all__ = ["IngestStats", "RunState"]
+__all__ = ["HttpIngestStats", "IngestStats", "RunState"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -31,7 +32,9 @@ from collections.abc import Generator
 import uvicorn
 
 from vigil.api import create_app
+from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.detectors.engine import Detector
+from vigil.rules.lint import lint
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
 from vigil.settings import Settings
@@ -58,6 +61,9 @@ def serve(settings: Settings) -> int:
             settings.detect.rules,
         )
         return 1
+    # lint's warnings (no ATT&CK tag, not indexable...) travel with the set, so /v1/rules shows them
+    warnings = tuple(d for d in lint(ruleset) if d.severity == "warning")
+    ruleset = dataclasses.replace(ruleset, diagnostics=ruleset.diagnostics + warnings)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.store.path, synchronous=settings.store.synchronous)
@@ -94,6 +100,14 @@ def serve(settings: Settings) -> int:
         return 1
     state = RunState(settings=settings, ingest=watcher.stats, store=store, ruleset=ruleset, detector=detector)
     state.detect = stage.stats
+    state.wake = wake.set_threadsafe
+    state.backlog = stage.backlog
+    try:
+        state.local_token = local_token(settings.data_dir)
+    except OSError as exc:
+        log.error("cannot create the local ingestion token in %s: %s", settings.data_dir, exc)
+        store.close()
+        return 1
     try:
         return asyncio.run(_main(state, watcher, stage, wake, sock))
     finally:
@@ -187,7 +201,14 @@ async def _main(
         while not server.started and not server_task.done():
             await asyncio.sleep(0.02)
         if server.started:
-            log.info("serving on %s (/healthz /readyz /metrics /v1/status)", url_of(sock))
+            log.info(
+                "serving on %s (/healthz /readyz /metrics /v1/status /v1/findings /v1/rules)", url_of(sock)
+            )
+            log.info(
+                'send events: curl -H "Authorization: Bearer $(cat %s)" --data-binary @FILE %s/v1/events',
+                settings.data_dir / TOKEN_FILE,
+                url_of(sock),
+            )
             log.info(
                 "watching drop folder %s (events -> %s)",
                 settings.ingest.drop_dir,

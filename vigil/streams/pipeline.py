@@ -119,6 +119,10 @@ class DetectStage:
         self.position = last
         return len(stored)
 
+    def backlog(self) -> int:
+        """Events in the store's log that this stage has not processed yet."""
+        return max(0, self.store.last_seq() - self.position)
+
     def drain(self) -> int:
         """Process everything in the log now; the number of events processed."""
         total = 0

@@ -1,0 +1,199 @@
+"""HTTP ingestion against a real ``vigil run`` on a random port: auth, limits, handshakes, every webhook
+format, malformed bodies; plus the checks that need a rigged state (429) at the ASGI level."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.streams.test_embedded import COMMANDS, RULES, Daemon
+from vigil.api import create_app
+from vigil.api.auth import pre_body, sign, signature
+from vigil.settings import SourceAuth, load_settings
+from vigil.store.sqlite import Store
+from vigil.streams import RunState
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
+ACTIVITY = {
+    "time": "2024-05-01T10:00:00Z",
+    "resourceId": "/SUBSCRIPTIONS/S1/RESOURCEGROUPS/G1/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/KV1",
+    "operationName": "MICROSOFT.KEYVAULT/VAULTS/WRITE",
+    "category": "Administrative",
+    "resultType": "Success",
+    "correlationId": "c-1",
+}
+HMAC_SECRET = "hmac-test-secret-0123456789"
+CODE = "eventgrid-url-code-0123456789"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    work = tmp_path_factory.mktemp("ingest")
+    (work / "rules.yaml").write_text(RULES, encoding="utf-8")
+    (work / "profile.yaml").write_text(
+        "data_dir: var\nhttp:\n  port: 0\n  max_body_bytes: 64KiB\n  sources:\n"
+        f"    azure_monitor: {{hmac_secrets: [{HMAC_SECRET}]}}\n"
+        f"    eventgrid: {{query_secrets: [{CODE}], subscriptions: [VIGIL-KV]}}\n"
+        "detect:\n  rules: rules.yaml\n",
+        encoding="utf-8",
+    )
+    proc = Daemon([*COMMANDS["cli"], str(work / "profile.yaml")], work)
+    try:
+        base = proc.wait_for_log(r"serving on (http://127\.0\.0\.1:\d+)").group(1)
+        token = (work / "var" / "ingest.token").read_text().strip()
+        yield base, token, work
+    finally:
+        proc.stop()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_events_with_the_local_token_are_stored_and_detected(daemon: tuple[str, str, Path]) -> None:
+    base, token, _ = daemon
+    body = (json.dumps(ACTIVITY) + "\n" + json.dumps({**ACTIVITY, "correlationId": "c-2"}) + "\n").encode()
+    r = httpx.post(f"{base}/v1/events", content=body, headers=_bearer(token))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 2, "dead_lettered": 0}
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        found = httpx.get(f"{base}/v1/findings", params={"rule": "t.vault-write"}).json()["findings"]
+        if len(found) >= 2:
+            break
+        time.sleep(0.05)
+    assert len(found) == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "params"),
+    [
+        ({}, {}),
+        ({"Authorization": "Bearer wrong"}, {}),
+        ({"Authorization": "Basic abc"}, {}),
+        ({}, {"code": "wrong"}),
+        ({"X-Vigil-Signature": "t=1,v1=00"}, {}),
+    ],
+)
+def test_unauthenticated_calls_get_401_and_are_counted(
+    daemon: tuple[str, str, Path], headers: dict[str, str], params: dict[str, str]
+) -> None:
+    base, _, _ = daemon
+    r = httpx.post(f"{base}/v1/events", content=json.dumps(ACTIVITY), headers=headers, params=params)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "vigil_ingest_rejected_total" in httpx.get(f"{base}/metrics").text
+
+
+def test_a_body_over_the_limit_is_413(daemon: tuple[str, str, Path]) -> None:
+    base, token, _ = daemon
+    r = httpx.post(f"{base}/v1/events", content=b"x" * (65 * 1024), headers=_bearer(token))
+    assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap applies while reading
+        for _ in range(70):
+            yield b"y" * 1024
+
+    r = httpx.post(f"{base}/v1/events", content=chunks(), headers=_bearer(token))
+    assert r.status_code == 413
+
+
+def test_a_malformed_body_is_400_and_dead_lettered_with_its_reason(daemon: tuple[str, str, Path]) -> None:
+    base, token, work = daemon
+    r = httpx.post(f"{base}/v1/events", content=b"{not json", headers=_bearer(token))
+    assert r.status_code == 400
+    assert r.json()["error"] == "no event in the body" and r.json()["dead_letters"]
+    partial = (json.dumps(ACTIVITY) + "\n42\n").encode()
+    r = httpx.post(f"{base}/v1/events", content=partial, headers=_bearer(token))
+    assert r.status_code == 200 and r.json()["accepted"] == 1 and r.json()["dead_lettered"] == 1
+    conn = sqlite3.connect(work / "var" / "vigil.db")
+    try:
+        reasons = [row[0] for row in conn.execute("SELECT reason FROM dead_letters")]
+    finally:
+        conn.close()
+    assert len(reasons) >= 2 and all(reasons)
+
+
+def test_eventgrid_validation_handshake_and_delivery(daemon: tuple[str, str, Path]) -> None:
+    base, _, _ = daemon
+    handshake = (FIXTURES / "eventgrid" / "good_validation_handshake.json").read_bytes()
+    code = json.loads(handshake)[0]["data"]["validationCode"]
+    url = f"{base}/v1/webhooks/eventgrid"
+    headers = {"aeg-event-type": "SubscriptionValidation", "aeg-subscription-name": "VIGIL-KV"}
+    r = httpx.post(url, content=handshake, headers=headers, params={"code": CODE})
+    assert r.status_code == 200 and r.json() == {"validationResponse": code}
+    stranger = {**headers, "aeg-subscription-name": "SOMEONE-ELSE"}
+    assert httpx.post(url, content=handshake, headers=stranger, params={"code": CODE}).status_code == 403
+    assert httpx.post(url, content=handshake, headers=headers).status_code == 401
+    delivery = (FIXTURES / "eventgrid" / "good_batch_delivery.json").read_bytes()
+    r = httpx.post(
+        url, content=delivery, headers={"aeg-subscription-name": "VIGIL-KV"}, params={"code": CODE}
+    )
+    assert r.status_code == 200 and r.json()["accepted"] >= 1
+    probe = httpx.options(url, headers={"WebHook-Request-Origin": "eventgrid.azure.net"})
+    assert probe.status_code == 200
+    assert probe.headers["webhook-allowed-origin"] == "eventgrid.azure.net"
+
+
+def test_azure_monitor_with_an_hmac_signature(daemon: tuple[str, str, Path]) -> None:
+    base, _, _ = daemon
+    body = (FIXTURES / "monitor" / "good_metric_alert_fired.json").read_bytes()
+    now = int(time.time())
+    url = f"{base}/v1/webhooks/azure-monitor"
+    r = httpx.post(url, content=body, headers={"X-Vigil-Signature": sign(HMAC_SECRET, body, now)})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    stale = sign(HMAC_SECRET, body, now - 3600)
+    assert httpx.post(url, content=body, headers={"X-Vigil-Signature": stale}).status_code == 401
+    tampered = sign(HMAC_SECRET, body, now)
+    assert httpx.post(url, content=body + b" ", headers={"X-Vigil-Signature": tampered}).status_code == 401
+
+
+def test_sentinel_alerts_and_incidents(daemon: tuple[str, str, Path]) -> None:
+    base, token, _ = daemon
+    url = f"{base}/v1/webhooks/sentinel"
+    for name in ("good_incident_trigger.json", "good_security_alert_export.json"):
+        r = httpx.post(url, content=(FIXTURES / "sentinel" / name).read_bytes(), headers=_bearer(token))
+        assert r.status_code == 200 and r.json()["accepted"] >= 1, (name, r.text)
+
+
+# -- at the ASGI level: a rigged backlog, and the auth functions ------------------------------------------
+
+
+def test_a_full_pipeline_answers_429_with_retry_after_before_reading(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"data_dir: {tmp_path / 'var'}\nhttp:\n  max_backlog: 10\n", encoding="utf-8")
+    state = RunState(settings=load_settings(profile, env={}), store=Store(tmp_path / "vigil.db"))
+    state.local_token = "tok"
+    state.backlog = lambda: 11
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/v1/events", content=b"{}", headers=_bearer("tok"))
+
+    r = asyncio.run(post())
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert state.http_ingest.throttled == {"events": 1}
+
+
+def test_auth_rules() -> None:
+    auth = SourceAuth(tokens=["a-token"], hmac_secrets=["s1", "s2"])
+    assert pre_body(auth, {"authorization": "Bearer a-token"}, {}, None) == ""
+    assert pre_body(auth, {"authorization": "Bearer other"}, {}, "local") == "bad_token"
+    assert pre_body(auth, {}, {}, None) == "no_credentials"
+    assert pre_body(auth, {"x-vigil-signature": "t=1,v1=ab"}, {}, None) is None
+    # the local token only opens a source with nothing configured
+    assert pre_body(SourceAuth(), {"authorization": "Bearer local"}, {}, "local") == ""
+    assert pre_body(auth, {"authorization": "Bearer local"}, {}, "local") == "bad_token"
+    body, now = b'{"a": 1}', 1_700_000_000
+    assert signature(auth, sign("s2", body, now), body, now + 10, 300) == ""
+    assert signature(auth, sign("s3", body, now), body, now, 300) == "bad_signature"
+    assert signature(auth, sign("s1", body, now), body, now + 301, 300) == "stale_signature"
+    assert signature(auth, "garbage", body, now, 300) == "bad_signature"

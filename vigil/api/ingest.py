@@ -1,0 +1,167 @@
+"""The HTTP ingestion endpoints: events in over loopback or the network, durable before the answer.
+
+- ``POST /v1/events``: a JSON object, an array, JSON Lines or an Event Hubs ``{"records": [...]}``
+  envelope, in any format ``vigil normalize`` knows (detected per record).
+- ``POST /v1/webhooks/eventgrid``: Event Grid or CloudEvents deliveries; the subscription validation event
+  is answered ``200 {"validationResponse": code}`` (when ``aeg-subscription-name`` is allowed), and
+  ``OPTIONS`` answers the CloudEvents abuse-protection probe with ``WebHook-Allowed-Origin``.
+- ``POST /v1/webhooks/azure-monitor``: the common alert schema.
+- ``POST /v1/webhooks/sentinel``: Sentinel alerts and incidents as a Logic App / automation rule posts them.
+
+Order of checks, cheapest first, so a flood costs little: a ``Content-Length`` over ``http.max_body_bytes``
+is ``413``; a detect backlog over ``http.max_backlog`` is ``429`` with ``Retry-After`` (before the body is
+read); bearer tokens and URL codes are checked (``401``); the body is read with the same cap (``413``);
+an HMAC signature is checked over it (``401``). Then the body is normalised and its events and dead letters
+are committed to the store in one transaction (:meth:`~vigil.store.sqlite.Store.accept`) before the answer:
+``200 {"accepted": N, "dead_lettered": M}``. A body with no event at all (not JSON, every record bad) is
+``400`` with the reasons, and its dead letters are stored too. Normalising and committing run in a worker
+thread, so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from vigil.api.auth import SIGNATURE_HEADER, pre_body, signature
+from vigil.events.batch import BatchNormalizer, Result
+from vigil.settings import SourceAuth
+from vigil.streams import RunState
+
+#: endpoint -> (source name in settings and metrics, normalizer format)
+ENDPOINTS: Final = {
+    "/v1/events": ("events", "auto"),
+    "/v1/webhooks/eventgrid": ("eventgrid", "auto"),
+    "/v1/webhooks/azure-monitor": ("azure_monitor", "monitor-alert"),
+    "/v1/webhooks/sentinel": ("sentinel", "auto"),
+}
+EVENTGRID_ORIGIN: Final = "eventgrid.azure.net"
+_MAX_REASONS: Final = 10
+
+
+class _BodyTooLargeError(Exception):
+    """The body grew past the cap while it was read."""
+
+
+def create_router(state: RunState) -> APIRouter:
+    """The ingestion routes over ``state`` (its store, wake-up and backlog hooks)."""
+    router = APIRouter()
+    for path, (source, fmt) in ENDPOINTS.items():
+        router.add_api_route(path, _handler(state, source, fmt), methods=["POST"], include_in_schema=True)
+    router.add_api_route("/v1/webhooks/eventgrid", _options, methods=["OPTIONS"])
+    return router
+
+
+async def _options(request: Request) -> Response:
+    """The CloudEvents webhook abuse-protection handshake (Event Grid's CloudEvents validation)."""
+    origin = request.headers.get("webhook-request-origin", "")
+    headers = {"Allow": "POST, OPTIONS"}
+    if origin:
+        headers["WebHook-Allowed-Origin"] = origin if origin.lower() == EVENTGRID_ORIGIN else EVENTGRID_ORIGIN
+        headers["WebHook-Allowed-Rate"] = "*"
+    return Response(status_code=200, headers=headers)
+
+
+def _handler(state: RunState, source: str, fmt: str) -> Any:
+    stats = state.http_ingest
+
+    async def ingest(request: Request) -> Response:
+        settings = state.settings
+        auth: SourceAuth = getattr(settings.http.sources, source)
+        limit = int(settings.http.max_body_bytes)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            stats.bump(stats.too_large, source)
+            return _error(413, f"body of {length} bytes is over the {limit}-byte limit (http.max_body_bytes)")
+        if state.store is None:
+            return _error(503, "the store is not open")
+        backlog = state.backlog() if state.backlog is not None else 0
+        if backlog > settings.http.max_backlog:
+            stats.bump(stats.throttled, source)
+            return _error(429, f"{backlog} events wait for detection; retry shortly", {"Retry-After": "1"})
+        verdict = pre_body(auth, request.headers, request.query_params, state.local_token)
+        if verdict:
+            return _reject(state, source, verdict)
+        try:
+            body = await _read(request, limit)
+        except _BodyTooLargeError:
+            stats.bump(stats.too_large, source)
+            return _error(413, f"body over the {limit}-byte limit (http.max_body_bytes)")
+        if verdict is None:
+            verdict = signature(
+                auth, request.headers[SIGNATURE_HEADER], body, time.time(), settings.http.max_skew
+            )
+            if verdict:
+                return _reject(state, source, verdict)
+        result = await asyncio.to_thread(_normalise, body, fmt, settings.ingest.max_record_bytes, limit)
+        validation = _validation(result, source, request, auth)
+        if validation is not None and not result.events:
+            stats.bump(stats.controls, source, len(result.controls))
+            return validation
+        store = state.store
+        await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        stats.bump(stats.accepted, source, len(result.events))
+        stats.bump(stats.dead_letters, source, len(result.dead))
+        stats.bump(stats.controls, source, len(result.controls))
+        if result.events and state.wake is not None:
+            state.wake()
+        if not result.events and not result.controls:
+            reasons = [dl.reason for dl in result.dead[:_MAX_REASONS]]
+            return JSONResponse({"error": "no event in the body", "dead_letters": reasons}, status_code=400)
+        answer: dict[str, Any] = {"accepted": len(result.events), "dead_lettered": len(result.dead)}
+        if result.dead:
+            answer["dead_letters"] = [dl.reason for dl in result.dead[:_MAX_REASONS]]
+        return JSONResponse(answer, status_code=200)
+
+    ingest.__name__ = f"ingest_{source}"
+    return ingest
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _normalise(body: bytes, fmt: str, max_record: int, max_document: int) -> Result:
+    normalizer = BatchNormalizer(fmt, max_record_bytes=max_record, max_document_bytes=max_document)
+    return normalizer.body(body, "http")
+
+
+def _validation(result: Result, source: str, request: Request, auth: SourceAuth) -> Response | None:
+    """The answer to an Event Grid subscription validation event, if the body is one."""
+    if source != "eventgrid":
+        return None
+    for control in result.controls:
+        if control.kind != "eventgrid.validation":
+            continue
+        name = request.headers.get("aeg-subscription-name", "")
+        allowed = [s.upper() for s in getattr(auth, "subscriptions", ())]
+        if allowed and name.upper() not in allowed:
+            return _error(
+                403, f"subscription {name or '(none)'} is not in http.sources.eventgrid.subscriptions"
+            )
+        return JSONResponse({"validationResponse": control.details.get("validation_code")}, status_code=200)
+    return (
+        JSONResponse({"accepted": 0, "controls": len(result.controls)}, status_code=200)
+        if result.controls
+        else None
+    )
+
+
+def _reject(state: RunState, source: str, reason: str) -> Response:
+    state.http_ingest.bump(state.http_ingest.rejected, (source, reason))
+    return _error(401, "not authenticated", {"WWW-Authenticate": 'Bearer realm="vigil"'})
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
