@@ -177,6 +177,14 @@ def render_metrics(state: RunState) -> str:
                 "New keys a stateful rule did not track because it held detect.max_keys keys already.",
                 [(f'{{rule="{_label(rule_id)}"}}', n) for rule_id, n in hits],
             )
+    if state.reloader is not None:
+        metric("vigil_rules_reloads_total", "counter", "Rule reloads attempted.", state.reloader.attempts)
+        metric(
+            "vigil_rules_reload_failures_total",
+            "counter",
+            "Rule reloads rejected because the new set had errors (the running set stayed).",
+            state.reloader.failures,
+        )
     http = state.http_ingest
     for name, help_text, counter in (
         ("vigil_ingest_events_total", "Events accepted over HTTP and committed to the store.", http.accepted),

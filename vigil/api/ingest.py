@@ -53,7 +53,25 @@ def create_router(state: RunState) -> APIRouter:
     for path, (source, fmt) in ENDPOINTS.items():
         router.add_api_route(path, _handler(state, source, fmt), methods=["POST"], include_in_schema=True)
     router.add_api_route("/v1/webhooks/eventgrid", _options, methods=["OPTIONS"])
+    router.add_api_route("/v1/rules/reload", _reload_handler(state), methods=["POST"])
     return router
+
+
+def _reload_handler(state: RunState) -> Any:
+    async def reload_rules(request: Request) -> Response:
+        """Reload the rule set now (authenticated like ``POST /v1/events``): 200 with the result when the
+        new set runs, 422 with its diagnostics when it was rejected (the running set stays)."""
+        verdict = pre_body(
+            state.settings.http.sources.events, request.headers, request.query_params, state.local_token
+        )
+        if verdict is None or verdict:
+            return _reject(state, "rules_reload", verdict or "bad_signature")
+        if state.reloader is None:
+            return _error(503, "hot reload is not running")
+        result = await state.reloader.reload()
+        return JSONResponse(result.to_dict(), status_code=200 if result.ok else 422)
+
+    return reload_rules
 
 
 async def _options(request: Request) -> Response:

@@ -129,14 +129,18 @@ async def dead_letters(request: Request, limit: int = _LIMIT) -> dict[str, Any] 
 
 @router.get("/v1/rules", response_model=None)
 async def rules(request: Request) -> dict[str, Any] | JSONResponse:
-    ruleset = _state(request).ruleset
+    state = _state(request)
+    ruleset = state.ruleset
     if ruleset is None:
         return _error(503, "rules not loaded")
+    last = state.reloader.last if state.reloader is not None else None
     return {
         "hash": ruleset.hash,
         "count": len(ruleset.rules),
         "rules": [rule_summary(rule) for rule in ruleset.rules],
         "diagnostics": [d.format() for d in ruleset.diagnostics],
+        # the last hot-reload attempt: a rejected set shows its errors here while the old set runs on
+        "reload": last.to_dict() if last is not None else None,
     }
 
 
