@@ -119,18 +119,10 @@ class Detector:
         #: id(rule) -> its state update, for the threshold and flatline filters the matcher returns
         self._updates = {k: d.on_event for k, d in self.thresholds.items()}
         self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
-        #: id(rule) -> what the inlined same-bucket update of a plain count threshold needs
         self._counts: dict[int, _FastCount] = {}
-        for k, det in self.thresholds.items():
-            fast = det.fast_count
-            if fast is not None:
-                self._counts[k] = (det, *fast, det.fields, det.key_of)
-        #: every keyed state with its owner, visited round robin by the sweep
-        self._sweepable: list[tuple[KeyedState, Stateful | Suppressor]] = [
-            (d.state, d) for d in self.stateful
-        ]
-        self._sweepable += [(s.state, s) for s in self.suppressors.values()]
+        self._sweepable: list[tuple[KeyedState, Stateful | Suppressor]] = []
         self._sweep_next = 0
+        self._bind_states()
         #: whether anything needs event time at all (else events skip the clock)
         self._needs_time = bool(self.stateful or self.suppressors)
         self._tick = 0
@@ -295,6 +287,41 @@ class Detector:
         out = {d.rule.id: (d.rule, d.state) for d in self.stateful}
         out |= {f"{rid}!suppress": (s.rule, s.state) for rid, s in self.suppressors.items()}
         return out
+
+    def _bind_states(self) -> None:
+        """(Re)build what caches a reference to a rule's state: the inlined count path and the sweep."""
+        #: id(rule) -> what the inlined same-bucket update of a plain count threshold needs
+        self._counts = {}
+        for k, det in self.thresholds.items():
+            fast = det.fast_count
+            if fast is not None:
+                self._counts[k] = (det, *fast, det.fields, det.key_of)
+        #: every keyed state with its owner, visited round robin by the sweep
+        self._sweepable = [(d.state, d) for d in self.stateful]
+        self._sweepable += [(s.state, s) for s in self.suppressors.values()]
+        self._sweep_next = 0
+
+    def adopt(self, old: Detector) -> list[str]:
+        """Take over ``old``'s open state for every rule whose text is unchanged, and its clock (a hot
+        reload: windows, partial sequences, flatline times and suppression periods of untouched rules
+        carry on; a changed rule starts empty, its old state would mean something else). Returns the ids
+        of the rules whose state was kept."""
+        previous = old.states()
+        kept: list[str] = []
+        for det in self.stateful:
+            prev = previous.get(det.rule.id)
+            if prev is not None and prev[0].content_hash == det.rule.content_hash:
+                det.state = prev[1]
+                kept.append(det.rule.id)
+        for rid, sup in self.suppressors.items():
+            prev = previous.get(f"{rid}!suppress")
+            if prev is not None and prev[0].content_hash == sup.rule.content_hash:
+                sup.state = prev[1]
+        self.clock = old.clock
+        self._clock_args = old._clock_args
+        self._bind_states()
+        self.rearm()
+        return kept
 
     def reset(self) -> None:
         """Forget all state and start a new clock (each embedded test case starts from nothing)."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from vigil.rules.model import RuleSet
     from vigil.store.sqlite import Store
     from vigil.streams.pipeline import DetectStats
+    from vigil.streams.reload import Reloader
 
 
 @dataclass
@@ -101,6 +102,8 @@ class RunState:
     backlog: Callable[[], int] | None = None
     #: the local ingestion token, accepted by sources that configure no credentials
     local_token: str | None = None
+    #: the rule set's hot reload (``POST /v1/rules/reload``; its last result in ``/v1/rules``)
+    reloader: Reloader | None = None
 
 
 __all__ = ["HttpIngestStats", "IngestStats", "RunState"]

@@ -42,6 +42,7 @@ from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
 from vigil.streams.dropfolder import DropFolder, OutputError
 from vigil.streams.pipeline import DetectStage
+from vigil.streams.reload import Reloader
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,9 @@ async def _main(
     watcher_task = asyncio.create_task(watcher.run(), name="vigil.dropfolder")
     stage_stop = asyncio.Event()
     stage_task = asyncio.create_task(stage.run(wake.bind(), stage_stop), name="vigil.detect")
+    reloader = Reloader(state, stage)
+    state.reloader = reloader
+    reload_task = asyncio.create_task(reloader.watch(stage_stop), name="vigil.rules-reload")
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="vigil.http")
     status = 0
     try:
@@ -232,6 +236,7 @@ async def _main(
             log.exception("drop-folder watcher failed")
         stage_stop.set()  # after the watcher: the last file's events are processed, then a snapshot
         try:
+            await reload_task
             await stage_task
         except Exception:
             status = 1
