@@ -33,6 +33,7 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from vigil.api.incidents import router as incidents_router
 from vigil.api.ingest import create_router as create_ingest_router
 from vigil.api.read import router as read_router
 from vigil.store.sqlite import StoreError
@@ -92,6 +93,7 @@ def create_app(state: RunState) -> FastAPI:
     app.state.vigil = state
     app.include_router(read_router)
     app.include_router(create_ingest_router(state))
+    app.include_router(incidents_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

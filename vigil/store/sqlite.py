@@ -34,6 +34,7 @@ from vigil.detectors.finding import Finding, finding_id, group_key
 from vigil.errors import VigilError
 from vigil.events.deadletter import DeadLetter
 from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
+from vigil.store import incidents as book
 
 SCHEMA_VERSION: Final = 1
 
@@ -76,8 +77,15 @@ class StoredEvent:
 class Store:
     """The SQLite store (see module docstring)."""
 
-    def __init__(self, path: str | Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        incident_window_ms: int = book.DEFAULT_WINDOW_MS,
+    ) -> None:
         self.path = Path(path)
+        self.incident_window_ms = incident_window_ms
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +94,7 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                for stmt in filter(str.strip, (_SCHEMA + book.SCHEMA).split(";")):
                     self._db.execute(stmt)
                 row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None:
@@ -264,9 +272,14 @@ class Store:
         ]
 
         def write() -> int:
-            before = self._db.total_changes
-            self._db.executemany("INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            new = self._db.total_changes - before
+            new_rows: list[book.NewFinding] = []
+            for row in rows:
+                if self._db.execute(
+                    "INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                ).rowcount:
+                    new_rows.append((row[0], row[1], row[2], row[3], row[4], row[6]))
+            book.attach(self._db, new_rows, self.incident_window_ms)
+            new = len(new_rows)
             now = int(time.time() * 1000)
             if snapshot is not None:
                 self._db.execute(
@@ -305,6 +318,23 @@ class Store:
 
     def count_findings(self) -> int:
         return int(self._read("SELECT count(*) FROM findings")[0][0])
+
+    # -- incidents (vigil/store/incidents.py) --------------------------------------------------------
+
+    def incidents(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Incidents, the most recently active first."""
+        with self._lock:
+            return book.listing(self._db, state, limit)
+
+    def incident(self, iid: str) -> dict[str, Any] | None:
+        """One incident with its timeline, or None."""
+        with self._lock:
+            return book.one(self._db, iid)
+
+    def set_incident_state(self, iid: str, to: book.State, actor: str, note: str = "") -> dict[str, Any]:
+        """Acknowledge or resolve an incident (IncidentError if unknown or not allowed)."""
+        result: dict[str, Any] = self._write(book.transition, self._db, iid, to, actor, note)
+        return result
 
     # -- dead letters and offsets --------------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""Incidents: grouping by rule and group over a window, states and timeline, exactly once on replay;
+and the API over them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.detectors.stateful_helpers import at
+from vigil.api import create_app
+from vigil.detectors.finding import Finding
+from vigil.events.model import FrozenMap
+from vigil.settings import load_settings
+from vigil.store.incidents import IncidentError
+from vigil.store.sqlite import Store
+from vigil.streams import RunState
+
+HOUR = 3600
+
+
+def _f(seconds: float, eid: str, rule: str = "r.burst", node: str = "n1") -> tuple[int, Finding]:
+    found = Finding(
+        rule=rule,
+        title=f"title of {rule}",
+        severity="high",
+        score=70,
+        event_ids=(eid,),
+        time=at(seconds),
+        group=FrozenMap({"node.id": node}),
+    )
+    return 1, found
+
+
+def test_findings_group_into_incidents_by_rule_group_and_window(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db", incident_window_ms=HOUR * 1000)
+    batch = [
+        _f(0, "e1"),
+        _f(600, "e2"),  # same rule and node, 10 minutes later: same incident
+        _f(0, "e3", node="n2"),  # another node: another incident
+        _f(0, "e4", rule="r.other"),  # another rule: another incident
+        _f(600 + 2 * HOUR, "e5"),  # two hours after the last: a new incident
+    ]
+    assert store.commit_detection(batch, 5, None) == 5
+    open_ = store.incidents(state="open")
+    assert sorted((i["rule"], i["group"]["node.id"], i["findings"]) for i in open_) == [
+        ("r.burst", "n1", 1),
+        ("r.burst", "n1", 2),
+        ("r.burst", "n2", 1),
+        ("r.other", "n1", 1),
+    ]
+    # a replay of the same findings changes nothing
+    assert store.commit_detection(batch, 5, None) == 0
+    assert sum(i["findings"] for i in store.incidents()) == 5
+
+
+def test_states_and_timeline(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    store.commit_detection([_f(0, "e1"), _f(60, "e2")], 2, None)
+    (incident,) = store.incidents()
+    iid = incident["id"]
+    store.set_incident_state(iid, "acknowledged", "alice", "looking")
+    with pytest.raises(IncidentError, match="cannot become acknowledged"):
+        store.set_incident_state(iid, "acknowledged", "bob")
+    store.commit_detection([_f(120, "e3")], 3, None)  # an acknowledged incident still takes findings
+    store.set_incident_state(iid, "resolved", "alice")
+    store.commit_detection([_f(180, "e4")], 4, None)  # a resolved one does not: a new incident opens
+    full = store.incident(iid)
+    assert full is not None and full["state"] == "resolved" and full["findings"] == 3
+    kinds = [(e["kind"], e["actor"]) for e in full["timeline"]]
+    assert kinds == [
+        ("opened", "system"),
+        ("finding", "rule:r.burst"),
+        ("finding", "rule:r.burst"),
+        ("acknowledged", "alice"),
+        ("finding", "rule:r.burst"),
+        ("resolved", "alice"),
+    ]
+    assert full["timeline"][3]["note"] == "looking"
+    assert len(store.incidents(state="open")) == 1
+    with pytest.raises(IncidentError, match="no incident"):
+        store.set_incident_state("nope", "resolved", "x")
+
+
+def test_incident_api(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"data_dir: {tmp_path / 'var'}\n", encoding="utf-8")
+    store = Store(tmp_path / "vigil.db")
+    store.commit_detection([_f(0, "e1")], 1, None)
+    state = RunState(settings=load_settings(profile, env={}), store=store)
+    state.local_token = "tok"
+    iid = store.incidents()[0]["id"]
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            auth = {"Authorization": "Bearer tok"}
+            return [
+                await c.get("/v1/incidents"),
+                await c.get(f"/v1/incidents/{iid}"),
+                await c.get("/v1/incidents/unknown"),
+                await c.post(f"/v1/incidents/{iid}/acknowledge"),
+                await c.post(f"/v1/incidents/{iid}/acknowledge", headers=auth, json={"note": "on it"}),
+                await c.post(f"/v1/incidents/{iid}/acknowledge", headers=auth),
+                await c.post(f"/v1/incidents/{iid}/resolve", headers=auth),
+                await c.get("/v1/incidents", params={"state": "resolved"}),
+            ]
+
+    listing, one, missing, unauth, ack, again, resolved, after = asyncio.run(calls())
+    assert listing.status_code == 200 and listing.json()["count"] == 1
+    assert one.json()["timeline"][0]["kind"] == "opened"
+    assert missing.status_code == 404
+    assert unauth.status_code == 401
+    assert ack.json() == {"id": iid, "state": "acknowledged"}
+    assert again.status_code == 409
+    assert resolved.status_code == 200
+    assert [i["id"] for i in after.json()["incidents"]] == [iid]

@@ -1,0 +1,105 @@
+"""Incident endpoints: list, read with timeline, acknowledge, resolve (vigil/store/incidents.py).
+
+- ``GET /v1/incidents?state=&limit=``: the most recently active first.
+- ``GET /v1/incidents/{id}``: one incident with its timeline; 404 when unknown.
+- ``POST /v1/incidents/{id}/acknowledge`` and ``.../resolve``: a state change, authenticated like
+  ``POST /v1/events`` (bearer token, signature or the local token), with an optional ``{"note": "..."}``;
+  ``409`` when the change is not allowed (a resolved incident cannot be acknowledged).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from vigil.api.auth import pre_body
+from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT
+from vigil.store.incidents import IncidentError
+from vigil.store.sqlite import Store, StoreError
+from vigil.streams import RunState
+
+router = APIRouter()
+
+
+def _state(request: Request) -> RunState:
+    state: RunState = request.app.state.vigil
+    return state
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _store(request: Request) -> Store | JSONResponse:
+    store = _state(request).store
+    return _error(503, "store not open") if store is None else store
+
+
+@router.get("/v1/incidents", response_model=None)
+async def list_incidents(
+    request: Request,
+    state: Literal["open", "acknowledged", "resolved"] | None = None,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+) -> dict[str, Any] | JSONResponse:
+    store = _store(request)
+    if isinstance(store, JSONResponse):
+        return store
+    try:
+        found = store.incidents(state=state, limit=limit)
+    except (StoreError, sqlite3.Error) as exc:
+        return _error(503, f"store read failed: {exc}")
+    return {"incidents": found, "count": len(found)}
+
+
+@router.get("/v1/incidents/{incident_id}", response_model=None)
+async def get_incident(request: Request, incident_id: str) -> dict[str, Any] | JSONResponse:
+    store = _store(request)
+    if isinstance(store, JSONResponse):
+        return store
+    try:
+        found = store.incident(incident_id)
+    except (StoreError, sqlite3.Error) as exc:
+        return _error(503, f"store read failed: {exc}")
+    return found if found is not None else _error(404, f"no incident {incident_id!r}")
+
+
+async def _change(
+    request: Request, incident_id: str, to: Literal["acknowledged", "resolved"]
+) -> JSONResponse:
+    state = _state(request)
+    verdict = pre_body(
+        state.settings.http.sources.events, request.headers, request.query_params, state.local_token
+    )
+    if verdict is None or verdict:
+        return JSONResponse(
+            {"error": "not authenticated"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    store = _store(request)
+    if isinstance(store, JSONResponse):
+        return store
+    body = await request.body()
+    try:
+        note = orjson.loads(body).get("note", "") if body else ""
+    except (orjson.JSONDecodeError, AttributeError):
+        return _error(400, 'body: expected {"note": "..."} or nothing')
+    try:
+        result = store.set_incident_state(incident_id, to, actor="api", note=str(note))
+    except IncidentError as exc:
+        return _error(404 if "no incident" in str(exc) else 409, str(exc))
+    except StoreError as exc:
+        return _error(503, str(exc))
+    return JSONResponse(result)
+
+
+@router.post("/v1/incidents/{incident_id}/acknowledge", response_model=None)
+async def acknowledge(request: Request, incident_id: str) -> JSONResponse:
+    return await _change(request, incident_id, "acknowledged")
+
+
+@router.post("/v1/incidents/{incident_id}/resolve", response_model=None)
+async def resolve(request: Request, incident_id: str) -> JSONResponse:
+    return await _change(request, incident_id, "resolved")

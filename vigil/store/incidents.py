@@ -1,0 +1,145 @@
+"""Incidents: findings of one rule about one group, grouped over a window, with a state and a timeline.
+
+An analyst works incidents, not findings: forty "burst of secret reads" findings about one vault in an
+hour are one incident with forty findings. A new finding joins the open (or acknowledged) incident of its
+rule and group whose last finding is at most ``window`` older; otherwise it opens a new incident. States:
+``open`` → ``acknowledged`` → ``resolved`` (a resolved incident takes no new findings; the next one opens a
+new incident). Every change is a timeline entry (opened, finding, acknowledged, resolved, with who and when).
+
+Grouping runs inside the store's detection transaction (:meth:`~vigil.store.sqlite.Store.commit_detection`)
+and only for findings that were new, so re-processing after a crash neither adds findings nor counts
+them twice in an incident. An incident's id is derived from its first finding's id, so it is stable too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from typing import Any, Final, Literal
+
+import orjson
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, rule TEXT NOT NULL, group_key TEXT NOT NULL, state TEXT NOT NULL,
+    severity TEXT NOT NULL, title TEXT NOT NULL, grp BLOB NOT NULL,
+    opened_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, findings INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS incidents_key ON incidents(rule, group_key, state, last_ms);
+CREATE INDEX IF NOT EXISTS incidents_last ON incidents(last_ms);
+CREATE TABLE IF NOT EXISTS incident_timeline (
+    n INTEGER PRIMARY KEY, incident TEXT NOT NULL, at_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, detail BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS incident_timeline_by ON incident_timeline(incident, n);
+"""
+
+State = Literal["open", "acknowledged", "resolved"]
+#: which state may follow which
+TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {
+    "open": ("acknowledged", "resolved"),
+    "acknowledged": ("resolved",),
+    "resolved": (),
+}
+DEFAULT_WINDOW_MS: Final = 3_600_000
+
+#: (finding id, rule, severity, group key, time ms, body JSON) of a finding that was just stored
+NewFinding = tuple[str, str, str, str, int, bytes]
+
+
+class IncidentError(ValueError):
+    """An unknown incident, or a state change that is not allowed."""
+
+
+def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> None:
+    """File each new finding into an incident (call inside the detection transaction)."""
+    now = int(time.time() * 1000)
+    for fid, rule, severity, gkey, t, body in found:
+        row = db.execute(
+            "SELECT id, last_ms FROM incidents WHERE rule = ? AND group_key = ? AND state != 'resolved' "
+            "AND last_ms >= ? ORDER BY last_ms DESC LIMIT 1",
+            (rule, gkey, t - window_ms),
+        ).fetchone()
+        data = orjson.loads(body)
+        if row is None:
+            iid = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
+            db.execute(
+                "INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, 0)",
+                (
+                    iid,
+                    rule,
+                    gkey,
+                    severity,
+                    data.get("title", rule),
+                    orjson.dumps(data.get("group", {})),
+                    t,
+                    t,
+                ),
+            )
+            _timeline(db, iid, now, "opened", "system", {"finding": fid})
+        else:
+            iid = row[0]
+        db.execute(
+            "UPDATE incidents SET findings = findings + 1, last_ms = max(last_ms, ?) WHERE id = ?", (t, iid)
+        )
+        _timeline(db, iid, now, "finding", f"rule:{rule}", {"finding": fid, "time_ms": t})
+
+
+def transition(db: sqlite3.Connection, iid: str, to: State, actor: str, note: str = "") -> dict[str, Any]:
+    """Move an incident to ``to`` (call inside a transaction); IncidentError if not allowed."""
+    row = db.execute("SELECT state FROM incidents WHERE id = ?", (iid,)).fetchone()
+    if row is None:
+        raise IncidentError(f"no incident {iid!r}")
+    if to not in TRANSITIONS[row[0]]:
+        raise IncidentError(f"incident {iid} is {row[0]}; it cannot become {to}")
+    db.execute("UPDATE incidents SET state = ? WHERE id = ?", (to, iid))
+    _timeline(db, iid, int(time.time() * 1000), to, actor, {"note": note} if note else {})
+    return {"id": iid, "state": to}
+
+
+def listing(db: sqlite3.Connection, state: str | None, limit: int) -> list[dict[str, Any]]:
+    sql = "SELECT * FROM incidents"
+    args: list[Any] = []
+    if state:
+        sql += " WHERE state = ?"
+        args.append(state)
+    sql += " ORDER BY last_ms DESC, id LIMIT ?"
+    args.append(limit)
+    return [_incident(r) for r in db.execute(sql, args).fetchall()]
+
+
+def one(db: sqlite3.Connection, iid: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT * FROM incidents WHERE id = ?", (iid,)).fetchone()
+    if row is None:
+        return None
+    out = _incident(row)
+    out["timeline"] = [
+        {"at_ms": at, "kind": kind, "actor": actor, **orjson.loads(detail)}
+        for at, kind, actor, detail in db.execute(
+            "SELECT at_ms, kind, actor, detail FROM incident_timeline WHERE incident = ? ORDER BY n", (iid,)
+        )
+    ]
+    return out
+
+
+def _incident(row: tuple[Any, ...]) -> dict[str, Any]:
+    iid, rule, _gkey, state, severity, title, grp, opened, last, count = row
+    return {
+        "id": iid,
+        "rule": rule,
+        "title": title,
+        "severity": severity,
+        "state": state,
+        "group": orjson.loads(grp),
+        "opened_ms": opened,
+        "last_ms": last,
+        "findings": count,
+    }
+
+
+def _timeline(
+    db: sqlite3.Connection, iid: str, at: int, kind: str, actor: str, detail: dict[str, Any]
+) -> None:
+    db.execute(
+        "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail) VALUES (?, ?, ?, ?, ?)",
+        (iid, at, kind, actor, orjson.dumps(detail)),
+    )
