@@ -39,6 +39,7 @@ bench: $(STAMP)  ## run the benchmarks in bench/
 	$(BIN)/python bench/normalize.py
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/stateful.py
+	$(BIN)/python bench/ingest.py
 
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
