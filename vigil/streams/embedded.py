@@ -37,6 +37,7 @@ from vigil.detectors.engine import Detector
 from vigil.rules.lint import lint
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
+from vigil.runtime import tune_gc
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
@@ -99,6 +100,7 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.http.host, settings.http.port, exc.strerror or exc)
         return 1
+    tune_gc()  # the compiled rule set and the restored state are frozen out of the collector's way
     state = RunState(settings=settings, ingest=watcher.stats, store=store, ruleset=ruleset, detector=detector)
     state.detect = stage.stats
     state.wake = wake.set_threadsafe
