@@ -121,7 +121,9 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             stats.bump(stats.controls, source, len(result.controls))
             return validation
         store = state.store
-        await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        first, _ = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        if result.events and state.offer is not None:
+            state.offer(first, result.events)
         stats.bump(stats.accepted, source, len(result.events))
         stats.bump(stats.dead_letters, source, len(result.dead))
         stats.bump(stats.controls, source, len(result.controls))

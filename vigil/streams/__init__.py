@@ -10,7 +10,7 @@ same loop, and no lock is needed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,6 +19,7 @@ from vigil.settings import Settings
 
 if TYPE_CHECKING:
     from vigil.detectors.engine import Detector
+    from vigil.events.model import Event
     from vigil.rules.model import RuleSet
     from vigil.store.sqlite import Store
     from vigil.streams.pipeline import DetectStats
@@ -98,6 +99,9 @@ class RunState:
     http_ingest: HttpIngestStats = field(default_factory=HttpIngestStats)
     #: called after an ingestion request appended events (wakes the detect stage); any thread
     wake: Callable[[], None] | None = None
+    #: hands events just committed (first seq, events) to the detect stage, which then need not decode them
+    #: back from the store
+    offer: Callable[[int, Sequence[Event]], None] | None = None
     #: events in the store not yet detected (ingestion answers 429 above ``http.max_backlog``)
     backlog: Callable[[], int] | None = None
     #: the local ingestion token, accepted by sources that configure no credentials

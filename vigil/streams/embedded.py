@@ -105,6 +105,7 @@ def serve(settings: Settings) -> int:
     state.detect = stage.stats
     state.wake = wake.set_threadsafe
     state.backlog = stage.backlog
+    state.offer = stage.offer
     try:
         state.local_token = local_token(settings.data_dir)
     except OSError as exc:

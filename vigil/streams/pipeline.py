@@ -20,17 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from vigil.detectors.engine import Detector
 from vigil.detectors.finding import Finding
 from vigil.detectors.snapshot import restore, snapshot
 from vigil.errors import VigilError
-from vigil.store.sqlite import Store
+from vigil.events.model import Event
+from vigil.store.sqlite import Store, StoredEvent
 from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
+
+#: events held in memory between a source's commit and the detect stage (past it: read from the store)
+MAX_HANDED: Final = 100_000
 
 
 @dataclass
@@ -64,6 +71,10 @@ class DetectStage:
         self.name = name
         self.stats = DetectStats()
         self.position = 0
+        #: events a source handed over right after committing them (seq -> event): read from memory
+        #: instead of decoding them back from the store; anything missing is read from the store
+        self._handed: dict[int, Event] = {}
+        self._handed_lock = threading.Lock()
         self._committed = 0
         self._last_snapshot = 0.0
 
@@ -91,9 +102,32 @@ class DetectStage:
         self._last_snapshot = time.monotonic()
         return self.position
 
+    def offer(self, first_seq: int, events: Sequence[Event]) -> None:
+        """A source committed ``events`` as ``first_seq, first_seq + 1, ...``: keep them in memory for the
+        next step (any thread). Bounded: past :data:`MAX_HANDED` the stage reads the store instead."""
+        with self._handed_lock:
+            if len(self._handed) + len(events) > MAX_HANDED:
+                return
+            for i, event in enumerate(events):
+                self._handed[first_seq + i] = event
+
+    def _next(self) -> list[StoredEvent]:
+        """The next batch after the position: from memory while it is contiguous, else from the store."""
+        with self._handed_lock:
+            handed = self._handed
+            out: list[StoredEvent] = []
+            seq = self.position + 1
+            while len(out) < self.batch and seq in handed:
+                out.append(StoredEvent(seq, handed.pop(seq)))
+                seq += 1
+            if len(handed) > MAX_HANDED // 2:  # stale entries (below the position after a restart)
+                for old in [k for k in handed if k <= self.position]:
+                    del handed[old]
+        return out or self.store.read_events(self.position, self.batch)
+
     def step(self, *, force_snapshot: bool = False) -> int:
         """Process one batch of the log after the position; the number of events processed."""
-        stored = self.store.read_events(self.position, self.batch)
+        stored = self._next()
         found: list[tuple[int, Finding]] = []
         process = self.detector.process
         for item in stored:
