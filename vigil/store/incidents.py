@@ -51,37 +51,50 @@ class IncidentError(ValueError):
 
 
 def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> None:
-    """File each new finding into an incident (call inside the detection transaction)."""
+    """File each new finding into an incident (call inside the detection transaction). Batched: one look-up
+    per (rule, group) in the batch, then one statement per kind of write."""
     now = int(time.time() * 1000)
-    for fid, rule, severity, gkey, t, body in found:
+    by_group: dict[tuple[str, str], list[NewFinding]] = {}
+    for item in found:
+        by_group.setdefault((item[1], item[3]), []).append(item)
+    new_incidents: list[tuple[Any, ...]] = []
+    counts: dict[str, list[int]] = {}  # incident -> [findings added, newest time]
+    timeline: list[tuple[Any, ...]] = []
+    for (rule, gkey), items in by_group.items():
+        items.sort(key=lambda f: f[4])
         row = db.execute(
             "SELECT id, last_ms FROM incidents WHERE rule = ? AND group_key = ? AND state != 'resolved' "
-            "AND last_ms >= ? ORDER BY last_ms DESC LIMIT 1",
-            (rule, gkey, t - window_ms),
+            "ORDER BY last_ms DESC LIMIT 1",
+            (rule, gkey),
         ).fetchone()
-        data = orjson.loads(body)
-        if row is None:
-            iid = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
-            db.execute(
-                "INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, 0)",
-                (
-                    iid,
-                    rule,
-                    gkey,
-                    severity,
-                    data.get("title", rule),
-                    orjson.dumps(data.get("group", {})),
-                    t,
-                    t,
-                ),
+        current, last = (row[0], int(row[1])) if row is not None else (None, None)
+        for fid, _, severity, _, t, body in items:
+            if current is None or last is None or t - last > window_ms:
+                data = orjson.loads(body)
+                current = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
+                title = data.get("title", rule)
+                group = orjson.dumps(data.get("group", {}))
+                new_incidents.append((current, rule, gkey, severity, title, group, t, t))
+                timeline.append((current, now, "opened", "system", orjson.dumps({"finding": fid})))
+                last = t
+            last = max(last, t)
+            entry = counts.setdefault(current, [0, t])
+            entry[0] += 1
+            entry[1] = max(entry[1], t)
+            timeline.append(
+                (current, now, "finding", f"rule:{rule}", orjson.dumps({"finding": fid, "time_ms": t}))
             )
-            _timeline(db, iid, now, "opened", "system", {"finding": fid})
-        else:
-            iid = row[0]
-        db.execute(
-            "UPDATE incidents SET findings = findings + 1, last_ms = max(last_ms, ?) WHERE id = ?", (t, iid)
-        )
-        _timeline(db, iid, now, "finding", f"rule:{rule}", {"finding": fid, "time_ms": t})
+    db.executemany(
+        "INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, 0)", new_incidents
+    )
+    db.executemany(
+        "UPDATE incidents SET findings = findings + ?, last_ms = max(last_ms, ?) WHERE id = ?",
+        [(n, t, iid) for iid, (n, t) in counts.items()],
+    )
+    db.executemany(
+        "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail) VALUES (?, ?, ?, ?, ?)",
+        timeline,
+    )
 
 
 def transition(db: sqlite3.Connection, iid: str, to: State, actor: str, note: str = "") -> dict[str, Any]:

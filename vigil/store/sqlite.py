@@ -272,12 +272,20 @@ class Store:
         ]
 
         def write() -> int:
-            new_rows: list[book.NewFinding] = []
+            # new ones only: those already stored (a replay after a crash) and repeats inside the batch
+            seen: set[str] = set()
+            for i in range(0, len(rows), 500):
+                ids = [r[0] for r in rows[i : i + 500]]
+                marks = ",".join("?" * len(ids))
+                found = self._db.execute(f"SELECT id FROM findings WHERE id IN ({marks})", ids)
+                seen.update(r[0] for r in found)
+            fresh = []
             for row in rows:
-                if self._db.execute(
-                    "INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)", row
-                ).rowcount:
-                    new_rows.append((row[0], row[1], row[2], row[3], row[4], row[6]))
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    fresh.append(row)
+            self._db.executemany("INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
+            new_rows: list[book.NewFinding] = [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in fresh]
             book.attach(self._db, new_rows, self.incident_window_ms)
             new = len(new_rows)
             now = int(time.time() * 1000)
