@@ -100,7 +100,7 @@ class HttpSettings(Section):
 
 
 class IngestSettings(Section):
-    """The drop-folder source of the embedded runner."""
+    """The file sources of the embedded runner: the drop folder and the followed JSONL files."""
 
     drop_dir: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/inbox"), description="folder watched for input")
     poll_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between scans")
@@ -111,6 +111,10 @@ class IngestSettings(Section):
         default=ByteSize(64 << 20), gt=0, description="cap per JSON document"
     )
     format: str = Field(default="auto", description="normalizer name, or auto to detect per record")
+    tail_files: list[Path] = Field(
+        default_factory=list,
+        description="JSONL files followed like tail -F, resuming from the offset stored in the store",
+    )
 
     @field_validator("format")
     @classmethod
@@ -406,10 +410,16 @@ def _resolve_section(section: Section, data_dir: Path) -> Section:
     updates: dict[str, Any] = {}
     for key, value in section:
         if isinstance(value, Path):
-            updates[key] = _absolute(Path(str(value).replace(DATA_DIR_TOKEN, str(data_dir), 1)))
+            updates[key] = _resolve_path(value, data_dir)
+        elif isinstance(value, list) and value and all(isinstance(item, Path) for item in value):
+            updates[key] = [_resolve_path(item, data_dir) for item in value]
         elif isinstance(value, Section):
             updates[key] = _resolve_section(value, data_dir)
     return section.model_copy(update=updates) if updates else section
+
+
+def _resolve_path(path: Path, data_dir: Path) -> Path:
+    return _absolute(Path(str(path).replace(DATA_DIR_TOKEN, str(data_dir), 1)))
 
 
 def _absolute(path: Path) -> Path:

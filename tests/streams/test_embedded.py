@@ -232,3 +232,26 @@ def test_a_busy_port_is_a_clear_error(workdir: Path) -> None:
             proc.wait_for_log(rf"cannot listen on 127\.0\.0\.1:{port}")
         finally:
             proc.stop()
+
+
+def test_a_followed_jsonl_file_reaches_detection(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES, encoding="utf-8")
+    (tmp_path / "profile.yaml").write_text(
+        "data_dir: var\nhttp:\n  port: 0\ningest:\n  poll_interval: 0.1\n  tail_files: [app.jsonl]\n"
+        + PROFILE_RULES,
+        encoding="utf-8",
+    )
+    proc = Daemon([*COMMANDS["serve"], str(tmp_path / "profile.yaml")], tmp_path)
+    try:
+        proc.wait_for_log(r"serving on")
+        with (tmp_path / "app.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(GOOD) + "\n")
+        db = tmp_path / "var" / "vigil.db"
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end and _findings(db) != [("t.vault-write",)]:
+            time.sleep(0.05)
+        assert _findings(db) == [("t.vault-write",)]
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.read_log()
+    finally:
+        proc.stop()

@@ -211,9 +211,17 @@ class Store:
     def forget_published(self, token: str) -> None:
         self._write(lambda: self._db.execute("DELETE FROM offsets WHERE source = ?", (f"published:{token}",)))
 
-    def accept(self, events: Sequence[Event], dead: Sequence[DeadLetter], source: str) -> tuple[int, int]:
-        """What one ingestion request brought, in one transaction: events into the log, dead letters
-        beside them (a crash can never keep one and lose the other). (first seq, last seq) of the events."""
+    def accept(
+        self,
+        events: Sequence[Event],
+        dead: Sequence[DeadLetter],
+        source: str,
+        *,
+        offset: tuple[str, str] | None = None,
+    ) -> tuple[int, int]:
+        """What one ingestion request (or one batch of a followed file) brought, in one transaction: events
+        into the log, dead letters beside them and, when given, the source's new ``offset`` (name, value),
+        so a crash can never keep one and lose another. (first seq, last seq) of the events."""
         now = int(time.time() * 1000)
         rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
         letters = [(source, dl.reason, now, msgspec.json.encode(dl)) for dl in dead]
@@ -226,6 +234,8 @@ class Store:
             self._db.executemany(
                 "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)", letters
             )
+            if offset is not None:
+                self._set_offset(*offset)
             return (last - len(rows) + 1, last) if rows else (0, 0)
 
         result: tuple[int, int] = self._write(insert)

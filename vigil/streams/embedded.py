@@ -44,6 +44,7 @@ from vigil.streams import RunState
 from vigil.streams.dropfolder import DropFolder, OutputError
 from vigil.streams.pipeline import DetectStage
 from vigil.streams.reload import Reloader
+from vigil.streams.tail import FileTail
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,8 @@ async def _main(
     stopping = asyncio.Event()
     signals = _install_signal_handlers(loop, stopping)
     watcher_task = asyncio.create_task(watcher.run(), name="vigil.dropfolder")
+    tail = FileTail(settings, state.store) if settings.ingest.tail_files and state.store is not None else None
+    tail_task = asyncio.create_task(tail.run(wake.set_threadsafe), name="vigil.tail") if tail else None
     stage_stop = asyncio.Event()
     stage_task = asyncio.create_task(stage.run(wake.bind(), stage_stop), name="vigil.detect")
     reloader = Reloader(state, stage)
@@ -237,6 +240,13 @@ async def _main(
         except Exception:
             status = 1
             log.exception("drop-folder watcher failed")
+        if tail is not None and tail_task is not None:
+            tail.stop()
+            try:
+                await tail_task
+            except Exception:
+                status = 1
+                log.exception("file tail failed")
         stage_stop.set()  # after the watcher: the last file's events are processed, then a snapshot
         try:
             await reload_task

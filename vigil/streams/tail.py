@@ -1,0 +1,822 @@
+"""The file-tail source: JSONL files followed like ``tail -F``, resuming after a restart where they stopped.
+
+Each path in ``ingest.tail_files`` is polled every ``ingest.poll_interval``. Only complete lines are taken:
+a last line without its newline waits for it. Lines are normalised like every other input
+(:class:`~vigil.events.batch.BatchNormalizer`, with the ingest format and caps); events go to the store's
+event log and bad lines to its dead letters, both under the source name ``tail:<path>``, with the line's
+byte offset and line number in the file. Each step reads at most :data:`MAX_BATCH_BYTES` or
+:data:`MAX_BATCH_LINES` of one file, and files take turns, so one huge file does not starve the others.
+A line longer than ``max_record_bytes`` is dead-lettered without ever being held in memory.
+
+**Offsets.** After each batch the file's position is stored in the store's offsets, as JSON under the key
+``tail:<path>``: ``{"inode", "dev", "pos", "line", "head", "tail"}``, where ``head`` is the SHA-256 of the
+file's first ``min(pos, 1 KiB)`` bytes and ``tail`` that of the up to 1 KiB just before ``pos``. Both only
+cover bytes already read, so they stay valid while the file grows.
+
+**One commit per batch.** A batch's new offset is stored in the same transaction as its events and dead
+letters
+(:meth:`Store.accept <vigil.store.sqlite.Store.accept>` with ``offset=``): a crash keeps both or neither,
+so after a restart no line is read twice and none is skipped.
+
+**Rotation.** At each step the path is compared with the open descriptor.
+
+* *Replaced* (``rename`` + ``create``, logrotate's default and that of most loggers): the new file is
+  opened at once, but the old one is first read to its end through the descriptor still held, and kept
+  (and read) until the new file has data, since a writer goes on writing to the old file until it reopens.
+  A path that disappears (renamed, not yet recreated) is handled the same way.
+* *Truncated* (``copytruncate``: the file is smaller than the position, or its first bytes changed):
+  reading starts again from 0. Lines written between the last poll and the copy are only in the copy; when
+  it is beside the file as ``<path>.1`` (logrotate with ``delaycompress``) and its head and tail hashes prove
+  it is a copy of what was read, its unread rest is read first. Otherwise they are lost (copytruncate is
+  lossy by design; prefer ``create``).
+* *At start*: if the file at the path has the stored inode, is at least ``pos`` long and its head matches,
+  reading continues from ``pos``. Otherwise it was replaced or truncated while Vigil was down: if
+  ``<path>.1`` is the stored file (same inode) or a copy of it (head and tail match), its rest is read
+  first, then the current file from 0; if not, a warning says that the unread rest of the old file may be
+  lost. A file never seen before is read from its start.
+
+A path that does not exist yet is waited for (counted in :attr:`TailStats.files_waiting`); any other
+error (permissions, a directory, the store) is logged when it changes, not on every poll, and retried with
+a back-off of up to :data:`MAX_RETRY_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import orjson
+
+from vigil.events import deadletter
+from vigil.events.batch import BatchNormalizer, Result
+from vigil.events.deadletter import DeadLetter
+from vigil.settings import Settings
+from vigil.store.sqlite import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: most bytes read from one file in one step (raised to ``max_record_bytes + 1`` when that is larger)
+MAX_BATCH_BYTES: Final = 8 << 20
+#: most lines committed from one file in one step: also the most a crash can make the restart re-read
+MAX_BATCH_LINES: Final = 5000
+#: bytes hashed at the start of a file (and before its position) to recognise it
+HEAD_BYTES: Final = 1024
+#: longest wait before a file that keeps failing is tried again
+MAX_RETRY_SECONDS: Final = 60.0
+#: suffix under which the previous generation of a rotated file is looked for
+ROTATED_SUFFIX: Final = ".1"
+_SCAN_CHUNK: Final = 1 << 20
+_OPEN_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+@dataclass
+class TailStats:
+    """What the file tails have done so far; written from the thread that polls (the event loop's)."""
+
+    #: the tail task is alive
+    running: bool = False
+    #: completed polling rounds (every file stepped until none had a full batch left)
+    polls: int = 0
+    #: Unix time at which the last round ended
+    last_poll_at: float | None = None
+    #: files configured
+    files: int = 0
+    #: files whose path does not exist (yet), with nothing left to read
+    files_waiting: int = 0
+    #: path -> why it cannot be read now (permissions, not a regular file, the store); cleared on success
+    errors: dict[str, str] = field(default_factory=dict)
+    #: path -> committed byte position in the file being read for it
+    positions: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    dead_letters: int = 0
+    control_records: int = 0
+    #: bytes and lines consumed (committed)
+    bytes: int = 0
+    lines: int = 0
+    #: files replaced at their path (rename + create), and files truncated in place (copytruncate)
+    rotations: int = 0
+    truncations: int = 0
+
+    def counters(self) -> dict[str, int]:
+        """The monotonically increasing counts, by their short names."""
+        return {
+            "events": self.events,
+            "dead_letters": self.dead_letters,
+            "control_records": self.control_records,
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "rotations": self.rotations,
+            "truncations": self.truncations,
+        }
+
+
+class _Cursor:
+    """One open file and the committed position in it."""
+
+    __slots__ = (
+        "dev",
+        "fd",
+        "head_bytes",
+        "ino",
+        "line",
+        "pos",
+        "rotated",
+        "scan",
+        "skip_head",
+        "tail_bytes",
+    )
+
+    def __init__(self, fd: int, st: os.stat_result, *, rotated: bool = False) -> None:
+        self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.pos = 0
+        self.line = 0
+        #: the first min(pos, HEAD_BYTES) bytes of the file and the last ones before pos, as read
+        self.head_bytes = b""
+        self.tail_bytes = b""
+        #: a copy found as ``<path>.1``: closed at its end, never written to again
+        self.rotated = rotated
+        #: while skipping a line longer than max_record_bytes: how far its newline has been looked for
+        self.scan = 0
+        self.skip_head = b""
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def place(self, pos: int, line: int) -> None:
+        """Move to ``pos`` (a line start), taking the head and tail bytes from the file."""
+        self.pos, self.line, self.scan, self.skip_head = pos, line, 0, b""
+        self.head_bytes = os.pread(self.fd, min(pos, HEAD_BYTES), 0) if pos else b""
+        n = min(pos, HEAD_BYTES)
+        self.tail_bytes = os.pread(self.fd, n, pos - n) if n else b""
+
+    def mark(self) -> tuple[int, int, bytes, int, bytes, bytes]:
+        """Everything :meth:`advance` changes, to undo it when the commit fails."""
+        return self.pos, self.scan, self.skip_head, self.line, self.head_bytes, self.tail_bytes
+
+    def restore(self, mark: tuple[int, int, bytes, int, bytes, bytes]) -> None:
+        self.pos, self.scan, self.skip_head, self.line, self.head_bytes, self.tail_bytes = mark
+
+    def advance(self, end: int, lines: int, data: bytes | None) -> None:
+        """Move past ``data`` (the bytes from pos to ``end``; None when they were not held)."""
+        if data is None:
+            gap = min(end, HEAD_BYTES) - len(self.head_bytes)
+            if gap > 0:
+                self.head_bytes += os.pread(self.fd, gap, len(self.head_bytes))
+            n = min(end, HEAD_BYTES)
+            self.tail_bytes = os.pread(self.fd, n, end - n)
+        else:
+            if len(self.head_bytes) < HEAD_BYTES:
+                self.head_bytes += data[: HEAD_BYTES - len(self.head_bytes)]
+            self.tail_bytes = (self.tail_bytes + data[-HEAD_BYTES:])[-HEAD_BYTES:]
+        self.pos, self.scan, self.skip_head = end, 0, b""
+        self.line += lines
+
+    def state(self) -> dict[str, Any]:
+        """The stored offset (see the module docstring)."""
+        return {
+            "inode": self.ino,
+            "dev": self.dev,
+            "pos": self.pos,
+            "line": self.line,
+            "head": _sha(self.head_bytes),
+            "tail": _sha(self.tail_bytes),
+        }
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _Followed:
+    """One configured path: the file at it, and older generations still to be finished."""
+
+    def __init__(self, path: Path, normalizer: BatchNormalizer) -> None:
+        self.path = path
+        self.name = f"tail:{path}"
+        self.rotated_path = path.with_name(path.name + ROTATED_SUFFIX)
+        self.normalizer = normalizer
+        self.cur: _Cursor | None = None
+        #: older files (replaced or a rotated copy), oldest first; all are read before ``cur``
+        self.behind: list[_Cursor] = []
+        self.started = False
+        #: the position in memory is ahead of the stored one (storing it failed)
+        self.dirty = False
+        self.waiting = False
+        self.error: str | None = None
+        self.retry_at = 0.0
+        self.delay = 0.0
+
+    @property
+    def reader(self) -> _Cursor | None:
+        return self.behind[0] if self.behind else self.cur
+
+    def close(self) -> None:
+        for cursor in (*self.behind, self.cur):
+            if cursor is not None:
+                cursor.close()
+        self.behind, self.cur, self.started = [], None, False
+
+
+@dataclass
+class _Outcome:
+    """What one step did (applied to the stats by the polling thread)."""
+
+    events: int = 0
+    dead_letters: int = 0
+    control_records: int = 0
+    bytes: int = 0
+    lines: int = 0
+    rotations: int = 0
+    truncations: int = 0
+    #: a full batch was read, or a file was switched: step this file again without waiting
+    more: bool = False
+
+    def add(self, result: Result, consumed: int, lines: int) -> None:
+        self.events += len(result.events)
+        self.dead_letters += len(result.dead)
+        self.control_records += len(result.controls)
+        self.bytes += consumed
+        self.lines += lines
+
+
+class FileTail:
+    """Follows the files of ``ingest.tail_files``; :meth:`run` is the asyncio task, :meth:`poll` the same
+    work done synchronously (for tests and one-shot use)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        stats: TailStats | None = None,
+        *,
+        paths: Sequence[Path] | None = None,
+    ) -> None:
+        self.store = store
+        self.stats = stats if stats is not None else TailStats()
+        self.poll_interval = settings.ingest.poll_interval
+        self._format = settings.ingest.format
+        self._max_record = int(settings.ingest.max_record_bytes)
+        self._max_document = int(settings.ingest.max_document_bytes)
+        self._window = max(MAX_BATCH_BYTES, self._max_record + 1)
+        chosen = list(settings.ingest.tail_files if paths is None else paths)
+        unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in chosen))
+        self._files = [_Followed(p, self._normalizer()) for p in unique]
+        self.stats.files = len(self._files)
+        self._stop = asyncio.Event()
+        #: held by a step; :meth:`close` takes it so no descriptor is closed under a running step
+        self._lock = threading.Lock()
+
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self._files]
+
+    # -- the task -----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the step it is on (call from the event loop thread)."""
+        self._stop.set()
+
+    async def run(self, on_published: Callable[[], None] | None = None) -> None:
+        """Poll every ``poll_interval`` until :meth:`stop`; never raises for I/O or store problems, only
+        logs them. ``on_published`` is called, from the event loop thread, after each commit that added
+        events (to wake the detect stage). The files are closed when it returns."""
+        stats = self.stats
+        stats.running = True
+        try:
+            while not self._stop.is_set():
+                busy = False
+                for followed in self._files:
+                    if self._stop.is_set():
+                        break
+                    outcome = await asyncio.to_thread(self._guarded_step, followed)
+                    self._apply(followed, outcome)
+                    if outcome.events and on_published is not None:
+                        on_published()
+                    busy = busy or outcome.more
+                self._round_done()
+                if busy:
+                    await asyncio.sleep(0)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=self.poll_interval)
+        finally:
+            stats.running = False
+            self.close()
+
+    def poll(self) -> int:
+        """Step every file until none has a complete batch left (blocking); the number of events added."""
+        added = 0
+        busy = True
+        while busy:
+            busy = False
+            for followed in self._files:
+                outcome = self._guarded_step(followed)
+                self._apply(followed, outcome)
+                added += outcome.events
+                busy = busy or outcome.more
+        self._round_done()
+        return added
+
+    def close(self) -> None:
+        """Close every open file (a later :meth:`poll` starts again from the stored offsets)."""
+        with self._lock:
+            for followed in self._files:
+                if followed.dirty:
+                    with contextlib.suppress(StoreError, OSError):
+                        self._save(followed)
+                followed.close()
+
+    def _apply(self, followed: _Followed, outcome: _Outcome) -> None:
+        stats = self.stats
+        stats.events += outcome.events
+        stats.dead_letters += outcome.dead_letters
+        stats.control_records += outcome.control_records
+        stats.bytes += outcome.bytes
+        stats.lines += outcome.lines
+        stats.rotations += outcome.rotations
+        stats.truncations += outcome.truncations
+        key = str(followed.path)
+        if followed.error is None:
+            stats.errors.pop(key, None)
+        else:
+            stats.errors[key] = followed.error
+        reader = followed.reader
+        if reader is not None:
+            stats.positions[key] = reader.pos
+
+    def _round_done(self) -> None:
+        self.stats.polls += 1
+        self.stats.last_poll_at = time.time()
+        self.stats.files_waiting = sum(1 for f in self._files if f.waiting)
+
+    # -- one step of one file (worker thread) -------------------------------------------------------------
+
+    def _guarded_step(self, followed: _Followed) -> _Outcome:
+        """:meth:`_step`, with every failure logged when it changes and retried with a back-off."""
+        out = _Outcome()
+        if time.monotonic() < followed.retry_at:
+            return out
+        with self._lock:
+            try:
+                self._step(followed, out)
+            except (OSError, StoreError) as exc:
+                self._failed(followed, str(exc))
+                return out
+            except Exception as exc:  # a bug: log it, back off, never kill the source
+                log.exception("%s: unexpected error", followed.path)
+                self._failed(followed, f"internal error: {type(exc).__name__}: {exc}", logged=True)
+                return out
+        if followed.error is not None:
+            log.info("%s: readable again", followed.path)
+            followed.error = None
+        followed.retry_at, followed.delay = 0.0, 0.0
+        return out
+
+    def _failed(self, followed: _Followed, message: str, *, logged: bool = False) -> None:
+        if not logged:
+            level = logging.DEBUG if message == followed.error else logging.ERROR
+            log.log(level, "%s: %s (retrying)", followed.path, message)
+        followed.error = message
+        followed.delay = min(max(followed.delay * 2, self.poll_interval), MAX_RETRY_SECONDS)
+        followed.retry_at = time.monotonic() + followed.delay
+
+    def _step(self, followed: _Followed, out: _Outcome) -> None:
+        if followed.dirty:
+            self._save(followed)
+        if not followed.started:
+            self._start(followed)
+        else:
+            self._check(followed, out)
+        reader = followed.reader
+        followed.waiting = reader is None
+        if reader is None:
+            return
+        self._read(followed, reader, out)
+        if followed.behind and not out.more and self._finished(followed, reader):
+            before = reader.pos
+            self._read(followed, reader, out)  # lines that arrived meanwhile
+            if reader.pos == before and not out.more:
+                self._drop_behind(followed, reader, out)
+            out.more = True
+
+    # -- where to read ------------------------------------------------------------------------------------
+
+    def _start(self, followed: _Followed) -> None:
+        """Open the path and decide where to read from, using the stored offset (see module docstring)."""
+        saved = self._load(followed)
+        cur = _open(followed.path)
+        try:
+            self._resume(followed, saved, cur)
+        except BaseException:
+            if cur is not None and followed.cur is not cur:
+                cur.close()
+            raise
+
+    def _resume(self, followed: _Followed, saved: dict[str, Any] | None, cur: _Cursor | None) -> None:
+        if saved is None:
+            followed.cur, followed.started = cur, cur is not None
+            if cur is None:
+                self._note_waiting(followed)
+            return
+        pos = int(saved["pos"])
+        if cur is not None and cur.ino == saved["inode"] and cur.size() >= pos:
+            cur.place(pos, int(saved.get("line", 0)))
+            if _sha(cur.head_bytes) == saved["head"]:
+                followed.cur, followed.started = cur, True
+                log.info("%s: resuming at byte %d", followed.path, pos)
+                return
+            cur.place(0, 0)
+        previous = self._find_rotated(followed, saved)
+        if previous is None and cur is None:  # nothing to read yet: keep the offset for when it appears
+            self._note_waiting(followed)
+            return
+        followed.cur, followed.started = cur, True
+        if previous is not None:
+            followed.behind.append(previous)
+            log.info(
+                "%s: changed while Vigil was down; reading the rest of the previous file from %s at byte %d",
+                followed.path,
+                followed.rotated_path,
+                pos,
+            )
+        else:
+            log.warning(
+                "%s: replaced or truncated while Vigil was down, and %s is not the file read before; "
+                "reading from the start, the unread rest of the previous file (after byte %d) may be lost",
+                followed.path,
+                followed.rotated_path,
+                pos,
+            )
+        followed.dirty = True
+        self._save(followed)
+
+    def _check(self, followed: _Followed, out: _Outcome) -> None:
+        """Notice a replaced, vanished or truncated file, or one that appeared."""
+        cur = followed.cur
+        if cur is None:
+            cur = _open(followed.path)
+            if cur is None:
+                if not followed.behind:
+                    self._note_waiting(followed)
+                return
+            for i, older in enumerate(followed.behind):  # renamed back: it is the same file
+                if (older.dev, older.ino) == (cur.dev, cur.ino):
+                    cur.close()
+                    cur = followed.behind.pop(i)
+                    break
+            else:
+                log.info("%s: appeared; reading it from the start", followed.path)
+            followed.cur = cur
+            return
+        try:
+            st = os.stat(followed.path)
+        except FileNotFoundError:
+            log.info("%s: gone (rotated?); finishing the open file and waiting for a new one", followed.path)
+            followed.behind.append(cur)
+            followed.cur = None
+            out.rotations += 1
+            return
+        if (st.st_dev, st.st_ino) != (cur.dev, cur.ino):
+            log.info("%s: replaced (rotated); finishing the old file first", followed.path)
+            followed.behind.append(cur)
+            followed.cur = None
+            out.rotations += 1
+            followed.cur = _open(followed.path)
+            return
+        if cur.pos == 0:
+            return
+        if cur.size() >= cur.pos and os.pread(cur.fd, len(cur.head_bytes), 0) == cur.head_bytes:
+            return
+        out.truncations += 1
+        copy = self._find_rotated(followed, cur.state(), copy_only=True)
+        if copy is not None:
+            log.info(
+                "%s: truncated (copytruncate); reading the lines after byte %d from %s first",
+                followed.path,
+                cur.pos,
+                followed.rotated_path,
+            )
+            followed.behind.append(copy)
+        else:
+            log.warning(
+                "%s: truncated (copytruncate?) at byte %d; reading from the start. Lines written after the "
+                "last poll and before the truncation are lost unless kept as %s",
+                followed.path,
+                cur.pos,
+                followed.rotated_path,
+            )
+        cur.place(0, 0)
+        followed.dirty = True
+        self._save(followed)
+
+    def _find_rotated(
+        self, followed: _Followed, saved: dict[str, Any], *, copy_only: bool = False
+    ) -> _Cursor | None:
+        """``<path>.1`` opened at the saved position, if it is the saved file (same inode) or a copy of it
+        (its first bytes and the bytes before the position hash the same); else None."""
+        pos = int(saved["pos"])
+        candidate = _open(followed.rotated_path, rotated=True)
+        if candidate is None:
+            return None
+        same = not copy_only and candidate.ino == saved["inode"]
+        try:
+            ok = candidate.size() >= pos
+            if ok:
+                candidate.place(pos, int(saved.get("line", 0)))
+                ok = _sha(candidate.head_bytes) == saved["head"]
+                if ok and not same:  # a copy: what was read must be its start, head and tail alike
+                    ok = pos > 0 and _sha(candidate.tail_bytes) == saved.get("tail")
+        except BaseException:
+            candidate.close()
+            raise
+        if not ok:
+            candidate.close()
+            return None
+        return candidate
+
+    def _finished(self, followed: _Followed, reader: _Cursor) -> bool:
+        """Whether an older file at its end can be let go: a rotated copy, or a replaced file once something
+        newer has data (until then its writer may still be writing to it) or once it is deleted."""
+        if reader.rotated or len(followed.behind) > 1:
+            return True
+        st = os.fstat(reader.fd)
+        if st.st_nlink == 0:
+            return True
+        return followed.cur is not None and followed.cur.size() > 0
+
+    def _drop_behind(self, followed: _Followed, reader: _Cursor, out: _Outcome) -> None:
+        """Let go of a finished older file; an incomplete last line in it is dead-lettered."""
+        size = reader.size()
+        if size > reader.pos and reader.scan == 0:
+            length = size - reader.pos
+            data = os.pread(reader.fd, min(length, self._max_record), reader.pos)
+            reason = "incomplete last line of a rotated file (no newline)"
+            if length > self._max_record:
+                dead = deadletter.for_oversize(
+                    followed.name, reader.line + 1, reader.pos, data[:HEAD_BYTES], length, self._max_record
+                )
+            else:
+                dead = deadletter.for_bad_bytes(followed.name, reader.line + 1, reader.pos, data, reason)
+            result = Result()
+            result.dead.append(dead)
+            self._commit(followed, reader, result, size, 1, out, None)
+        elif reader.scan:
+            head = reader.skip_head
+            dead = deadletter.for_oversize(
+                followed.name, reader.line + 1, reader.pos, head, size - reader.pos, self._max_record
+            )
+            result = Result()
+            result.dead.append(dead)
+            self._commit(followed, reader, result, size, 1, out, None)
+        followed.behind.remove(reader)
+        reader.close()
+        log.info("%s: finished the previous file at byte %d", followed.path, reader.pos)
+        followed.dirty = True
+        self._save(followed)
+
+    def _note_waiting(self, followed: _Followed) -> None:
+        if not followed.waiting:
+            log.info("%s: does not exist yet; waiting for it", followed.path)
+        followed.waiting = True
+
+    # -- reading and committing ---------------------------------------------------------------------------
+
+    def _read(self, followed: _Followed, reader: _Cursor, out: _Outcome) -> None:
+        """Read, normalise and commit one batch of complete lines from ``reader``."""
+        if reader.scan:
+            self._skip(followed, reader, out)
+            return
+        available = reader.size() - reader.pos
+        if available <= 0:
+            return
+        data = os.pread(reader.fd, min(available, self._window), reader.pos)
+        if not data:
+            return
+        full = len(data) == self._window
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) > self._max_record:  # an over-long line: find its end without holding it
+                reader.scan, reader.skip_head = reader.pos + len(data), data[:HEAD_BYTES]
+                self._skip(followed, reader, out)
+            return  # else a partial last line: wait for its newline
+        cut = end + 1
+        lines = data.count(b"\n", 0, cut)
+        if lines > MAX_BATCH_LINES:
+            cut = _nth_newline(data, MAX_BATCH_LINES) + 1
+            lines = MAX_BATCH_LINES
+        chunk = data[:cut] if cut < len(data) else data
+        del data
+        result = self._normalise(followed, chunk, reader.line, reader.pos)
+        self._commit(followed, reader, result, reader.pos + cut, lines, out, chunk)
+        out.more = full or lines == MAX_BATCH_LINES
+
+    def _skip(self, followed: _Followed, reader: _Cursor, out: _Outcome) -> None:
+        """Look for the newline ending an over-long line; at it, dead-letter the line and commit."""
+        budget = self._window
+        while budget > 0:
+            data = os.pread(reader.fd, min(_SCAN_CHUNK, budget), reader.scan)
+            if not data:
+                return  # not complete yet
+            nl = data.find(b"\n")
+            if nl >= 0:
+                end = reader.scan + nl + 1
+                result = Result()
+                result.dead.append(
+                    deadletter.for_oversize(
+                        followed.name,
+                        reader.line + 1,
+                        reader.pos,
+                        reader.skip_head,
+                        end - reader.pos,
+                        self._max_record,
+                    )
+                )
+                self._commit(followed, reader, result, end, 1, out, None)
+                out.more = True
+                return
+            reader.scan += len(data)
+            budget -= len(data)
+        out.more = True
+
+    def _commit(
+        self,
+        followed: _Followed,
+        reader: _Cursor,
+        result: Result,
+        end: int,
+        lines: int,
+        out: _Outcome,
+        data: bytes | None,
+    ) -> None:
+        """Store the batch (``data``: its bytes, when held) and the new offset in one transaction: a crash
+        keeps both or neither, so no line is read twice or lost."""
+        before = reader.mark()
+        reader.advance(end, lines, data)
+        state = json.dumps(reader.state(), separators=(",", ":"))
+        try:
+            self.store.accept(result.events, result.dead, followed.name, offset=(followed.name, state))
+        except BaseException:
+            reader.restore(before)  # nothing was stored: the same bytes are read again next step
+            raise
+        out.add(result, end - before[0], lines)
+        followed.dirty = False
+        if result.dead:
+            log.warning("%s: %d lines dead-lettered", followed.path, len(result.dead))
+
+    def _normalise(self, followed: _Followed, chunk: bytes, line: int, offset: int) -> Result:
+        """Normalise complete lines; dead letters get the line number and byte offset in the file.
+
+        The reader takes a stream whose first line starts a JSON value but does not parse for a multi-line
+        document; a followed file is JSON Lines, so such a first line is normalised on its own.
+        """
+        total = Result()
+        start = 0
+        while start < len(chunk):
+            stop = len(chunk)
+            first_end = start
+            while first_end < stop:  # the first non-blank line
+                nl = chunk.index(b"\n", first_end) + 1
+                if not chunk[first_end:nl].isspace():
+                    break
+                first_end = nl
+            if first_end < stop:
+                nl = chunk.index(b"\n", first_end) + 1
+                first = chunk[first_end:nl]
+                if (
+                    len(first) <= self._max_record
+                    and first.lstrip()[:1] in (b"{", b"[")
+                    and not _parses(first)
+                ):
+                    stop = nl
+            piece = chunk[start:stop]
+            part = self._body(followed, piece, line, offset + start)
+            total.events += part.events
+            total.controls += part.controls
+            total.dead += part.dead
+            line += piece.count(b"\n")
+            start = stop
+        return total
+
+    def _body(self, followed: _Followed, piece: bytes, line: int, offset: int) -> Result:
+        try:
+            result = followed.normalizer.body(piece, followed.name)
+        except Exception as exc:  # a bug on this input: go line by line so only the culprit is lost
+            log.error("%s: unexpected error while normalising", followed.path, exc_info=exc)
+            followed.normalizer = self._normalizer()
+            return self._line_by_line(followed, piece, line, offset)
+        result.dead = [_place(dl, line, offset) for dl in result.dead]
+        return result
+
+    def _line_by_line(self, followed: _Followed, piece: bytes, line: int, offset: int) -> Result:
+        total = Result()
+        pos = 0
+        for data in piece.splitlines(keepends=True):
+            line += 1
+            try:
+                part = followed.normalizer.body(data, followed.name)
+            except Exception as exc:
+                followed.normalizer = self._normalizer()
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                total.dead.append(
+                    deadletter.for_bad_bytes(followed.name, line, offset + pos, data.rstrip(b"\r\n"), reason)
+                )
+            else:
+                total.events += part.events
+                total.controls += part.controls
+                total.dead += [_place(dl, line - 1, offset + pos) for dl in part.dead]
+            pos += len(data)
+        return total
+
+    def _normalizer(self) -> BatchNormalizer:
+        return BatchNormalizer(
+            self._format, max_record_bytes=self._max_record, max_document_bytes=self._max_document
+        )
+
+    # -- offsets ------------------------------------------------------------------------------------------
+
+    def _save(self, followed: _Followed) -> None:
+        reader = followed.reader
+        if reader is not None:
+            self.store.set_offset(followed.name, json.dumps(reader.state(), separators=(",", ":")))
+        followed.dirty = False
+
+    def _load(self, followed: _Followed) -> dict[str, Any] | None:
+        value = self.store.offset(followed.name)
+        if value is None:
+            return None
+        try:
+            saved = json.loads(value)
+            ok = (
+                isinstance(saved, dict)
+                and all(type(saved.get(k)) is int and saved[k] >= 0 for k in ("pos", "inode"))
+                and type(saved.get("line", 0)) is int
+                and isinstance(saved.get("head"), str)
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            log.warning("%s: stored offset %r is unreadable; reading from the start", followed.path, value)
+            return None
+        result: dict[str, Any] = saved
+        return result
+
+
+def _open(path: Path, *, rotated: bool = False) -> _Cursor | None:
+    """Open a regular file for reading (None if it does not exist); other problems raise OSError."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Cursor(fd, st, rotated=rotated)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _nth_newline(data: bytes, n: int) -> int:
+    at = -1
+    for _ in range(n):
+        at = data.index(b"\n", at + 1)
+    return at
+
+
+def _place(dl: DeadLetter, line: int, offset: int) -> DeadLetter:
+    """A dead letter numbered within a batch, renumbered within its file."""
+    return msgspec.structs.replace(
+        dl,
+        line=None if dl.line is None else dl.line + line,
+        offset=None if dl.offset is None else dl.offset + offset,
+    )
+
+
+__all__ = ["FileTail", "TailStats"]
