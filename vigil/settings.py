@@ -146,8 +146,12 @@ class DetectSettings(Section):
         default=30.0, gt=0, le=86400, description="seconds between detector state snapshots in the store"
     )
     max_keys: int = Field(default=1_000_000, ge=1, description="open window keys per stateful rule")
+    incident_window: str = Field(
+        default="1h",
+        description="a finding joins its rule and group's incident if the last finding is this recent",
+    )
 
-    @field_validator("lateness")
+    @field_validator("lateness", "incident_window")
     @classmethod
     def _duration(cls, value: str) -> str:
         from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
@@ -163,6 +167,17 @@ class StoreSettings(Section):
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="FULL survives power loss; NORMAL only a crash of the process"
     )
+    retention: str = Field(
+        default="7d", description="raw events older than this are pruned once detected (findings are kept)"
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
+
+        parse_duration(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -180,6 +195,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("var"), description="root of all local state")
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one object per line"
+    )
     http: HttpSettings = Field(default_factory=HttpSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)

@@ -255,3 +255,18 @@ def test_a_followed_jsonl_file_reaches_detection(tmp_path: Path) -> None:
         assert proc.wait(20) == 0, proc.read_log()
     finally:
         proc.stop()
+
+
+def test_json_logs_are_one_object_per_line(workdir: Path) -> None:
+    profile = workdir / "profile.yaml"
+    profile.write_text(profile.read_text(encoding="utf-8") + "log_format: json\n", encoding="utf-8")
+    proc = Daemon([*COMMANDS["serve"], str(profile)], workdir)
+    try:
+        proc.wait_for_log(r"serving on")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        records = [json.loads(line) for line in proc.read_log().splitlines() if line.strip()]
+        assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+        assert any(r["message"].startswith("serving on") for r in records)
+    finally:
+        proc.stop()

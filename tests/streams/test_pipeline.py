@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from tests.detectors.stateful_helpers import ev, rule_doc, rules
@@ -93,3 +94,17 @@ def test_run_processes_as_sources_append_and_snapshots_on_stop(tmp_path: Path) -
     assert {(f["rule"], tuple(f["event_ids"])) for f in store.findings(limit=1000)} == _reference(
         ruleset, _events(30)
     )
+
+
+def test_retention_prunes_detected_events_only(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, EACH)  # no stateful rule: the committed cursor is the safe point
+    store = Store(tmp_path / "vigil.db")
+    store.append_events(_events(20), "test")
+    stage = DetectStage(store, Detector(ruleset), batch=10, snapshot_every=0.0, retention="1s")
+    stage.recover()
+    time.sleep(1.1)  # the events are now older than the retention
+    stage.step()  # events 1-10 detected; those are pruned, 11-20 are not (not detected yet)
+    assert [s.seq for s in store.read_events(0, 100)] == list(range(11, 21))
+    stage.step()
+    assert store.count_events() == 0 and stage.stats.pruned == 20
+    assert len(store.findings(limit=100)) == 2  # findings stay

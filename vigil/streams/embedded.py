@@ -31,9 +31,11 @@ from collections.abc import Generator
 
 import uvicorn
 
+from vigil import logs
 from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.detectors.engine import Detector
+from vigil.logs import LogFormat
 from vigil.rules.lint import lint
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
@@ -53,7 +55,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; return the process exit status (0 after a clean shutdown)."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     ruleset = load_rules([settings.detect.rules])
     if not ruleset.ok:
         for diag in ruleset.diagnostics:
@@ -69,7 +71,11 @@ def serve(settings: Settings) -> int:
     ruleset = dataclasses.replace(ruleset, diagnostics=ruleset.diagnostics + warnings)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.store.path, synchronous=settings.store.synchronous)
+        store = Store(
+            settings.store.path,
+            synchronous=settings.store.synchronous,
+            incident_window_ms=int(parse_duration(settings.detect.incident_window).total_seconds() * 1000),
+        )
     except (OSError, StoreError) as exc:
         log.error("cannot open the store: %s", exc)
         return 1
@@ -79,7 +85,12 @@ def serve(settings: Settings) -> int:
         live=True,
         max_keys=settings.detect.max_keys,
     )
-    stage = DetectStage(store, detector, snapshot_every=settings.detect.snapshot_interval)
+    stage = DetectStage(
+        store,
+        detector,
+        snapshot_every=settings.detect.snapshot_interval,
+        retention=settings.store.retention,
+    )
     wake = _Wake()
     watcher = DropFolder(settings, store=store, on_published=wake.set_threadsafe)
     try:  # fail fast on a folder that cannot be created or a journal that cannot be recovered
@@ -137,12 +148,9 @@ class _Wake:
             self.loop.call_soon_threadsafe(self.event.set)
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` unless the embedding program has configured logging already."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
-    logging.getLogger("vigil").setLevel(level)
+def configure_logging(level: str, fmt: LogFormat = "text") -> None:
+    """Log to stderr at ``level`` in ``fmt`` (text or JSON lines); see :mod:`vigil.logs`."""
+    logs.configure(level, fmt)
 
 
 def bind(host: str, port: int) -> socket.socket:

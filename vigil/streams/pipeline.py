@@ -31,6 +31,7 @@ from vigil.detectors.finding import Finding
 from vigil.detectors.snapshot import restore, snapshot
 from vigil.errors import VigilError
 from vigil.events.model import Event
+from vigil.rules.schema_forms import parse_duration
 from vigil.store.sqlite import Store, StoredEvent
 from vigil.streams.crash import crash_point
 
@@ -50,6 +51,8 @@ class DetectStats:
     snapshots: int = 0
     #: events processed again after a restart (between the snapshot and the committed cursor)
     replayed: int = 0
+    #: raw events removed by retention
+    pruned: int = 0
 
 
 class DetectStage:
@@ -63,12 +66,15 @@ class DetectStage:
         batch: int = 1000,
         snapshot_every: float = 30.0,
         name: str = "detector",
+        retention: str | None = None,
     ) -> None:
         self.store = store
         self.detector = detector
         self.batch = batch
         self.snapshot_every = snapshot_every
         self.name = name
+        #: raw events older than this (received) and already detected are pruned after each snapshot
+        self.retention_ms = int(parse_duration(retention).total_seconds() * 1000) if retention else None
         self.stats = DetectStats()
         self.position = 0
         #: events a source handed over right after committing them (seq -> event): read from memory
@@ -143,9 +149,14 @@ class DetectStage:
         crash_point("detect.before_commit")
         new = self.store.commit_detection(found, last, body, self.name)
         crash_point("detect.after_commit")
-        if body is not None:
+        if due:
             self._last_snapshot = time.monotonic()
-            self.stats.snapshots += 1
+            self.stats.snapshots += body is not None
+            if self.retention_ms is not None and (body is not None or not self.detector.stateful):
+                # only up to what a restart will not re-read: the snapshot's cursor (or, without
+                # stateful rules, the committed cursor)
+                cut = int(time.time() * 1000) - self.retention_ms
+                self.stats.pruned += self.store.prune_events(cut, processed_through=last)
         self.stats.replayed += sum(1 for s in stored if s.seq <= self._committed)
         self.stats.events += len(stored)
         self.stats.findings += len(found)
