@@ -70,6 +70,11 @@ def test_events_with_the_local_token_are_stored_and_detected(daemon: tuple[str, 
             break
         time.sleep(0.05)
     assert len(found) == 2
+    # a retry of the same body (the answer was lost, say): accepted, recognised, not stored or found twice
+    again = httpx.post(f"{base}/v1/events", content=body, headers=_bearer(token))
+    assert again.status_code == 200 and again.json() == {"accepted": 2, "dead_lettered": 0, "duplicates": 2}
+    time.sleep(0.5)
+    assert len(httpx.get(f"{base}/v1/findings", params={"rule": "t.vault-write"}).json()["findings"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -31,17 +31,27 @@ def test_event_log_round_trip_keeps_order_and_content(tmp_path: Path) -> None:
     events = [ev(f"e{i}", i, ip="203.0.113.9", raw={"n": i, "nested": {"k": None}}) for i in range(5)]
     assert store.append_events(events, "http") == (1, 5)
     assert store.append_events([], "http") == (0, 0)
-    assert store.append_events(events[:2], "file") == (6, 7)
+    assert store.append_events(events[:2], "file") == (0, 0)  # a re-delivery: already in the log
+    first, last = store.append_events([ev("e5", 5), ev("e6", 6)], "file")
+    assert first > 5 and last == first + 1  # (skipped duplicates may leave gaps: seqs only increase)
     back = store.read_events(0, limit=100)
-    assert [s.seq for s in back] == [1, 2, 3, 4, 5, 6, 7]
+    assert [s.seq for s in back] == [1, 2, 3, 4, 5, first, last]
     assert back[0].event == events[0]
     assert dict(back[4].event.raw) == {"n": 4, "nested": {"k": None}}
-    assert [s.seq for s in store.read_events(5, limit=1)] == [6]
-    assert store.last_seq() == 7 and store.count_events() == 7
+    assert [s.seq for s in store.read_events(5, limit=1)] == [first]
+    assert store.last_seq() == last and store.count_events() == 7
     store.close()
     # durable: a new connection sees everything
     again = Store(tmp_path / "vigil.db")
     assert again.count_events() == 7
+
+
+def test_duplicates_are_recognised_by_event_id(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    first = store.accept([ev("a", 0), ev("b", 1)], (), "http")
+    again = store.accept([ev("b", 1), ev("c", 2), ev("c", 2)], (), "http")  # a retry, and a repeat inside
+    assert first == [1, 2] and again[0] == 0 and again[1] > 2 and again[2] == 0
+    assert [s.event.id for s in store.read_events(0)] == ["a", "b", "c"]
 
 
 def test_findings_are_kept_once_by_identity(tmp_path: Path) -> None:

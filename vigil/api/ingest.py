@@ -121,10 +121,11 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             stats.bump(stats.controls, source, len(result.controls))
             return validation
         store = state.store
-        first, _ = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        seqs = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
         if result.events and state.offer is not None:
-            state.offer(first, result.events)
-        stats.bump(stats.accepted, source, len(result.events))
+            state.offer(seqs, result.events)
+        duplicates = seqs.count(0)
+        stats.bump(stats.accepted, source, len(result.events) - duplicates)
         stats.bump(stats.dead_letters, source, len(result.dead))
         stats.bump(stats.controls, source, len(result.controls))
         if result.events and state.wake is not None:
@@ -133,6 +134,8 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             reasons = [dl.reason for dl in result.dead[:_MAX_REASONS]]
             return JSONResponse({"error": "no event in the body", "dead_letters": reasons}, status_code=400)
         answer: dict[str, Any] = {"accepted": len(result.events), "dead_lettered": len(result.dead)}
+        if duplicates:
+            answer["duplicates"] = duplicates  # already in the log (a retry): accepted, not stored twice
         if result.dead:
             answer["dead_letters"] = [dl.reason for dl in result.dead[:_MAX_REASONS]]
         return JSONResponse(answer, status_code=200)

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, source TEXT NOT NULL,
     time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
 CREATE TABLE IF NOT EXISTS findings (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, group_key TEXT NOT NULL,
     time_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL, body BLOB NOT NULL);
@@ -143,22 +144,23 @@ class Store:
     # -- the event log -------------------------------------------------------------------------------
 
     def append_events(self, events: Sequence[Event], source: str) -> tuple[int, int]:
-        """Persist ``events`` in one transaction; (first seq, last seq), or (0, 0) for none."""
-        if not events:
-            return 0, 0
-        now = int(time.time() * 1000)
+        """Persist ``events`` in one transaction; (first seq, last seq) of those that were new, or (0, 0)."""
+        seqs = [s for s in self.accept(events, (), source) if s]
+        return (seqs[0], seqs[-1]) if seqs else (0, 0)
+
+    def _insert_events(self, events: Sequence[Event], source: str, now: int) -> list[int]:
+        """Insert (inside a transaction) the events whose id the log does not hold yet; their sequence
+        numbers, aligned with ``events``, 0 for a duplicate. Event ids are stable per source record, so a
+        re-delivery (an HTTP retry after a lost answer, Event Grid's at-least-once) is recognised here and
+        never reaches detection twice, as long as the first copy is within the retention."""
         rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
-
-        def insert() -> tuple[int, int]:
-            cur = self._db.executemany(
-                "INSERT INTO events (id, source, time_ms, received_ms, body) VALUES (?, ?, ?, ?, ?)", rows
-            )
-            del cur
-            last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
-            return last - len(rows) + 1, last
-
-        result: tuple[int, int] = self._write(insert)
-        return result
+        before = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        self._db.executemany(
+            "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        new = dict(self._db.execute("SELECT id, seq FROM events WHERE seq > ?", (before,)).fetchall())
+        return [new.pop(e.id, 0) for e in events]
 
     # -- staging: a source's unit of work becomes visible all at once -------------------------------
 
@@ -184,8 +186,8 @@ class Store:
 
         def move() -> int:
             cur = self._db.execute(
-                "INSERT INTO events (id, source, time_ms, received_ms, body) SELECT id, ?, time_ms, ?, body "
-                "FROM staged WHERE token = ? AND kind = 'e' ORDER BY n",
+                "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) "
+                "SELECT id, ?, time_ms, ?, body FROM staged WHERE token = ? AND kind = 'e' ORDER BY n",
                 (source, now, token),
             )
             count = int(cur.rowcount)
@@ -218,27 +220,24 @@ class Store:
         source: str,
         *,
         offset: tuple[str, str] | None = None,
-    ) -> tuple[int, int]:
-        """What one ingestion request (or one batch of a followed file) brought, in one transaction: events
-        into the log, dead letters beside them and, when given, the source's new ``offset`` (name, value),
-        so a crash can never keep one and lose another. (first seq, last seq) of the events."""
+    ) -> list[int]:
+        """What one ingestion request (or one batch of a followed file) brought, in one transaction: new
+        events into the log (duplicates of events already there are skipped), dead letters beside them and,
+        when given, the source's new ``offset`` (name, value), so a crash can never keep one and lose
+        another. The sequence numbers, aligned with ``events`` (0 for a duplicate)."""
         now = int(time.time() * 1000)
-        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
         letters = [(source, dl.reason, now, msgspec.json.encode(dl)) for dl in dead]
 
-        def insert() -> tuple[int, int]:
-            self._db.executemany(
-                "INSERT INTO events (id, source, time_ms, received_ms, body) VALUES (?, ?, ?, ?, ?)", rows
-            )
-            last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        def insert() -> list[int]:
+            seqs = self._insert_events(events, source, now) if events else []
             self._db.executemany(
                 "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)", letters
             )
             if offset is not None:
                 self._set_offset(*offset)
-            return (last - len(rows) + 1, last) if rows else (0, 0)
+            return seqs
 
-        result: tuple[int, int] = self._write(insert)
+        result: list[int] = self._write(insert)
         return result
 
     def read_events(self, after: int, limit: int = 1000) -> list[StoredEvent]:

@@ -99,9 +99,9 @@ class RunState:
     http_ingest: HttpIngestStats = field(default_factory=HttpIngestStats)
     #: called after an ingestion request appended events (wakes the detect stage); any thread
     wake: Callable[[], None] | None = None
-    #: hands events just committed (first seq, events) to the detect stage, which then need not decode them
-    #: back from the store
-    offer: Callable[[int, Sequence[Event]], None] | None = None
+    #: hands events just committed (their seqs, 0 for duplicates; the events) to the detect stage, which
+    #: then need not decode them back from the store
+    offer: Callable[[Sequence[int], Sequence[Event]], None] | None = None
     #: events in the store not yet detected (ingestion answers 429 above ``http.max_backlog``)
     backlog: Callable[[], int] | None = None
     #: the local ingestion token, accepted by sources that configure no credentials

@@ -108,14 +108,16 @@ class DetectStage:
         self._last_snapshot = time.monotonic()
         return self.position
 
-    def offer(self, first_seq: int, events: Sequence[Event]) -> None:
-        """A source committed ``events`` as ``first_seq, first_seq + 1, ...``: keep them in memory for the
-        next step (any thread). Bounded: past :data:`MAX_HANDED` the stage reads the store instead."""
+    def offer(self, seqs: Sequence[int], events: Sequence[Event]) -> None:
+        """A source committed ``events`` under sequence numbers ``seqs`` (0: a duplicate, not stored):
+        keep them in memory for the next step (any thread). Bounded: past :data:`MAX_HANDED` the stage
+        reads the store instead."""
         with self._handed_lock:
             if len(self._handed) + len(events) > MAX_HANDED:
                 return
-            for i, event in enumerate(events):
-                self._handed[first_seq + i] = event
+            for seq, event in zip(seqs, events, strict=True):
+                if seq:
+                    self._handed[seq] = event
 
     def _next(self) -> list[StoredEvent]:
         """The next batch after the position: from memory while it is contiguous, else from the store."""
