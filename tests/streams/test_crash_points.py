@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from vigil.streams.crash import POINTS
@@ -40,6 +43,7 @@ tests:
 #: one worker run: ingest every file in the drop folder, then detect over the whole log, then stop
 WORKER = """
 import sys
+import time
 from pathlib import Path
 from vigil.detectors.engine import Detector
 from vigil.rules.loader import load_rules
@@ -117,7 +121,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[object, ..
     return _table(work / "var" / "vigil.db", "SELECT id FROM findings ORDER BY id")
 
 
-@pytest.mark.parametrize("point", POINTS)
+PIPELINE_POINTS = [p for p in POINTS if not p.startswith("http.")]
+HTTP_POINTS = [p for p in POINTS if p.startswith("http.")]
+
+
+@pytest.mark.parametrize("point", PIPELINE_POINTS)
 def test_crash_point_loses_and_doubles_nothing(point: str, tmp_path: Path, reference: list) -> None:
     work = _setup(tmp_path / "w")
     assert _run(work, f"{point}:1") == -signal.SIGKILL, f"crash point {point} was never reached"
@@ -133,6 +141,82 @@ def test_crash_point_loses_and_doubles_nothing(point: str, tmp_path: Path, refer
     assert not (work / "var" / "inbox" / "batch.jsonl").exists()
 
 
+class _Daemon:
+    """``vigil run`` on a free port, its log in a file; optionally with ``VIGIL_CRASH_AT``."""
+
+    def __init__(self, work: Path, crash_at: str | None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+        if crash_at:
+            env["VIGIL_CRASH_AT"] = crash_at
+        self.log = work / f"daemon-{time.monotonic_ns()}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vigil.cli", "run", "--config", str(work / "profile.yaml")],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            found = re.search(r"serving on (http://127\.0\.0\.1:\d+)", self.log.read_text(errors="replace"))
+            if found:
+                self.base = found.group(1)
+                return
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        pytest.fail("the daemon did not start")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.mark.parametrize("point", HTTP_POINTS)
+def test_http_crash_point_with_a_retrying_client(point: str, tmp_path: Path, reference: list) -> None:
+    """The client posts 100-line batches and retries a batch whose answer it did not get (the daemon was
+    killed at the crash point on the third batch, then restarted): every event once, every finding once."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "rules.yaml").write_text(RULES)
+    (work / "profile.yaml").write_text("data_dir: var\nhttp: {port: 0}\ndetect: {rules: rules.yaml}\n")
+    lines = _records().splitlines(keepends=True)
+    batches = [b"".join(lines[i : i + 100]) for i in range(0, len(lines), 100)]
+    daemon = _Daemon(work, f"{point}:3")
+    crashed = False
+    try:
+        for body in batches:
+            while True:
+                token = (work / "var" / "ingest.token").read_text().strip()
+                try:
+                    r = httpx.post(
+                        f"{daemon.base}/v1/events", content=body, headers={"Authorization": f"Bearer {token}"}
+                    )
+                    assert r.status_code == 200, r.text
+                    break
+                except httpx.TransportError:  # killed at the crash point: restart it, retry the batch
+                    assert daemon.proc.wait(10) == -signal.SIGKILL
+                    crashed = True
+                    daemon = _Daemon(work, None)
+        assert crashed, f"crash point {point} was never reached"
+        end = time.monotonic() + 30
+        while (
+            time.monotonic() < end
+            and f"vigil_detect_events_total {N}" not in httpx.get(f"{daemon.base}/metrics").text
+        ):
+            time.sleep(0.1)
+    finally:
+        assert daemon.stop() == 0
+    db = work / "var" / "vigil.db"
+    ids = _table(db, "SELECT id FROM events")
+    assert len(ids) == N and len(set(ids)) == N  # every accepted event once, the retried batch included
+    assert _table(db, "SELECT id FROM findings ORDER BY id") == reference  # every finding once
+    # a retried batch's dead letters are stored again (dead letters have no identity): at least all of them
+    assert _table(db, "SELECT count(*) FROM dead_letters")[0][0] >= 5
+
+
 def test_the_sweep_covers_every_registered_point() -> None:
     print("crash points:", ", ".join(POINTS))
-    assert len(POINTS) == len(set(POINTS)) >= 5
+    assert len(POINTS) == len(set(POINTS)) >= 7
+    assert set(PIPELINE_POINTS) | set(HTTP_POINTS) == set(POINTS)

@@ -31,6 +31,7 @@ from vigil.api.auth import SIGNATURE_HEADER, pre_body, signature
 from vigil.events.batch import BatchNormalizer, Result
 from vigil.settings import SourceAuth
 from vigil.streams import RunState
+from vigil.streams.crash import crash_point
 
 #: endpoint -> (source name in settings and metrics, normalizer format)
 ENDPOINTS: Final = {
@@ -121,7 +122,9 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             stats.bump(stats.controls, source, len(result.controls))
             return validation
         store = state.store
+        crash_point("http.before_accept")
         seqs = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        crash_point("http.after_accept")  # committed, not yet answered: the client will retry
         if result.events and state.offer is not None:
             state.offer(seqs, result.events)
         duplicates = seqs.count(0)

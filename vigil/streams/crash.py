@@ -12,13 +12,15 @@ import os
 import signal
 from typing import Final
 
-#: every crash point in the code base (a test checks that each is reached and survivable)
+#: every crash point in the code base (tests/streams/test_crash_points.py kills the process at each one)
 POINTS: Final = (
     "dropfolder.before_publish",
     "dropfolder.after_publish",
     "dropfolder.after_move",
     "detect.before_commit",
     "detect.after_commit",
+    "http.before_accept",
+    "http.after_accept",
 )
 
 _hits: dict[str, int] = {}
