@@ -202,3 +202,31 @@ def test_auth_rules() -> None:
     assert signature(auth, sign("s3", body, now), body, now, 300) == "bad_signature"
     assert signature(auth, sign("s1", body, now), body, now + 301, 300) == "stale_signature"
     assert signature(auth, "garbage", body, now, 300) == "bad_signature"
+
+
+def test_readiness_and_store_failures(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"data_dir: {tmp_path / 'var'}\nhttp:\n  max_backlog: 10\n", encoding="utf-8")
+    store = Store(tmp_path / "vigil.db")
+    state = RunState(settings=load_settings(profile, env={}), store=store)
+    state.ingest.running, state.ingest.last_scan_at, state.ingest.last_scan_ok = True, time.time(), True
+    state.local_token = "tok"
+    lag = [0]
+    state.backlog = lambda: lag[0]
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            ready = await c.get("/readyz")
+            lag[0] = 50
+            behind = await c.get("/readyz")
+            lag[0] = 0
+            store.close()  # the store fails under the endpoint: 503 with Retry-After, counted
+            failed = await c.post("/v1/events", content=json.dumps(ACTIVITY), headers=_bearer("tok"))
+            return [ready, behind, failed]
+
+    ready, behind, failed = asyncio.run(calls())
+    assert ready.status_code == 200
+    assert behind.status_code == 503 and "50 events behind" in behind.json()["reason"]
+    assert failed.status_code == 503 and failed.headers["retry-after"] == "5"
+    assert state.http_ingest.store_errors == {"events": 1}

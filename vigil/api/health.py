@@ -126,6 +126,13 @@ def not_ready_reason(state: RunState) -> str | None:
         return "drop folder not scanned yet"
     if not ingest.last_scan_ok:
         return f"last drop-folder scan failed: {ingest.last_error or 'unknown error'}"
+    if state.backlog is not None:
+        try:
+            lag = state.backlog()
+        except Exception as exc:  # the store cannot be read: not ready, and say why
+            return f"store unreadable: {exc}"
+        if lag > state.settings.http.max_backlog:
+            return f"detection is {lag} events behind (over http.max_backlog, ingestion answers 429)"
     return None
 
 

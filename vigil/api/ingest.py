@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from vigil.api.auth import SIGNATURE_HEADER, pre_body, signature
 from vigil.events.batch import BatchNormalizer, Result
 from vigil.settings import SourceAuth
+from vigil.store.sqlite import StoreError
 from vigil.streams import RunState
 from vigil.streams.crash import crash_point
 
@@ -123,7 +124,11 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             return validation
         store = state.store
         crash_point("http.before_accept")
-        seqs = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        try:
+            seqs = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+        except StoreError as exc:  # disk full, locked, I/O error: nothing was stored, the sender retries
+            stats.bump(stats.store_errors, source)
+            return _error(503, f"cannot store the events now: {exc}", {"Retry-After": "5"})
         crash_point("http.after_accept")  # committed, not yet answered: the client will retry
         if result.events and state.offer is not None:
             state.offer(seqs, result.events)

@@ -74,6 +74,8 @@ class HttpIngestStats:
     rejected: dict[tuple[str, str], int] = field(default_factory=dict)
     too_large: dict[str, int] = field(default_factory=dict)
     throttled: dict[str, int] = field(default_factory=dict)
+    #: requests answered 503 because the store could not commit them
+    store_errors: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def bump(counter: dict[K, int], key: K, n: int = 1) -> None:
