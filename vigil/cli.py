@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="start the daemon on a settings profile (default: the embedded platform, config/local.yaml)",
-        description="Start the Vigil daemon: health and metrics endpoints, and the drop-folder source that "
-        "normalises every file put into the ingest folder.",
+        description="Start the Vigil daemon: HTTP ingestion (POST /v1/events and the Event Grid, Azure "
+        "Monitor and Sentinel webhooks), the drop folder and followed JSONL files, all into a durable store; "
+        "every rule of detect.rules over the stored events (findings and incidents exactly once, hot reload "
+        "of the rules); the read API (/v1/findings, /v1/incidents, /v1/rules) and /healthz, /readyz, "
+        "/metrics. Send events with the token in {data_dir}/ingest.token; see docs/daemon.md.",
     )
     run.add_argument(
         "--config",
