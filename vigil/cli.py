@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import IO
@@ -118,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VigilError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `vigil rules explain ... | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain
+        return EXIT_OK
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE  # pragma: no cover - parser.error exits
 

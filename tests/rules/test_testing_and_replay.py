@@ -84,6 +84,48 @@ def test_explain_shows_clauses(tmp_path: Path) -> None:
     assert 'outcome == "failure"' in out
 
 
+SEQUENCE = """\
+id: t.fail-then-release
+title: attestation failed, then a key release
+severity: critical
+sequence:
+  by: [node.id]
+  within: 2m
+  steps:
+    - {name: failure, kind: attestation, match: 'outcome == "failure"'}
+    - {kind: azure.keyvault, match: 'action == "keyrelease"'}
+---
+id: t.silent
+title: node silent
+severity: high
+kind: node.telemetry
+match: "true"
+flatline: {period: 90s, group_by: [node.id]}
+"""
+
+
+def test_explain_walks_sequence_steps_and_runs_the_stateful_form(tmp_path: Path) -> None:
+    rules = tmp_path / "r.yaml"
+    rules.write_text(SEQUENCE)
+    events = tmp_path / "ev.jsonl"
+    events.write_text(
+        '{"id":"a1","time":"2024-01-01T00:00:00Z","kind":"attestation","action":"x","outcome":"failure",'
+        '"node":{"id":"n1"}}\n'
+        '{"id":"k1","time":"2024-01-01T00:01:00Z","kind":"azure.keyvault","action":"keyrelease","node":{"id":"n1"}}\n'
+        '{"id":"t1","time":"2024-01-01T00:01:30Z","kind":"node.telemetry","action":"hb","node":{"id":"n1"}}\n'
+    )
+    res = run_vigil("rules", "explain", "--rules", str(rules), "t.fail-then-release", str(events))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.decode()
+    assert "form sequence: failure then step 2, within 2m, joined by ['node.id']" in out
+    assert "step 1 (failure): outcome" in out and "step 2: action" in out
+    assert "1 finding(s) of t.fail-then-release" in out and "events=['a1', 'k1']" in out
+    res = run_vigil("rules", "explain", "--rules", str(rules), "t.silent", str(events), "--advance", "5m")
+    out = res.stdout.decode()
+    assert "form flatline: silent for 1m30s per ['node.id']" in out
+    assert "1 finding(s) of t.silent" in out
+
+
 def test_replay_refuses_broken_rules(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(RULE.replace("severity: high", "severity: extreme"))

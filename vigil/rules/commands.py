@@ -59,6 +59,12 @@ def add_parsers(sub: Any) -> None:
     explain.add_argument(
         "--format", dest="fmt", default="auto", metavar="NAME", help="input format (default: auto)"
     )
+    explain.add_argument(
+        "--advance",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="after the events, move event time this far so flatlines and absent steps can fire",
+    )
 
     rp = sub.add_parser("replay", help="normalise files and evaluate rules over them; findings as JSON Lines")
     rp.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads standard input")
@@ -153,6 +159,9 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vigil.detectors.engine import Detector
     from vigil.detectors.match import Matcher
     from vigil.events.batch import BatchNormalizer
 
@@ -161,25 +170,88 @@ def _explain(args: argparse.Namespace) -> int:
     if rule is None:
         print(f"vigil: no rule {args.rule_id!r} loaded from {args.rules}", file=sys.stderr)
         return EXIT_USAGE
-    matcher = Matcher([rule])
+    # what is explained clause by clause: the rule's filter, or each step of a sequence
+    filters = [(f"rule {rule.id}", rule)]
+    if rule.sequence is not None:
+        filters = [
+            (
+                f"step {i + 1}" + (f" ({step.name})" if step.name != f"step {i + 1}" else ""),
+                dataclasses.replace(rule, expr=step.expr, kinds=step.kinds),
+            )
+            for i, step in enumerate(rule.sequence.steps)
+            if step.expr is not None
+        ]
     result = BatchNormalizer(args.fmt).body(Path(args.event_file).read_bytes(), args.event_file)
-    print(f"rule {rule.id} ({rule.path}:{rule.line}): {rule.expr.text.strip()}")
+    print(f"rule {rule.id} ({rule.path}:{rule.line}), form {rule.form}: {_form_summary(rule)}")
     for event in result.events:
-        kind_ok = not rule.kinds or event.kind in rule.kinds
-        candidate = bool(matcher.candidates(event))
-        print(f"\nevent {event.id} kind={event.kind} action={event.action}")
-        if not kind_ok:
-            print(f"  kind {event.kind!r} is not one of {sorted(rule.kinds)}: rule not evaluated")
-            continue
-        if not candidate:
-            print("  the index rules it out: it fails a required ==, in or startswith clause (see below)")
-        for clause, value, error in rule.expr.explain(event):
-            mark = "ERROR" if error else ("true " if value else "false")
-            print(f"  {mark}  {clause}" + (f"  ({error})" if error else ""))
-        print(f"  => {'MATCH' if candidate and matcher.match(event) else 'no match'}")
+        print(f"\nevent {event.id} kind={event.kind} action={event.action} time={event.time.isoformat()}")
+        for label, part in filters:
+            _explain_filter(label, part, event, Matcher([part]))
+    if rule.form != "event" or rule.suppress is not None:
+        detector = Detector([r for r in ruleset.rules if r.id == rule.id or _referenced(rule, r.id)])
+        found = [f for e in result.events for f in detector.process(e) if f.rule == rule.id]
+        if args.advance:
+            from vigil.rules.schema_forms import parse_duration
+
+            found += [f for f in detector.advance(parse_duration(args.advance)) if f.rule == rule.id]
+        print(f"\nover these events, in the order given: {len(found)} finding(s) of {rule.id}")
+        for f in found:
+            value = f" value={f.value:g}" if f.value is not None else ""
+            print(f"  {f.time.isoformat()} group={dict(f.group)} events={list(f.event_ids)}{value}")
     for dl in result.dead:
         print(f"\ndead letter {dl.location()}: {dl.reason}")
     return EXIT_OK
+
+
+def _explain_filter(label: str, rule: Any, event: Any, matcher: Any) -> None:
+    if rule.kinds and event.kind not in rule.kinds:
+        print(f"  {label}: kind {event.kind!r} is not one of {sorted(rule.kinds)}: not evaluated")
+        return
+    candidate = bool(matcher.candidates(event))
+    print(f"  {label}: {rule.expr.text.strip()}")
+    if not candidate:
+        print("    the index rules it out: it fails a required ==, in or startswith clause (see below)")
+    for clause, value, error in rule.expr.explain(event):
+        mark = "ERROR" if error else ("true " if value else "false")
+        print(f"    {mark}  {clause}" + (f"  ({error})" if error else ""))
+    print(f"    => {'MATCH' if candidate and matcher.match(event) else 'no match'}")
+
+
+def _referenced(rule: Any, rule_id: str) -> bool:
+    return rule.sequence is not None and any(s.rule_id == rule_id for s in rule.sequence.steps)
+
+
+def _dur(delta: Any) -> str:
+    """A timedelta the way rules write it: 90s, 5m, 1h30m, 7d."""
+    left = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts) or "0s"
+
+
+def _form_summary(rule: Any) -> str:
+    """One line for the stateful part of a rule (what a match feeds)."""
+    if rule.threshold is not None:
+        t = rule.threshold
+        measure = t.measure if t.field is None else f"{t.measure} of {t.field}"
+        bounds = " and ".join(
+            b
+            for b in (
+                f">= {t.at_least:g}" if t.at_least is not None else "",
+                f"<= {t.at_most:g}" if t.at_most is not None else "",
+            )
+            if b
+        )
+        return f"{measure} {bounds} within {_dur(t.window)} per {list(t.group_by) or 'everything'}"
+    if rule.sequence is not None:
+        steps = " then ".join(("not " if s.absent else "") + s.name for s in rule.sequence.steps)
+        return f"{steps}, within {_dur(rule.sequence.within)}, joined by {list(rule.sequence.steps[0].by)}"
+    if rule.flatline is not None:
+        return f"silent for {_dur(rule.flatline.period)} per {list(rule.flatline.group_by)}"
+    return str(rule.expr.text.strip())
 
 
 def _replay(args: argparse.Namespace) -> int:
