@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from vigil.events import deadletter
-from vigil.events.batch import BatchNormalizer, Result
+from vigil.events.batch import Result
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams.tail_cursor import (
@@ -73,18 +73,8 @@ from vigil.streams.tail_cursor import (
 from vigil.streams.tail_cursor import (
     nth_newline as _nth_newline,
 )
-from vigil.streams.tail_cursor import (
-    open_cursor as _open,
-)
-from vigil.streams.tail_cursor import (
-    parses as _parses,
-)
-from vigil.streams.tail_cursor import (
-    place as _place,
-)
-from vigil.streams.tail_cursor import (
-    sha256_hex as _sha,
-)
+from vigil.streams.tail_lines import Lines
+from vigil.streams.tail_rotation import Placement
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +87,7 @@ MAX_RETRY_SECONDS: Final = 60.0
 _SCAN_CHUNK: Final = 1 << 20
 
 
-class FileTail:
+class FileTail(Placement):
     """Follows the files of ``ingest.tail_files``; :meth:`run` is the asyncio task, :meth:`poll` the same
     work done synchronously (for tests and one-shot use)."""
 
@@ -116,9 +106,10 @@ class FileTail:
         self._max_record = int(settings.ingest.max_record_bytes)
         self._max_document = int(settings.ingest.max_document_bytes)
         self._window = max(MAX_BATCH_BYTES, self._max_record + 1)
+        self._lines = Lines(self._format, self._max_record, self._max_document)
         chosen = list(settings.ingest.tail_files if paths is None else paths)
         unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in chosen))
-        self._files = [_Followed(p, self._normalizer()) for p in unique]
+        self._files = [_Followed(p, self._lines.new()) for p in unique]
         self.stats.files = len(self._files)
         self._stop = asyncio.Event()
         #: held by a step; :meth:`close` takes it so no descriptor is closed under a running step
@@ -257,186 +248,6 @@ class FileTail:
                 self._drop_behind(followed, reader, out)
             out.more = True
 
-    # -- where to read ------------------------------------------------------------------------------------
-
-    def _start(self, followed: _Followed) -> None:
-        """Open the path and decide where to read from, using the stored offset (see module docstring)."""
-        saved = self._load(followed)
-        cur = _open(followed.path)
-        try:
-            self._resume(followed, saved, cur)
-        except BaseException:
-            if cur is not None and followed.cur is not cur:
-                cur.close()
-            raise
-
-    def _resume(self, followed: _Followed, saved: dict[str, Any] | None, cur: _Cursor | None) -> None:
-        if saved is None:
-            followed.cur, followed.started = cur, cur is not None
-            if cur is None:
-                self._note_waiting(followed)
-            return
-        pos = int(saved["pos"])
-        if cur is not None and cur.ino == saved["inode"] and cur.size() >= pos:
-            cur.place(pos, int(saved.get("line", 0)))
-            if _sha(cur.head_bytes) == saved["head"]:
-                followed.cur, followed.started = cur, True
-                log.info("%s: resuming at byte %d", followed.path, pos)
-                return
-            cur.place(0, 0)
-        previous = self._find_rotated(followed, saved)
-        if previous is None and cur is None:  # nothing to read yet: keep the offset for when it appears
-            self._note_waiting(followed)
-            return
-        followed.cur, followed.started = cur, True
-        if previous is not None:
-            followed.behind.append(previous)
-            log.info(
-                "%s: changed while Vigil was down; reading the rest of the previous file from %s at byte %d",
-                followed.path,
-                followed.rotated_path,
-                pos,
-            )
-        else:
-            log.warning(
-                "%s: replaced or truncated while Vigil was down, and %s is not the file read before; "
-                "reading from the start, the unread rest of the previous file (after byte %d) may be lost",
-                followed.path,
-                followed.rotated_path,
-                pos,
-            )
-        followed.dirty = True
-        self._save(followed)
-
-    def _check(self, followed: _Followed, out: _Outcome) -> None:
-        """Notice a replaced, vanished or truncated file, or one that appeared."""
-        cur = followed.cur
-        if cur is None:
-            cur = _open(followed.path)
-            if cur is None:
-                if not followed.behind:
-                    self._note_waiting(followed)
-                return
-            for i, older in enumerate(followed.behind):  # renamed back: it is the same file
-                if (older.dev, older.ino) == (cur.dev, cur.ino):
-                    cur.close()
-                    cur = followed.behind.pop(i)
-                    break
-            else:
-                log.info("%s: appeared; reading it from the start", followed.path)
-            followed.cur = cur
-            return
-        try:
-            st = os.stat(followed.path)
-        except FileNotFoundError:
-            log.info("%s: gone (rotated?); finishing the open file and waiting for a new one", followed.path)
-            followed.behind.append(cur)
-            followed.cur = None
-            out.rotations += 1
-            return
-        if (st.st_dev, st.st_ino) != (cur.dev, cur.ino):
-            log.info("%s: replaced (rotated); finishing the old file first", followed.path)
-            followed.behind.append(cur)
-            followed.cur = None
-            out.rotations += 1
-            followed.cur = _open(followed.path)
-            return
-        if cur.pos == 0:
-            return
-        if cur.size() >= cur.pos and os.pread(cur.fd, len(cur.head_bytes), 0) == cur.head_bytes:
-            return
-        out.truncations += 1
-        copy = self._find_rotated(followed, cur.state(), copy_only=True)
-        if copy is not None:
-            log.info(
-                "%s: truncated (copytruncate); reading the lines after byte %d from %s first",
-                followed.path,
-                cur.pos,
-                followed.rotated_path,
-            )
-            followed.behind.append(copy)
-        else:
-            log.warning(
-                "%s: truncated (copytruncate?) at byte %d; reading from the start. Lines written after the "
-                "last poll and before the truncation are lost unless kept as %s",
-                followed.path,
-                cur.pos,
-                followed.rotated_path,
-            )
-        cur.place(0, 0)
-        followed.dirty = True
-        self._save(followed)
-
-    def _find_rotated(
-        self, followed: _Followed, saved: dict[str, Any], *, copy_only: bool = False
-    ) -> _Cursor | None:
-        """``<path>.1`` opened at the saved position, if it is the saved file (same inode) or a copy of it
-        (its first bytes and the bytes before the position hash the same); else None."""
-        pos = int(saved["pos"])
-        candidate = _open(followed.rotated_path, rotated=True)
-        if candidate is None:
-            return None
-        same = not copy_only and candidate.ino == saved["inode"]
-        try:
-            ok = candidate.size() >= pos
-            if ok:
-                candidate.place(pos, int(saved.get("line", 0)))
-                ok = _sha(candidate.head_bytes) == saved["head"]
-                if ok and not same:  # a copy: what was read must be its start, head and tail alike
-                    ok = pos > 0 and _sha(candidate.tail_bytes) == saved.get("tail")
-        except BaseException:
-            candidate.close()
-            raise
-        if not ok:
-            candidate.close()
-            return None
-        return candidate
-
-    def _finished(self, followed: _Followed, reader: _Cursor) -> bool:
-        """Whether an older file at its end can be let go: a rotated copy, or a replaced file once something
-        newer has data (until then its writer may still be writing to it) or once it is deleted."""
-        if reader.rotated or len(followed.behind) > 1:
-            return True
-        st = os.fstat(reader.fd)
-        if st.st_nlink == 0:
-            return True
-        return followed.cur is not None and followed.cur.size() > 0
-
-    def _drop_behind(self, followed: _Followed, reader: _Cursor, out: _Outcome) -> None:
-        """Let go of a finished older file; an incomplete last line in it is dead-lettered."""
-        size = reader.size()
-        if size > reader.pos and reader.scan == 0:
-            length = size - reader.pos
-            data = os.pread(reader.fd, min(length, self._max_record), reader.pos)
-            reason = "incomplete last line of a rotated file (no newline)"
-            if length > self._max_record:
-                dead = deadletter.for_oversize(
-                    followed.name, reader.line + 1, reader.pos, data[:HEAD_BYTES], length, self._max_record
-                )
-            else:
-                dead = deadletter.for_bad_bytes(followed.name, reader.line + 1, reader.pos, data, reason)
-            result = Result()
-            result.dead.append(dead)
-            self._commit(followed, reader, result, size, 1, out, None)
-        elif reader.scan:
-            head = reader.skip_head
-            dead = deadletter.for_oversize(
-                followed.name, reader.line + 1, reader.pos, head, size - reader.pos, self._max_record
-            )
-            result = Result()
-            result.dead.append(dead)
-            self._commit(followed, reader, result, size, 1, out, None)
-        followed.behind.remove(reader)
-        reader.close()
-        log.info("%s: finished the previous file at byte %d", followed.path, reader.pos)
-        followed.dirty = True
-        self._save(followed)
-
-    def _note_waiting(self, followed: _Followed) -> None:
-        if not followed.waiting:
-            log.info("%s: does not exist yet; waiting for it", followed.path)
-        followed.waiting = True
-
     # -- reading and committing ---------------------------------------------------------------------------
 
     def _read(self, followed: _Followed, reader: _Cursor, out: _Outcome) -> None:
@@ -464,7 +275,7 @@ class FileTail:
             lines = MAX_BATCH_LINES
         chunk = data[:cut] if cut < len(data) else data
         del data
-        result = self._normalise(followed, chunk, reader.line, reader.pos)
+        result = self._lines.normalise(followed, chunk, reader.line, reader.pos)
         self._commit(followed, reader, result, reader.pos + cut, lines, out, chunk)
         out.more = full or lines == MAX_BATCH_LINES
 
@@ -520,75 +331,6 @@ class FileTail:
         followed.dirty = False
         if result.dead:
             log.warning("%s: %d lines dead-lettered", followed.path, len(result.dead))
-
-    def _normalise(self, followed: _Followed, chunk: bytes, line: int, offset: int) -> Result:
-        """Normalise complete lines; dead letters get the line number and byte offset in the file.
-
-        The reader takes a stream whose first line starts a JSON value but does not parse for a multi-line
-        document; a followed file is JSON Lines, so such a first line is normalised on its own.
-        """
-        total = Result()
-        start = 0
-        while start < len(chunk):
-            stop = len(chunk)
-            first_end = start
-            while first_end < stop:  # the first non-blank line
-                nl = chunk.index(b"\n", first_end) + 1
-                if not chunk[first_end:nl].isspace():
-                    break
-                first_end = nl
-            if first_end < stop:
-                nl = chunk.index(b"\n", first_end) + 1
-                first = chunk[first_end:nl]
-                if (
-                    len(first) <= self._max_record
-                    and first.lstrip()[:1] in (b"{", b"[")
-                    and not _parses(first)
-                ):
-                    stop = nl
-            piece = chunk[start:stop]
-            part = self._body(followed, piece, line, offset + start)
-            total.events += part.events
-            total.controls += part.controls
-            total.dead += part.dead
-            line += piece.count(b"\n")
-            start = stop
-        return total
-
-    def _body(self, followed: _Followed, piece: bytes, line: int, offset: int) -> Result:
-        try:
-            result = followed.normalizer.body(piece, followed.name)
-        except Exception as exc:  # a bug on this input: go line by line so only the culprit is lost
-            log.error("%s: unexpected error while normalising", followed.path, exc_info=exc)
-            followed.normalizer = self._normalizer()
-            return self._line_by_line(followed, piece, line, offset)
-        result.dead = [_place(dl, line, offset) for dl in result.dead]
-        return result
-
-    def _line_by_line(self, followed: _Followed, piece: bytes, line: int, offset: int) -> Result:
-        total = Result()
-        pos = 0
-        for data in piece.splitlines(keepends=True):
-            line += 1
-            try:
-                part = followed.normalizer.body(data, followed.name)
-            except Exception as exc:
-                followed.normalizer = self._normalizer()
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-                total.dead.append(
-                    deadletter.for_bad_bytes(followed.name, line, offset + pos, data.rstrip(b"\r\n"), reason)
-                )
-            else:
-                total.events += part.events
-                total.controls += part.controls
-                total.dead += [_place(dl, line - 1, offset + pos) for dl in part.dead]
-            pos += len(data)
-        return total
-
-    def _normalizer(self) -> BatchNormalizer:
-        return BatchNormalizer(
-            self._format, max_record_bytes=self._max_record, max_document_bytes=self._max_document
-        )
 
     # -- offsets ------------------------------------------------------------------------------------------
 
