@@ -1,0 +1,150 @@
+"""The sections of Vigil's settings (one pydantic model each), apart from the loading machinery in
+:mod:`vigil.settings`, which re-exports them. Every field is documented in ``config/README.md`` and shown
+with its default in ``config/local.yaml`` (``tests/test_settings.py`` keeps the three in step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+
+#: stands for the data directory at the start of a path setting
+DATA_DIR_TOKEN: Final = "{data_dir}"
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors and a loaded value never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceAuth(Section):
+    """Who may post to one ingestion endpoint. Nothing configured: the endpoint accepts the local token
+    that ``vigil run`` creates in ``{data_dir}/ingest.token`` (0600) at first start."""
+
+    tokens: list[str] = Field(default_factory=list, description="accepted bearer tokens")
+    hmac_secrets: list[str] = Field(
+        default_factory=list, description="secrets for X-Vigil-Signature: t=<unix>,v1=<hex HMAC-SHA256>"
+    )
+    query_secrets: list[str] = Field(
+        default_factory=list, description="accepted ?code= values (Event Grid's URL secret; two for rotation)"
+    )
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens or self.hmac_secrets or self.query_secrets)
+
+
+class EventGridAuth(SourceAuth):
+    """Event Grid deliveries: also which subscriptions may validate the endpoint."""
+
+    subscriptions: list[str] = Field(
+        default_factory=list, description="allowed aeg-subscription-name values (empty: any)"
+    )
+
+
+class SourcesSettings(Section):
+    """Credentials of each ingestion endpoint."""
+
+    events: SourceAuth = Field(default_factory=SourceAuth)
+    eventgrid: EventGridAuth = Field(default_factory=EventGridAuth)
+    azure_monitor: SourceAuth = Field(default_factory=SourceAuth)
+    sentinel: SourceAuth = Field(default_factory=SourceAuth)
+
+
+class HttpSettings(Section):
+    """The HTTP listener: operations, the read API and the ingestion endpoints."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(default=8470, ge=0, le=65535, description="TCP port; 0 picks a free one")
+    max_body_bytes: ByteSize = Field(
+        default=ByteSize(16 << 20), gt=0, description="larger ingestion bodies are refused with 413"
+    )
+    max_backlog: int = Field(
+        default=200_000, ge=1, description="events stored but not yet detected before ingestion answers 429"
+    )
+    max_skew: int = Field(default=300, ge=1, description="seconds an HMAC signature's timestamp may be off")
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
+
+
+class IngestSettings(Section):
+    """The file sources of the embedded runner: the drop folder and the followed JSONL files."""
+
+    drop_dir: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/inbox"), description="folder watched for input")
+    poll_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between scans")
+    max_record_bytes: ByteSize = Field(
+        default=ByteSize(4 << 20), gt=0, description="cap per JSON Lines record"
+    )
+    max_document_bytes: ByteSize = Field(
+        default=ByteSize(64 << 20), gt=0, description="cap per JSON document"
+    )
+    format: str = Field(default="auto", description="normalizer name, or auto to detect per record")
+    tail_files: list[Path] = Field(
+        default_factory=list,
+        description="JSONL files followed like tail -F, resuming from the offset stored in the store",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from vigil.events.normalize import normalizers  # noqa: PLC0415 - keeps importing settings cheap
+
+        if value != "auto" and value not in normalizers:
+            raise ValueError(f"unknown format; known: auto, {', '.join(normalizers.names())}")
+        return value
+
+
+class OutputSettings(Section):
+    """Where the embedded runner writes what it produced."""
+
+    events_file: Path = Field(
+        default=Path(f"{DATA_DIR_TOKEN}/events.jsonl"), description="events, JSON Lines"
+    )
+    dead_letter_file: Path = Field(
+        default=Path(f"{DATA_DIR_TOKEN}/dead-letter.jsonl"), description="dead letters, JSON Lines"
+    )
+
+
+class DetectSettings(Section):
+    """The rules the daemon runs and how stateful detection treats time."""
+
+    rules: Path = Field(default=Path("rules"), description="rule file or folder loaded at start")
+    lateness: str = Field(default="5m", description="allowed lateness of event time (a duration: 90s, 5m)")
+    snapshot_interval: float = Field(
+        default=30.0, gt=0, le=86400, description="seconds between detector state snapshots in the store"
+    )
+    max_keys: int = Field(default=1_000_000, ge=1, description="open window keys per stateful rule")
+    incident_window: str = Field(
+        default="1h",
+        description="a finding joins its rule and group's incident if the last finding is this recent",
+    )
+
+    @field_validator("lateness", "incident_window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
+
+        parse_duration(value)
+        return value
+
+
+class StoreSettings(Section):
+    """The embedded store (SQLite, WAL): event log, findings, dead letters, offsets, snapshots."""
+
+    path: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/vigil.db"), description="database file")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="FULL survives power loss; NORMAL only a crash of the process"
+    )
+    retention: str = Field(
+        default="7d", description="raw events older than this are pruned once detected (findings are kept)"
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
+
+        parse_duration(value)
+        return value
