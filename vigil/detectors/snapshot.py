@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +21,7 @@ import orjson
 
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
+from vigil.fsutil import atomic_write
 
 VERSION: Final = 1
 
@@ -124,18 +123,7 @@ def _read(detector: Detector, doc: dict[str, Any]) -> RestoreReport:
 
 def save(detector: Detector, path: str | Path) -> None:
     """Write a snapshot atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(snapshot(detector))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), snapshot(detector))
 
 
 def load(detector: Detector, path: str | Path) -> RestoreReport | None:

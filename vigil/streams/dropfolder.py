@@ -34,6 +34,7 @@ from typing import Final, Literal
 from vigil.events.batch import BatchNormalizer
 from vigil.events.deadletter import DeadLetterWriter
 from vigil.events.model import encode_events
+from vigil.fsutil import atomic_write, fsync_dir, size_of
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import IngestStats
@@ -205,7 +206,7 @@ class DropFolder:
         """Normalise one file, make its output durable, move it; see the module docstring for the order."""
         self.recover()
         dest = _free_name(self.processed_dir, path.name)
-        offsets = {"events": _size(self.events_file), "dead": _size(self.dead_letter_file)}
+        offsets = {"events": size_of(self.events_file), "dead": size_of(self.dead_letter_file)}
         token = f"{dest.name}:{uuid.uuid4().hex}"
         self._write_journal({"file": path.name, "dest": str(dest), "token": token, **offsets})
         try:
@@ -216,8 +217,8 @@ class DropFolder:
             try:
                 os.replace(path, failed)
                 failed.with_name(failed.name + ".error").write_text(f"{exc}\n", encoding="utf-8")
-                _fsync_dir(self.drop_dir)
-                _fsync_dir(self.failed_dir)
+                fsync_dir(self.drop_dir)
+                fsync_dir(self.failed_dir)
             except OSError as move_exc:
                 raise OutputError(f"{path.name}: cannot move to {FAILED}/: {move_exc}") from move_exc
             self._clear_journal()
@@ -250,8 +251,8 @@ class DropFolder:
         """Move a published file to ``processed/`` and clear the journal."""
         try:
             os.replace(path, dest)
-            _fsync_dir(self.drop_dir)
-            _fsync_dir(self.processed_dir)
+            fsync_dir(self.drop_dir)
+            fsync_dir(self.processed_dir)
         except OSError as exc:
             raise OutputError(
                 f"{path.name}: cannot move to {PROCESSED}/ (its events are published): {exc}"
@@ -299,7 +300,7 @@ class DropFolder:
                 out.flush()
                 os.fsync(out.fileno())
         for parent in {self.events_file.parent, self.dead_letter_file.parent}:
-            _fsync_dir(parent)
+            fsync_dir(parent)
         return FileOutcome(path.name, "processed", dest, events, dead.count, controls)
 
     # -- the journal --------------------------------------------------------------------------------------
@@ -335,21 +336,15 @@ class DropFolder:
         self._clear_journal()
 
     def _write_journal(self, entry: dict[str, object]) -> None:
-        tmp = self.journal.with_name(self.journal.name + ".tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                json.dump(entry, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.journal)
-            _fsync_dir(self.drop_dir)
+            atomic_write(self.journal, json.dumps(entry).encode())
         except OSError as exc:
             raise OutputError(f"cannot write journal {self.journal}: {exc}") from exc
 
     def _clear_journal(self) -> None:
         try:
             self.journal.unlink(missing_ok=True)
-            _fsync_dir(self.drop_dir)
+            fsync_dir(self.drop_dir)
         except OSError as exc:
             raise OutputError(f"cannot remove journal {self.journal}: {exc}") from exc
 
@@ -366,7 +361,7 @@ class DropFolder:
         self._rollback_store(token)
         for out, size in ((self.events_file, offsets["events"]), (self.dead_letter_file, offsets["dead"])):
             try:
-                if _size(out) > size:
+                if size_of(out) > size:
                     os.truncate(out, size)
             except OSError as exc:
                 raise OutputError(f"cannot roll back {out} to {size} bytes: {exc}") from exc
@@ -378,13 +373,6 @@ def _internal(path: Path, exc: Exception) -> _InputError:
     return _InputError(f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _free_name(folder: Path, name: str) -> Path:
     """``folder/name``, or ``folder/stem.N.suffix`` when a file of that name was processed before."""
     candidate = folder / name
@@ -394,15 +382,3 @@ def _free_name(folder: Path, name: str) -> Path:
         n += 1
         candidate = folder / f"{stem}.{n}{dot}{suffix}"
     return candidate
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
