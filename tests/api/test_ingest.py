@@ -230,3 +230,12 @@ def test_readiness_and_store_failures(tmp_path: Path) -> None:
     assert behind.status_code == 503 and "50 events behind" in behind.json()["reason"]
     assert failed.status_code == 503 and failed.headers["retry-after"] == "5"
     assert state.http_ingest.store_errors == {"events": 1}
+
+
+def test_an_empty_local_token_file_is_replaced(tmp_path: Path) -> None:
+    from vigil.api.auth import local_token
+
+    (tmp_path / "ingest.token").write_text("")  # what a crash mid-creation could once leave
+    token = local_token(tmp_path)
+    assert len(token) > 20 and local_token(tmp_path) == token
+    assert (tmp_path / "ingest.token").stat().st_mode & 0o777 == 0o600

@@ -114,3 +114,17 @@ def test_an_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cannot open"):
         Store(blocker / "vigil.db")
+
+
+def test_a_full_disk_fails_the_write_and_the_store_recovers(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    store.append_events([ev("first", 0)], "http")
+    pages = store._read("PRAGMA page_count")[0][0]
+    store._read(f"PRAGMA max_page_count = {pages + 2}")  # a disk that is (nearly) full
+    big = [ev(f"e{i}", i, raw={"pad": "x" * 4000}) for i in range(50)]
+    with pytest.raises(StoreError, match="full"):
+        store.accept(big, (), "http")
+    assert store.count_events() == 1  # nothing of the failed batch
+    store._read("PRAGMA max_page_count = 1073741823")  # space again: writes resume, nothing is stuck
+    assert len([s for s in store.accept(big, (), "http") if s]) == 50
+    assert store.count_events() == 51

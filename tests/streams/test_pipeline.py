@@ -6,10 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.detectors.stateful_helpers import ev, rule_doc, rules
 from vigil.detectors.engine import Detector
 from vigil.rules.model import Rule
-from vigil.store.sqlite import Store
+from vigil.store.sqlite import Store, StoreError
 from vigil.streams.pipeline import DetectStage
 
 BURST = rule_doc(
@@ -108,3 +110,40 @@ def test_retention_prunes_detected_events_only(tmp_path: Path) -> None:
     stage.step()
     assert store.count_events() == 0 and stage.stats.pruned == 20
     assert len(store.findings(limit=100)) == 2  # findings stay
+
+
+def test_a_failed_commit_rebuilds_the_state_and_counts_nothing_twice(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, BURST, EACH)
+    store = Store(tmp_path / "vigil.db")
+    events = _events(40)
+    store.append_events(events, "test")
+    stage = _stage(store, ruleset, batch=10, snapshot_every=0.0)
+    real = store.commit_detection
+    calls = [0]
+
+    def flaky(*args: object, **kw: object) -> int:
+        calls[0] += 1
+        if calls[0] == 3:  # the third batch cannot be committed (disk full, say)
+            raise StoreError("database or disk is full")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    store.commit_detection = flaky  # type: ignore[method-assign]
+    stage.step()
+    stage.step()
+    with pytest.raises(StoreError):
+        stage.step()
+    stage.recover()  # what run() does after a failed commit
+    stage.drain()
+    stored = [(f["rule"], tuple(f["event_ids"])) for f in store.findings(limit=1000)]
+    assert len(stored) == len(set(stored))
+    assert set(stored) == _reference(ruleset, events)
+
+
+def test_offered_events_the_stage_already_read_are_not_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vigil.db")
+    stage = _stage(store, rules(tmp_path, EACH))
+    events = _events(5)
+    seqs = store.accept(events, (), "test")
+    stage.drain()  # read from the store before the source handed them over
+    stage.offer(seqs, events)
+    assert stage._handed == {}

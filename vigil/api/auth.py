@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from vigil.fsutil import atomic_write
 from vigil.settings import SourceAuth
 
 SIGNATURE_HEADER: Final = "x-vigil-signature"
@@ -33,16 +33,20 @@ TOKEN_FILE: Final = "ingest.token"
 
 
 def local_token(data_dir: Path) -> str:
-    """The local ingestion token: read from ``{data_dir}/ingest.token``, created (0600) if missing."""
+    """The local ingestion token: read from ``{data_dir}/ingest.token``, created (0600) if missing or empty.
+
+    Written atomically (a temporary file, created 0600, fsynced, renamed): a crash while creating it can
+    leave no token file, never an empty one that would lock every sender out.
+    """
     path = data_dir / TOKEN_FILE
     try:
-        return path.read_text(encoding="ascii").strip()
+        token = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        pass
+        token = ""
+    if token:
+        return token
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(token + "\n")
+    atomic_write(path, (token + "\n").encode("ascii"))  # mkstemp creates the file 0600
     return token
 
 

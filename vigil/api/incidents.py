@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any, Literal
 
@@ -23,6 +24,9 @@ from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
 
 router = APIRouter()
+
+#: largest body of a state change (a note)
+NOTE_LIMIT = 64 * 1024
 
 
 def _state(request: Request) -> RunState:
@@ -49,7 +53,7 @@ async def list_incidents(
     if isinstance(store, JSONResponse):
         return store
     try:
-        found = store.incidents(state=state, limit=limit)
+        found = await asyncio.to_thread(store.incidents, state=state, limit=limit)
     except (StoreError, sqlite3.Error) as exc:
         return _error(503, f"store read failed: {exc}")
     return {"incidents": found, "count": len(found)}
@@ -61,7 +65,7 @@ async def get_incident(request: Request, incident_id: str) -> dict[str, Any] | J
     if isinstance(store, JSONResponse):
         return store
     try:
-        found = store.incident(incident_id)
+        found = await asyncio.to_thread(store.incident, incident_id)
     except (StoreError, sqlite3.Error) as exc:
         return _error(503, f"store read failed: {exc}")
     return found if found is not None else _error(404, f"no incident {incident_id!r}")
@@ -81,13 +85,17 @@ async def _change(
     store = _store(request)
     if isinstance(store, JSONResponse):
         return store
-    body = await request.body()
+    body = b""
+    async for chunk in request.stream():  # a note, not a payload: capped at 64 KiB
+        body += chunk
+        if len(body) > NOTE_LIMIT:
+            return _error(413, f"body over {NOTE_LIMIT} bytes")
     try:
         note = orjson.loads(body).get("note", "") if body else ""
     except (orjson.JSONDecodeError, AttributeError):
         return _error(400, 'body: expected {"note": "..."} or nothing')
     try:
-        result = store.set_incident_state(incident_id, to, actor="api", note=str(note))
+        result = await asyncio.to_thread(store.set_incident_state, incident_id, to, "api", str(note))
     except IncidentError as exc:
         return _error(404 if "no incident" in str(exc) else 409, str(exc))
     except StoreError as exc:

@@ -124,9 +124,12 @@ class EventClock:
     def state(self) -> dict[str, int]:
         return {"max_seen": self.max_seen, "watermark": self.watermark}
 
-    def restore(self, state: dict[str, int]) -> None:
-        self.max_seen = max(self.max_seen, int(state.get("max_seen", NEVER)))
-        self.watermark = max(self.watermark, int(state.get("watermark", NEVER)))
+    def restore(self, state: dict[str, int], *, exact: bool = False) -> None:
+        """Take a saved clock: never backwards, or (``exact``, a recovery that re-processes events) exactly
+        as saved, so the events meet the watermark they met before."""
+        max_seen, watermark = int(state.get("max_seen", NEVER)), int(state.get("watermark", NEVER))
+        self.max_seen = max_seen if exact else max(self.max_seen, max_seen)
+        self.watermark = watermark if exact else max(self.watermark, watermark)
 
     def counters(self) -> dict[str, int]:
         return {"late": self.late, "future_clamped": self.future, "ancient_clamped": self.ancient}

@@ -69,7 +69,7 @@ def snapshot(detector: Detector) -> bytes:
     return orjson.dumps(doc)
 
 
-def restore(detector: Detector, data: bytes) -> RestoreReport:
+def restore(detector: Detector, data: bytes, *, exact_clock: bool = False) -> RestoreReport:
     """Load a snapshot into a fresh detector; VigilError if it is not a snapshot this version reads."""
     try:
         doc = orjson.loads(data)
@@ -81,7 +81,7 @@ def restore(detector: Detector, data: bytes) -> RestoreReport:
             f" is not {VERSION}"
         )
     try:
-        loaded = _read(detector, doc)
+        loaded = _read(detector, doc, exact_clock)
     except (ValueError, TypeError, AttributeError, KeyError, binascii.Error) as exc:
         detector.reset()  # nothing half-restored
         raise VigilError(f"detector snapshot is corrupt: {exc}") from exc
@@ -89,7 +89,7 @@ def restore(detector: Detector, data: bytes) -> RestoreReport:
     return loaded
 
 
-def _read(detector: Detector, doc: dict[str, Any]) -> RestoreReport:
+def _read(detector: Detector, doc: dict[str, Any], exact_clock: bool = False) -> RestoreReport:
     """Decode every entry first, then load: a corrupt entry anywhere leaves the detector untouched."""
     report = RestoreReport()
     current = detector.states()
@@ -117,7 +117,7 @@ def _read(detector: Detector, doc: dict[str, Any]) -> RestoreReport:
         for key, value in entries:
             if state.put(key, value):
                 report.keys += 1
-    detector.clock.restore(clock)
+    detector.clock.restore(clock, exact=exact_clock)
     return report
 
 

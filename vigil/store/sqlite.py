@@ -120,7 +120,18 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
 
         def __exit__(self, kind: object, exc: object, tb: object) -> None:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            # A failed COMMIT (disk full, I/O error, busy) must not leave the connection inside a
+            # transaction, or every later BEGIN fails; and SQLite may already have rolled back itself.
+            if kind is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except sqlite3.Error:
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
 
     def _tx(self) -> Store._Tx:
         return Store._Tx(self._db)

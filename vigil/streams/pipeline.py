@@ -19,6 +19,7 @@ its event loop and another runner (faust, later) can drive the same calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from vigil.detectors.snapshot import restore, snapshot
 from vigil.errors import VigilError
 from vigil.events.model import Event
 from vigil.rules.schema_forms import parse_duration
-from vigil.store.sqlite import Store, StoredEvent
+from vigil.store.sqlite import Store, StoredEvent, StoreError
 from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class DetectStats:
     replayed: int = 0
     #: raw events removed by retention
     pruned: int = 0
+    #: batches whose commit failed (the stage rebuilt its state and went on)
+    commit_failures: int = 0
 
 
 class DetectStage:
@@ -80,6 +83,8 @@ class DetectStage:
         #: events a source handed over right after committing them (seq -> event): read from memory
         #: instead of decoding them back from the store; anything missing is read from the store
         self._handed: dict[int, Event] = {}
+        #: take a snapshot at the next step (after a hot reload: the stored one belongs to the old rules)
+        self.force_snapshot = False
         self._handed_lock = threading.Lock()
         self._committed = 0
         self._last_snapshot = 0.0
@@ -89,10 +94,15 @@ class DetectStage:
         saved = self.store.snapshot(self.name)
         committed = self.store.cursor(self.name)
         self.position = 0
+        self.detector.reset()  # (again, after a failed commit: the state it had is not the stored one)
+        with self._handed_lock:
+            self._handed.clear()
         if saved is not None:
             cursor, body = saved
             try:
-                report = restore(self.detector, body)
+                # the snapshot's clock exactly: events re-processed up to the committed cursor must meet the
+                # watermark they met the first time, so their findings come out identical (same ids)
+                report = restore(self.detector, body, exact_clock=True)
             except VigilError as exc:
                 log.error("detector snapshot unusable, starting from empty state: %s", exc)
             else:
@@ -116,7 +126,7 @@ class DetectStage:
             if len(self._handed) + len(events) > MAX_HANDED:
                 return
             for seq, event in zip(seqs, events, strict=True):
-                if seq:
+                if seq > self.position:  # 0: a duplicate; <= position: the stage read it from the store
                     self._handed[seq] = event
 
     def _next(self) -> list[StoredEvent]:
@@ -142,19 +152,23 @@ class DetectStage:
             for f in process(item.event):
                 found.append((item.seq, f))
         last = stored[-1].seq if stored else self.position
-        for f in self.detector.tick() if self.detector.clock.live else ():
-            found.append((last, f))
+        # live timers only once past what the previous run committed: re-processing must not meet a
+        # different watermark than the first pass did
+        if self.detector.clock.live and last >= self._committed:
+            found += [(last, f) for f in self.detector.tick()]
         if not stored and not found and not force_snapshot:
             return 0
         due = force_snapshot or time.monotonic() - self._last_snapshot >= self.snapshot_every
-        body = snapshot(self.detector) if due and self.detector.stateful else None
+        due = due or self.force_snapshot
+        self.force_snapshot = False
+        body = snapshot(self.detector) if due else None
         crash_point("detect.before_commit")
         new = self.store.commit_detection(found, last, body, self.name)
         crash_point("detect.after_commit")
         if due:
             self._last_snapshot = time.monotonic()
             self.stats.snapshots += body is not None
-            if self.retention_ms is not None and (body is not None or not self.detector.stateful):
+            if self.retention_ms is not None:
                 # only up to what a restart will not re-read: the snapshot's cursor (or, without
                 # stateful rules, the committed cursor)
                 cut = int(time.time() * 1000) - self.retention_ms
@@ -181,8 +195,18 @@ class DetectStage:
         """Process as events arrive (``wake`` is set by sources after they append), tick timers every
         ``tick`` seconds, and take a last snapshot when ``stopping`` is set."""
         while not stopping.is_set():
-            if self.step() >= self.batch:
-                await asyncio.sleep(0)  # more waiting: let the sources and the API run in between
+            try:
+                if self.step() >= self.batch:
+                    await asyncio.sleep(0)  # more waiting: let the sources and the API run in between
+                    continue
+            except StoreError as exc:
+                # Nothing of the batch was committed, but the detector has seen it: rebuild its state from
+                # the store (snapshot, then the events after it) rather than count them twice.
+                log.error("detection could not commit (%s); retrying from the last snapshot in 5 s", exc)
+                self.stats.commit_failures += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=5.0)
+                self.recover()
                 continue
             wake.clear()
             waiter = asyncio.create_task(wake.wait())

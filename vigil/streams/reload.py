@@ -96,6 +96,7 @@ class Reloader:
                 return self.last
             kept = detector.adopt(self.stage.detector)
             self.stage.detector = detector
+            self.stage.force_snapshot = True  # the stored snapshot belongs to the old rules
             self.state.detector = detector
             self.state.ruleset = ruleset
             self.last = ReloadResult(
