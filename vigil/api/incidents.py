@@ -15,32 +15,17 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from vigil.api.auth import pre_body
-from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT
+from vigil.api.ingest import operator_auth
+from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT, error, read_failed, state_of, store_or_error
 from vigil.store.incidents import IncidentError
-from vigil.store.sqlite import Store, StoreError
-from vigil.streams import RunState
+from vigil.store.sqlite import StoreError
 
 router = APIRouter()
 
 #: largest body of a state change (a note)
 NOTE_LIMIT = 64 * 1024
-
-
-def _state(request: Request) -> RunState:
-    state: RunState = request.app.state.vigil
-    return state
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _store(request: Request) -> Store | JSONResponse:
-    store = _state(request).store
-    return _error(503, "store not open") if store is None else store
 
 
 @router.get("/v1/incidents", response_model=None)
@@ -49,65 +34,59 @@ async def list_incidents(
     state: Literal["open", "acknowledged", "resolved"] | None = None,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
 ) -> dict[str, Any] | JSONResponse:
-    store = _store(request)
+    store = store_or_error(request)
     if isinstance(store, JSONResponse):
         return store
     try:
         found = await asyncio.to_thread(store.incidents, state=state, limit=limit)
     except (StoreError, sqlite3.Error) as exc:
-        return _error(503, f"store read failed: {exc}")
+        return read_failed(exc)
     return {"incidents": found, "count": len(found)}
 
 
 @router.get("/v1/incidents/{incident_id}", response_model=None)
 async def get_incident(request: Request, incident_id: str) -> dict[str, Any] | JSONResponse:
-    store = _store(request)
+    store = store_or_error(request)
     if isinstance(store, JSONResponse):
         return store
     try:
         found = await asyncio.to_thread(store.incident, incident_id)
     except (StoreError, sqlite3.Error) as exc:
-        return _error(503, f"store read failed: {exc}")
-    return found if found is not None else _error(404, f"no incident {incident_id!r}")
+        return read_failed(exc)
+    return found if found is not None else error(404, f"no incident {incident_id!r}")
 
 
-async def _change(
-    request: Request, incident_id: str, to: Literal["acknowledged", "resolved"]
-) -> JSONResponse:
-    state = _state(request)
-    verdict = pre_body(
-        state.settings.http.sources.events, request.headers, request.query_params, state.local_token
-    )
-    if verdict is None or verdict:
-        return JSONResponse(
-            {"error": "not authenticated"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-        )
-    store = _store(request)
+async def _change(request: Request, incident_id: str, to: Literal["acknowledged", "resolved"]) -> Response:
+    state = state_of(request)
+    refused = operator_auth(state, request, "incidents")
+    if refused is not None:
+        return refused
+    store = store_or_error(request)
     if isinstance(store, JSONResponse):
         return store
     body = b""
     async for chunk in request.stream():  # a note, not a payload: capped at 64 KiB
         body += chunk
         if len(body) > NOTE_LIMIT:
-            return _error(413, f"body over {NOTE_LIMIT} bytes")
+            return error(413, f"body over {NOTE_LIMIT} bytes")
     try:
         note = orjson.loads(body).get("note", "") if body else ""
     except (orjson.JSONDecodeError, AttributeError):
-        return _error(400, 'body: expected {"note": "..."} or nothing')
+        return error(400, 'body: expected {"note": "..."} or nothing')
     try:
         result = await asyncio.to_thread(store.set_incident_state, incident_id, to, "api", str(note))
     except IncidentError as exc:
-        return _error(404 if "no incident" in str(exc) else 409, str(exc))
+        return error(404 if "no incident" in str(exc) else 409, str(exc))
     except StoreError as exc:
-        return _error(503, str(exc))
+        return error(503, str(exc))
     return JSONResponse(result)
 
 
 @router.post("/v1/incidents/{incident_id}/acknowledge", response_model=None)
-async def acknowledge(request: Request, incident_id: str) -> JSONResponse:
+async def acknowledge(request: Request, incident_id: str) -> Response:
     return await _change(request, incident_id, "acknowledged")
 
 
 @router.post("/v1/incidents/{incident_id}/resolve", response_model=None)
-async def resolve(request: Request, incident_id: str) -> JSONResponse:
+async def resolve(request: Request, incident_id: str) -> Response:
     return await _change(request, incident_id, "resolved")

@@ -59,15 +59,24 @@ def create_router(state: RunState) -> APIRouter:
     return router
 
 
+def operator_auth(state: RunState, request: Request, action: str) -> Response | None:
+    """None when a state-changing call (a reload, an incident change) is authenticated like
+    ``POST /v1/events`` (bearer token or the local token; no body signature), else the counted 401."""
+    verdict = pre_body(
+        state.settings.http.sources.events, request.headers, request.query_params, state.local_token
+    )
+    if verdict is None or verdict:
+        return _reject(state, action, verdict or "bad_signature")
+    return None
+
+
 def _reload_handler(state: RunState) -> Any:
     async def reload_rules(request: Request) -> Response:
         """Reload the rule set now (authenticated like ``POST /v1/events``): 200 with the result when the
         new set runs, 422 with its diagnostics when it was rejected (the running set stays)."""
-        verdict = pre_body(
-            state.settings.http.sources.events, request.headers, request.query_params, state.local_token
-        )
-        if verdict is None or verdict:
-            return _reject(state, "rules_reload", verdict or "bad_signature")
+        refused = operator_auth(state, request, "rules_reload")
+        if refused is not None:
+            return refused
         if state.reloader is None:
             return _error(503, "hot reload is not running")
         result = await state.reloader.reload()

@@ -72,23 +72,24 @@ def parse_since(value: str | None) -> int:
     return to_ms(moment)
 
 
-def _state(request: Request) -> RunState:
+def state_of(request: Request) -> RunState:
+    """The run state behind the app (shared by the API's routers)."""
     state: RunState = request.app.state.vigil
     return state
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _read_failed(exc: Exception) -> JSONResponse:
+def read_failed(exc: Exception) -> JSONResponse:
     """503: the store is there but cannot be read now (closed at shutdown, locked, disk error)."""
-    return _error(503, str(exc) if isinstance(exc, StoreError) else f"store read failed: {exc}")
+    return error(503, str(exc) if isinstance(exc, StoreError) else f"store read failed: {exc}")
 
 
-def _store(request: Request) -> Store | JSONResponse:
-    store = _state(request).store
-    return _error(503, "store not open") if store is None else store
+def store_or_error(request: Request) -> Store | JSONResponse:
+    store = state_of(request).store
+    return error(503, "store not open") if store is None else store
 
 
 _LIMIT = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="how many items, newest first")
@@ -101,38 +102,38 @@ async def findings(
     since: str | None = Query(None, description="ISO-8601 time or epoch milliseconds"),
     limit: int = _LIMIT,
 ) -> dict[str, Any] | JSONResponse:
-    store = _store(request)
+    store = store_or_error(request)
     if isinstance(store, JSONResponse):
         return store
     try:
         since_ms = parse_since(since)
     except SinceError as exc:
-        return _error(400, str(exc))
+        return error(400, str(exc))
     try:
         found = store.findings(rule=rule or None, since_ms=since_ms, limit=limit)
     except (StoreError, sqlite3.Error) as exc:
-        return _read_failed(exc)
+        return read_failed(exc)
     return {"findings": found, "count": len(found)}
 
 
 @router.get("/v1/dead-letters", response_model=None)
 async def dead_letters(request: Request, limit: int = _LIMIT) -> dict[str, Any] | JSONResponse:
-    store = _store(request)
+    store = store_or_error(request)
     if isinstance(store, JSONResponse):
         return store
     try:
         letters = store.dead_letters(limit)
     except (StoreError, sqlite3.Error) as exc:
-        return _read_failed(exc)
+        return read_failed(exc)
     return {"dead_letters": letters, "count": len(letters)}
 
 
 @router.get("/v1/rules", response_model=None)
 async def rules(request: Request) -> dict[str, Any] | JSONResponse:
-    state = _state(request)
+    state = state_of(request)
     ruleset = state.ruleset
     if ruleset is None:
-        return _error(503, "rules not loaded")
+        return error(503, "rules not loaded")
     last = state.reloader.last if state.reloader is not None else None
     return {
         "hash": ruleset.hash,
