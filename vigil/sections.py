@@ -6,9 +6,20 @@ with its default in ``config/local.yaml`` (``tests/test_settings.py`` keeps the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator
+
+
+def _duration(value: str) -> str:
+    """A duration as rules write it (90s, 5m, 7d), checked by the rule language's own parser."""
+    from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
+
+    parse_duration(value)
+    return value
+
+
+DurationText = Annotated[str, AfterValidator(_duration)]
 
 #: stands for the data directory at the start of a path setting
 DATA_DIR_TOKEN: Final = "{data_dir}"
@@ -111,23 +122,17 @@ class DetectSettings(Section):
     """The rules the daemon runs and how stateful detection treats time."""
 
     rules: Path = Field(default=Path("rules"), description="rule file or folder loaded at start")
-    lateness: str = Field(default="5m", description="allowed lateness of event time (a duration: 90s, 5m)")
+    lateness: DurationText = Field(
+        default="5m", description="allowed lateness of event time (a duration: 90s, 5m)"
+    )
     snapshot_interval: float = Field(
         default=30.0, gt=0, le=86400, description="seconds between detector state snapshots in the store"
     )
     max_keys: int = Field(default=1_000_000, ge=1, description="open window keys per stateful rule")
-    incident_window: str = Field(
+    incident_window: DurationText = Field(
         default="1h",
         description="a finding joins its rule and group's incident if the last finding is this recent",
     )
-
-    @field_validator("lateness", "incident_window")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
-
-        parse_duration(value)
-        return value
 
 
 class StoreSettings(Section):
@@ -137,14 +142,6 @@ class StoreSettings(Section):
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="FULL survives power loss; NORMAL only a crash of the process"
     )
-    retention: str = Field(
+    retention: DurationText = Field(
         default="7d", description="raw events older than this are pruned once detected (findings are kept)"
     )
-
-    @field_validator("retention")
-    @classmethod
-    def _retention(cls, value: str) -> str:
-        from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415  (settings load first)
-
-        parse_duration(value)
-        return value

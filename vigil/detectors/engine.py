@@ -22,7 +22,6 @@ open state across a restart (``snapshot.py``); a rule whose text changed starts 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Final, Protocol
@@ -104,8 +103,7 @@ class Detector:
                     if step.rule_id is not None:
                         self.refs.setdefault(step.rule_id, []).append((seq, i))
                         continue
-                    assert step.expr is not None
-                    pseudo = dataclasses.replace(rule, id=f"{rule.id}#{i}", expr=step.expr, kinds=step.kinds)
+                    pseudo = rule.step_filter(i)
                     self.steps[id(pseudo)] = (seq, i)
                     indexed.append(pseudo)
                 continue

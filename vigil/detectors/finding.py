@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
+from vigil.detectors.clock import to_ms
 from vigil.events.model import Event, FrozenMap
 from vigil.rules.functions import path_getter
 from vigil.rules.model import Rule
@@ -60,8 +61,9 @@ def finding_id(found: Finding) -> str:
     """The identity of a finding: rule, group, form, event time and events. Processing the same events
     again (after a crash, from the store's cursor and snapshot) yields the same ids, so the store keeps each
     finding once."""
-    ms = int(found.time.timestamp() * 1000)
-    text = SEP.join((found.rule, found.form, group_key(found.group), str(ms), *found.event_ids))
+    text = SEP.join(
+        (found.rule, found.form, group_key(found.group), str(to_ms(found.time)), *found.event_ids)
+    )
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 

@@ -258,7 +258,7 @@ class ThresholdDetector:
         if type(st) is int:
             return st >> 48, (st >> 24) & M24
         assert type(st) is bytes
-        if self.rule.threshold is not None and self.rule.threshold.measure == "sum":
+        if self.measure == "sum":
             kb, cur, _ = _SUM.unpack(st)
             return kb, cur
         kb, ncur, _ = _DIST.unpack_from(st)

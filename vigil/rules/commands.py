@@ -159,7 +159,6 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    import dataclasses
 
     from vigil.detectors.engine import Detector
     from vigil.detectors.match import Matcher
@@ -176,7 +175,7 @@ def _explain(args: argparse.Namespace) -> int:
         filters = [
             (
                 f"step {i + 1}" + (f" ({step.name})" if step.name != f"step {i + 1}" else ""),
-                dataclasses.replace(rule, expr=step.expr, kinds=step.kinds),
+                rule.step_filter(i),
             )
             for i, step in enumerate(rule.sequence.steps)
             if step.expr is not None

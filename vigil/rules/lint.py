@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+
 from vigil.rules.diagnostics import Diagnostic, sort_key
 from vigil.rules.model import SEVERITY_SCORE, RemediateAction, Rule, RuleSet
 
@@ -43,6 +45,13 @@ def lint(ruleset: RuleSet, *, strict: bool = False) -> list[Diagnostic]:
     for rule in ruleset.rules:
         out += lint_rule(rule)
     return sorted(out, key=sort_key)
+
+
+def with_warnings(ruleset: RuleSet) -> RuleSet:
+    """``ruleset`` carrying lint's warnings among its diagnostics (what a running daemon shows in
+    ``/v1/rules``: no ATT&CK tag, not indexable...). Lint's errors are left out: the set was accepted."""
+    warnings = tuple(d for d in lint(ruleset) if d.severity == "warning")
+    return dataclasses.replace(ruleset, diagnostics=ruleset.diagnostics + warnings)
 
 
 def lint_rule(rule: Rule) -> list[Diagnostic]:

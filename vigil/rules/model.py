@@ -7,6 +7,7 @@ whole :class:`RuleSet` at once and the last good set keeps running while a bad o
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -152,6 +153,14 @@ class Rule:
         if self.sequence is not None:
             return "sequence"
         return "flatline" if self.flatline is not None else "event"
+
+    def step_filter(self, i: int) -> Rule:
+        """Step ``i`` of a sequence as a rule of its own (its match and kinds, id ``<id>#<i>``): how the
+        detector indexes a step and how ``rules explain`` shows one."""
+        assert self.sequence is not None
+        step = self.sequence.steps[i]
+        assert step.expr is not None, "a step that names a rule has no filter of its own"
+        return dataclasses.replace(self, id=f"{self.id}#{i}", expr=step.expr, kinds=step.kinds)
 
     @property
     def group_by(self) -> tuple[str, ...]:

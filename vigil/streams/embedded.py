@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -36,7 +35,7 @@ from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.detectors.engine import Detector
 from vigil.logs import LogFormat
-from vigil.rules.lint import lint
+from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
 from vigil.runtime import tune_gc
@@ -66,9 +65,7 @@ def serve(settings: Settings) -> int:
             settings.detect.rules,
         )
         return 1
-    # lint's warnings (no ATT&CK tag, not indexable...) travel with the set, so /v1/rules shows them
-    warnings = tuple(d for d in lint(ruleset) if d.severity == "warning")
-    ruleset = dataclasses.replace(ruleset, diagnostics=ruleset.diagnostics + warnings)
+    ruleset = with_warnings(ruleset)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(

@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from vigil.detectors.engine import Detector
-from vigil.rules.lint import lint
+from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.model import RuleSet
 from vigil.streams import RunState
@@ -114,8 +114,7 @@ class Reloader:
         ruleset = load_rules([self.path])
         if not ruleset.ok:
             return ruleset, None
-        warnings = tuple(d for d in lint(ruleset) if d.severity == "warning")
-        ruleset = dataclasses.replace(ruleset, diagnostics=ruleset.diagnostics + warnings)
+        ruleset = with_warnings(ruleset)
         old = self.stage.detector
         settings = self.state.settings.detect
         detector = Detector(
