@@ -156,21 +156,20 @@ class DetectStage:
         # different watermark than the first pass did
         if self.detector.clock.live and last >= self._committed:
             found += [(last, f) for f in self.detector.tick()]
-        if not stored and not found and not force_snapshot:
+        force = force_snapshot or self.force_snapshot
+        if not stored and not found and not force:
             return 0
-        due = force_snapshot or time.monotonic() - self._last_snapshot >= self.snapshot_every
-        due = due or self.force_snapshot
-        self.force_snapshot = False
+        due = force or time.monotonic() - self._last_snapshot >= self.snapshot_every
         body = snapshot(self.detector) if due else None
         crash_point("detect.before_commit")
         new = self.store.commit_detection(found, last, body, self.name)
         crash_point("detect.after_commit")
-        if due:
+        if body is not None:
+            self.force_snapshot = False
             self._last_snapshot = time.monotonic()
-            self.stats.snapshots += body is not None
+            self.stats.snapshots += 1
             if self.retention_ms is not None:
-                # only up to what a restart will not re-read: the snapshot's cursor (or, without
-                # stateful rules, the committed cursor)
+                # only up to the snapshot's cursor, where a restart resumes: nothing it re-reads is gone
                 cut = int(time.time() * 1000) - self.retention_ms
                 self.stats.pruned += self.store.prune_events(cut, processed_through=last)
         self.stats.replayed += sum(1 for s in stored if s.seq <= self._committed)
