@@ -1,0 +1,83 @@
+"""The compute interface: the registry of training nodes and what Vigil may do to them.
+
+A node is a process (locally) or a confidential VM (on Azure) that trains on protected data. It is
+registered ``pending`` with its principal and expected launch measurement, becomes ``attested`` when the
+attestation service accepts its evidence, ``running`` when it reports that it trains, and ``stopped`` when it
+ends. ``quarantine`` is the containment a remediator applies: it revokes the node principal's key release
+and storage access *first* (so it is cut off even if it never hears the stop), tells the node to stop
+through its control channel, and marks it ``quarantined``; ``release`` undoes the access revocation and
+returns the node to ``pending`` (it must attest again before it gets keys).
+
+Allowed transitions (anything else is :class:`~vigil.platform.errors.ConflictError`)::
+
+    pending ──attest──▶ attested ──run──▶ running ──stop──▶ stopped
+       ▲                    │                │
+       └──── release ◀── quarantined ◀───────┘  (quarantine from pending, attested or running)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class NodeState(enum.StrEnum):
+    PENDING = "pending"
+    ATTESTED = "attested"
+    RUNNING = "running"
+    QUARANTINED = "quarantined"
+    STOPPED = "stopped"
+
+
+#: state -> states it may move to by a node report (attest/run/stop) or by quarantine/release
+TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.PENDING: frozenset({NodeState.ATTESTED, NodeState.QUARANTINED, NodeState.STOPPED}),
+    NodeState.ATTESTED: frozenset(
+        {NodeState.RUNNING, NodeState.QUARANTINED, NodeState.STOPPED, NodeState.PENDING}
+    ),
+    NodeState.RUNNING: frozenset({NodeState.QUARANTINED, NodeState.STOPPED}),
+    NodeState.QUARANTINED: frozenset({NodeState.PENDING}),
+    NodeState.STOPPED: frozenset({NodeState.PENDING}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    principal: str
+    measurement: str  # expected launch measurement, hex (96 chars for SEV-SNP)
+    state: NodeState
+    updated: float
+    #: where the node listens for control messages (stop); empty when it polls instead
+    control_url: str = ""
+    #: the reason given for the last quarantine, and the evidence references kept with it
+    quarantine: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Compute(Protocol):
+    async def register(
+        self,
+        principal: str,
+        node_id: str,
+        *,
+        node_principal: str,
+        measurement: str,
+        control_url: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> Node: ...
+
+    async def get_node(self, principal: str, node_id: str) -> Node: ...
+
+    async def list_nodes(self, principal: str) -> list[Node]: ...
+
+    async def set_state(self, principal: str, node_id: str, state: NodeState) -> Node:
+        """A node's own report (attested by the attestation service, running, stopped)."""
+        ...
+
+    async def quarantine(
+        self, principal: str, node_id: str, *, reason: str, evidence: dict[str, Any]
+    ) -> Node: ...
+
+    async def release(self, principal: str, node_id: str, *, reason: str) -> Node: ...
