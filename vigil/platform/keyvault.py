@@ -52,7 +52,7 @@ class KeyOp(enum.StrEnum):
     PURGE = "purge"
     WRAP = "wrap"
     UNWRAP = "unwrap"
-    SIGN = "sign"
+    SIGN = "sign"  # sign and hmac
     RELEASE = "release"
     ADMIN = "admin"  # change the access policy
 
@@ -163,6 +163,11 @@ class KeyVault(Protocol):
     async def unwrap(self, principal: str, wrapped: WrappedKey) -> bytes: ...
 
     async def sign(self, principal: str, name: str, data: bytes) -> Signature: ...
+
+    async def hmac(self, principal: str, name: str, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under the current version of an aes256 key (``sign`` permission): how the
+        audit log stores a value an investigator must match without storing the value."""
+        ...
 
     async def release(
         self, principal: str, name: str, attestation_token: str, recipient_public_key: bytes
