@@ -145,3 +145,50 @@ class StoreSettings(Section):
     retention: DurationText = Field(
         default="7d", description="raw events older than this are pruned once detected (findings are kept)"
     )
+
+
+class PlatformSettings(Section):
+    """The local confidential platform (key vault, secure storage, compute) that runs inside the daemon."""
+
+    enabled: bool = Field(default=True, description="run the local platform and serve /platform/v1")
+    dir: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/platform"), description="its databases and objects")
+    master_key_file: Path = Field(
+        default=Path(f"{DATA_DIR_TOKEN}/platform/master.key"),
+        description="32-byte master key (0600) that seals key material at rest; made at first start",
+    )
+    master_passphrase: str = Field(
+        default="", description="derive the master key from this passphrase (scrypt) instead of the file"
+    )
+    admins: list[str] = Field(
+        default_factory=lambda: ["vigil"], min_length=1, description="principals allowed every operation"
+    )
+    soft_delete_retention: DurationText = Field(
+        default="90d", description="how long a deleted key can be recovered before it may be purged"
+    )
+    purge_protection: bool = Field(default=True, description="refuse purges inside the retention period")
+    chunk_size: ByteSize = Field(
+        default=ByteSize(1 << 20), ge=64 << 10, le=64 << 20, description="storage encryption chunk (>= 64KiB)"
+    )
+    attestation_issuer: str = Field(
+        default="https://attestation.vigil.local",
+        min_length=1,
+        description="issuer (iss) of the local attestation service's tokens, trusted by the key vault",
+    )
+
+
+class AuditSettings(Section):
+    """The tamper-evident audit log (its own SQLite database) and its signed checkpoints."""
+
+    path: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/audit.db"), description="audit database file")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="FULL: an audited action's record survives power loss"
+    )
+    checkpoint_every: int = Field(default=1000, ge=1, description="records between signed checkpoints")
+    checkpoint_interval: float = Field(
+        default=60.0, gt=0, le=86400, description="seconds between signed checkpoints (if records were added)"
+    )
+    checkpoint_files: list[Path] = Field(
+        default_factory=lambda: [Path(f"{DATA_DIR_TOKEN}/audit-checkpoints.jsonl")],
+        min_length=1,
+        description="files each checkpoint is appended to; with two, one down is an alarm, all down fails",
+    )

@@ -34,11 +34,13 @@ from pydantic_settings.sources.utils import parse_env_vars
 from vigil.errors import ConfigError
 from vigil.sections import (
     DATA_DIR_TOKEN,
+    AuditSettings,
     DetectSettings,
     EventGridAuth,
     HttpSettings,
     IngestSettings,
     OutputSettings,
+    PlatformSettings,
     Section,
     SourceAuth,
     SourcesSettings,
@@ -51,7 +53,7 @@ ENV_DELIMITER: Final = "__"
 #: variables with the prefix that are not settings (the profile path itself)
 RESERVED_ENV: Final = frozenset({"VIGIL_CONFIG"})
 DEFAULT_PROFILE: Final = Path("config/local.yaml")
-_SECRET_WORDS: Final = ("secret", "token", "password", "key")
+_SECRET_WORDS: Final = ("secret", "token", "password", "passphrase", "key")
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -79,6 +81,8 @@ class Settings(BaseSettings):
     output: OutputSettings = Field(default_factory=OutputSettings)
     detect: DetectSettings = Field(default_factory=DetectSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -322,11 +326,13 @@ def _absolute(path: Path) -> Path:
 
 __all__ = [
     "DATA_DIR_TOKEN",
+    "AuditSettings",
     "DetectSettings",
     "EventGridAuth",
     "HttpSettings",
     "IngestSettings",
     "OutputSettings",
+    "PlatformSettings",
     "Section",
     "Settings",
     "SourceAuth",

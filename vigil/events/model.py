@@ -38,6 +38,7 @@ KINDS: Final = frozenset(
         "eventgrid",
         "attestation",
         "node.telemetry",
+        "platform",
         "generic",
     }
 )

@@ -74,6 +74,7 @@ _BUILTIN = {
     "cloudevents": "vigil.events.normalizers.eventgrid:CloudEventNormalizer",
     "attestation": "vigil.events.normalizers.attestation:AttestationNormalizer",
     "telemetry": "vigil.events.normalizers.telemetry:TelemetryNormalizer",
+    "platform": "vigil.events.normalizers.platform:PlatformNormalizer",
     "generic": "vigil.events.normalizers.generic:GenericNormalizer",
 }
 for _name, _ref in _BUILTIN.items():

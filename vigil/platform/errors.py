@@ -5,6 +5,7 @@ handles "the key version is disabled" the same way on both. The HTTP service map
 (:data:`HTTP_STATUS`), so a remote caller gets the same class back::
 
     PlatformError
+    ├── InvalidError        a malformed argument: a bad name, measurement or policy (400)
     ├── NotFoundError       no such key, version, container, object or node (404)
     ├── AlreadyExistsError  create of a name that exists, or is soft-deleted and not purged (409)
     ├── ConflictError       contradicts the current state: purge protection, a node's state (409)
@@ -27,6 +28,10 @@ class PlatformError(VigilError):
 
     #: a short stable code for APIs and metrics
     code = "platform_error"
+
+
+class InvalidError(PlatformError):
+    code = "invalid"
 
 
 class NotFoundError(PlatformError):
@@ -69,6 +74,7 @@ class ReleaseDeniedError(PlatformError):
 
 #: HTTP status for each error class, used by the platform service and its client
 HTTP_STATUS: dict[type[PlatformError], int] = {
+    InvalidError: 400,
     NotFoundError: 404,
     AlreadyExistsError: 409,
     ConflictError: 409,

@@ -13,6 +13,7 @@ Details never carry key material, tokens or secrets: names, versions, principals
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,11 +28,14 @@ class PlatformEvent:
     details: dict[str, Any] = field(default_factory=dict)
     outcome: str = "success"
     time: float = field(default_factory=time.time)
+    #: unique per operation, so a re-delivered record is one event (the pipeline dedupes on it)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_record(self) -> dict[str, Any]:
         """The raw record the ``platform`` normalizer turns into a canonical event."""
         return {
-            "platform": "vigil",
+            "schema": SCHEMA,
+            "id": self.id,
             "kind": self.kind,
             "principal": self.principal,
             "subject": self.subject,
@@ -39,6 +43,10 @@ class PlatformEvent:
             "time": self.time,
             "details": dict(self.details),
         }
+
+
+#: the record format the ``platform`` normalizer reads (:mod:`vigil.events.normalizers.platform`)
+SCHEMA = "vigil.platform/1"
 
 
 class PlatformObserver(Protocol):
