@@ -1,0 +1,400 @@
+"""The local secure storage: envelope-encrypted objects in files, their metadata and rights in SQLite.
+
+Layout under ``root``: ``storage.db`` (SQLite, WAL, ``synchronous=FULL``) holds containers (key name, lock,
+public flag), access rules, suspended principals and one row per object (its object id, size, chunk size,
+the data key wrapped by the vault as :class:`~vigil.platform.keyvault.WrappedKey` JSON, metadata);
+``objects/<container>/<object-id>`` holds each object's envelope (:mod:`.envelope`). Every ``put`` writes a
+new object id, so replacing an object never touches the bytes readers of the old one are using.
+
+Crash behaviour of ``put``: the envelope is written to a temporary file, fsynced and renamed to its final
+name (directory fsynced), the event is recorded, and only then the row commits. A crash before the commit
+leaves a data file without a row, which is removed when the storage next opens; a crash after it, at worst
+the replaced object's file, removed the same way. A row therefore always points at a complete file.
+
+Keys: the storage generates each data key and has the vault wrap and unwrap it as ``service_principal``
+(the vault grants that principal wrap/unwrap on the container keys); the data key never leaves the process.
+The *calling* principal's rights are the storage's own business: admins may do everything; others need
+:class:`~vigil.platform.storage.StorageOp` grants on the container (``admin`` does not imply ``read`` or
+``write``); a suspended principal is refused everything while its rules are kept. Locks bind everyone,
+admins too: ``read_only`` refuses put, delete and deleting the container, ``no_access`` also get, read,
+head and list; lock, access, public flag and rewrap still work, so an admin can undo or remediate.
+``public_read`` is a flag only (the local API has no anonymous access; it is there so the lock-down
+remediator has the same state to turn off as on Azure), but a principal named ``anonymous`` may read then.
+
+Events: every mutating operation awaits the observer *before* its commit (an exception aborts it, leaving no
+row and no data file); a denial (forbidden or locked) is recorded with ``outcome="denied"`` on a best-effort
+basis, because refused access is what Vigil watches for.
+
+Concurrency: crypto and file I/O run in a worker thread, 8 MiB per hop (:func:`.envelope.write_file`,
+:func:`.envelope.read_file`). Metadata statements are short and run on the loop's thread, which owns the
+connection; an asyncio lock makes check, record and commit of each change atomic against other coroutines
+(one process per ``root``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+from vigil.platform.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    ForbiddenError,
+    IntegrityError,
+    LockedError,
+    NotFoundError,
+    PlatformError,
+)
+from vigil.platform.events import NullObserver, PlatformEvent, PlatformObserver
+from vigil.platform.keyvault import KeyVault, WrappedKey
+from vigil.platform.local import envelope
+from vigil.platform.local.envelope import Decryptor, Encryptor, ObjectIdentity, read_file, write_file
+from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS: Final = "anonymous"
+_CONTAINER_NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")  # Azure's rule
+_WRITES, _READS = frozenset({Lock.READ_ONLY, Lock.NO_ACCESS}), frozenset({Lock.NO_ACCESS})
+#: the locks that refuse each operation (the others work under any lock)
+_LOCKED_OUT: Final = {"put": _WRITES, "delete": _WRITES, "delete_container": _WRITES} | {
+    op: _READS for op in ("get", "head", "list_objects")
+}
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS containers (name TEXT PRIMARY KEY, key_name TEXT NOT NULL, lock TEXT NOT NULL,
+    public_read INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS access (container TEXT NOT NULL REFERENCES containers(name) ON DELETE CASCADE,
+    grantee TEXT NOT NULL, ops TEXT NOT NULL, PRIMARY KEY (container, grantee));
+CREATE TABLE IF NOT EXISTS suspended (principal TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (container TEXT NOT NULL REFERENCES containers(name) ON DELETE CASCADE,
+    name TEXT NOT NULL, object_id TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    wrapped_key TEXT NOT NULL, key_version TEXT NOT NULL, metadata TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (container, name));
+"""
+_OBJECT_COLUMNS: Final = "container, name, size, chunk_size, key_version, created, metadata"
+_OBJECT_ROW: Final = (
+    f"SELECT {_OBJECT_COLUMNS}, object_id, wrapped_key FROM objects WHERE container = ? AND name = ?"
+)
+
+
+def _object_info(row: tuple[Any, ...]) -> ObjectInfo:
+    return ObjectInfo(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+
+
+class LocalStorage:
+    """The embedded :class:`~vigil.platform.storage.Storage` (see module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        vault: KeyVault,
+        *,
+        observer: PlatformObserver | None = None,
+        admins: Iterable[str] = ("vigil",),
+        chunk_size: int = 1 << 20,
+        service_principal: str = "vigil",
+    ) -> None:
+        if not envelope.MIN_CHUNK <= chunk_size <= envelope.MAX_CHUNK:
+            raise ValueError(f"chunk size out of range: {chunk_size}")
+        self.root = Path(root)
+        self._objects = self.root / "objects"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # names and wrapped keys: owner only
+        self._objects.mkdir(mode=0o700, exist_ok=True)
+        self._vault = vault
+        self._observer: PlatformObserver = observer or NullObserver()
+        self._admins = frozenset(admins)
+        self._chunk_size = chunk_size
+        self._service = service_principal
+        self._lock = asyncio.Lock()  # check, record and commit of one change, against other coroutines
+        # the default isolation level: each ``with self._db`` is one transaction, committed or rolled back
+        self._db = sqlite3.connect(self.root / "storage.db")
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+            self._db.execute(f"PRAGMA {pragma}")
+        self._db.executescript(_SCHEMA)
+        self._clean_orphans()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _clean_orphans(self) -> None:
+        """Remove data files without a row (a put or delete cut short by a crash); warn of the reverse."""
+        known = {f"{c}/{o}" for c, o in self._db.execute("SELECT container, object_id FROM objects")}
+        containers = {name for (name,) in self._db.execute("SELECT name FROM containers")}
+        removed = 0
+        for file in self._objects.glob("*/*"):
+            key = f"{file.parent.name}/{file.name}"
+            if key not in known:
+                file.unlink()
+                removed += 1
+            known.discard(key)
+        for folder in self._objects.iterdir():
+            if folder.name not in containers:
+                shutil.rmtree(folder, ignore_errors=True)
+        if removed:
+            log.info("storage %s: removed %d orphan data files", self.root, removed)
+        if known:
+            log.warning("storage %s: %d objects have no data file (reads will fail)", self.root, len(known))
+
+    # -- rights ------------------------------------------------------------------------------------------
+
+    def _container(self, name: str) -> tuple[str, str, Lock, bool, float]:
+        row = self._db.execute(
+            "SELECT name, key_name, lock, public_read, created FROM containers WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no container {name}")
+        return row[0], row[1], Lock(row[2]), bool(row[3]), row[4]
+
+    def _grants(self, container: str) -> dict[str, frozenset[StorageOp]]:
+        rows = self._db.execute("SELECT grantee, ops FROM access WHERE container = ?", (container,))
+        return {who: frozenset(StorageOp(op) for op in ops.split(",")) for who, ops in rows}
+
+    def _info(self, name: str) -> ContainerInfo:
+        name, key_name, lock, public, created = self._container(name)
+        return ContainerInfo(name, key_name, lock, public, self._grants(name), created)
+
+    def _authorize(self, principal: str, op: str, container: str | None, need: StorageOp | None) -> None:
+        """Raise unless ``principal`` may do ``need`` (None: anything) on ``container``; without a container,
+        ``need`` is ``admin`` (admins only) or None (anyone not suspended)."""
+        row = self._db.execute("SELECT reason FROM suspended WHERE principal = ?", (principal,)).fetchone()
+        if row is not None:
+            raise ForbiddenError(f"principal {principal} is suspended: {row[0]}")
+        if container is None:
+            if need is StorageOp.ADMIN and principal not in self._admins:
+                raise ForbiddenError(f"principal {principal} is not a storage admin")
+            return
+        name, _, lock, public, _ = self._container(container)
+        if principal not in self._admins:
+            ops = self._grants(name).get(principal, frozenset())
+            allowed = need in ops if need else bool(ops)
+            anonymous_read = public and principal == ANONYMOUS and need in (None, StorageOp.READ)
+            if not (allowed or anonymous_read):
+                raise ForbiddenError(f"principal {principal} may not {need or 'access'} container {name}")
+        if lock in _LOCKED_OUT.get(op, ()):
+            raise LockedError(f"container {name} is locked ({lock}): {op} refused")
+
+    async def _allow(
+        self, principal: str, op: str, subject: str, container: str | None, need: StorageOp | None
+    ) -> None:
+        """:meth:`_authorize`, recording a denial (best effort) before it is raised."""
+        try:
+            self._authorize(principal, op, container, need)
+        except (ForbiddenError, LockedError) as exc:
+            details = {"error": exc.code, "reason": str(exc)}
+            event = PlatformEvent(f"platform.storage.{op}", principal, subject, details, outcome="denied")
+            try:
+                await self._observer.record(event)
+            except Exception:
+                log.warning("storage: could not record the denial of %s to %s", op, principal, exc_info=True)
+            raise
+
+    async def _record(self, op: str, principal: str, subject: str, **details: Any) -> None:
+        await self._observer.record(PlatformEvent(f"platform.storage.{op}", principal, subject, details))
+
+    # -- containers --------------------------------------------------------------------------------------
+
+    async def create_container(self, principal: str, name: str, *, key_name: str) -> ContainerInfo:
+        async with self._lock:
+            await self._allow(principal, "create_container", name, None, StorageOp.ADMIN)
+            if not _CONTAINER_NAME.fullmatch(name):
+                raise PlatformError(f"invalid container name {name!r}: 3-63 of a-z, 0-9 and single hyphens")
+            if self._db.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
+                raise AlreadyExistsError(f"container {name} exists")
+            await self._record("create_container", principal, name, key_name=key_name)
+            with self._db as db:
+                db.execute(
+                    "INSERT INTO containers VALUES (?, ?, 'none', 0, ?)", (name, key_name, time.time())
+                )
+            (self._objects / name).mkdir(exist_ok=True)
+            return self._info(name)
+
+    async def get_container(self, principal: str, name: str) -> ContainerInfo:
+        await self._allow(principal, "get_container", name, name, None)
+        return self._info(name)
+
+    async def list_containers(self, principal: str) -> list[ContainerInfo]:
+        await self._allow(principal, "list_containers", "", None, None)
+        infos = [self._info(n) for (n,) in self._db.execute("SELECT name FROM containers ORDER BY name")]
+        if principal in self._admins:
+            return infos
+        return [i for i in infos if principal in i.access or (i.public_read and principal == ANONYMOUS)]
+
+    async def delete_container(self, principal: str, name: str) -> None:
+        async with self._lock:
+            await self._allow(principal, "delete_container", name, name, StorageOp.ADMIN)
+            (count,) = self._db.execute(
+                "SELECT count(*) FROM objects WHERE container = ?", (name,)
+            ).fetchone()
+            await self._record("delete_container", principal, name, objects=count)
+            with self._db as db:
+                db.execute("DELETE FROM containers WHERE name = ?", (name,))
+        await asyncio.to_thread(shutil.rmtree, self._objects / name, True)
+
+    async def _change(
+        self, principal: str, op: str, subject: str, sql: str, args: tuple[Any, ...], **details: Any
+    ) -> None:
+        """One admin change of ``subject`` (a container, or the principal to suspend): check, record, commit
+        one statement."""
+        async with self._lock:
+            suspend = op == "set_suspended"
+            await self._allow(principal, op, subject, None if suspend else subject, StorageOp.ADMIN)
+            if suspend and details["suspended"] and subject == principal:
+                raise ConflictError(f"principal {principal} cannot suspend itself")
+            await self._record(op, principal, subject, **details)
+            with self._db as db:
+                db.execute(sql, args)
+
+    async def set_lock(self, principal: str, container: str, lock: Lock) -> ContainerInfo:
+        sql, args = "UPDATE containers SET lock = ? WHERE name = ?", (Lock(lock).value, container)
+        await self._change(principal, "set_lock", container, sql, args, lock=Lock(lock).value)
+        return self._info(container)
+
+    async def set_public_read(self, principal: str, container: str, public: bool) -> ContainerInfo:
+        sql, args = "UPDATE containers SET public_read = ? WHERE name = ?", (int(public), container)
+        await self._change(principal, "set_public_read", container, sql, args, public_read=public)
+        return self._info(container)
+
+    async def set_access(
+        self, principal: str, container: str, grantee: str, ops: frozenset[StorageOp]
+    ) -> ContainerInfo:
+        names = sorted(StorageOp(op).value for op in ops)
+        args: tuple[Any, ...]
+        sql, args = "DELETE FROM access WHERE container = ? AND grantee = ?", (container, grantee)
+        if names:
+            sql, args = "INSERT OR REPLACE INTO access VALUES (?, ?, ?)", (*args, ",".join(names))
+        await self._change(principal, "set_access", container, sql, args, grantee=grantee, ops=names)
+        return self._info(container)
+
+    async def set_suspended(self, principal: str, grantee: str, suspended: bool, *, reason: str = "") -> None:
+        args: tuple[Any, ...]
+        sql, args = "DELETE FROM suspended WHERE principal = ?", (grantee,)
+        if suspended:
+            sql, args = "INSERT OR REPLACE INTO suspended VALUES (?, ?, ?)", (grantee, reason, time.time())
+        await self._change(principal, "set_suspended", grantee, sql, args, suspended=suspended, reason=reason)
+
+    # -- objects -----------------------------------------------------------------------------------------
+
+    def _object(self, container: str, name: str) -> tuple[Any, ...]:
+        """The object's row: ObjectInfo's columns, then object id and wrapped key."""
+        row = self._db.execute(_OBJECT_ROW, (container, name)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no object {container}/{name}")
+        return tuple(row)
+
+    async def _data_key(self, key_name: str, label: str, text: str) -> bytes:
+        """Unwrap an object's data key (as the service principal); IntegrityError for a damaged row."""
+        try:
+            wrapped = WrappedKey.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(f"object {label}: the wrapped data key is damaged") from None
+        if wrapped.key_name != key_name:
+            raise IntegrityError(f"object {label}: data key wrapped by {wrapped.key_name}, not {key_name}")
+        return await self._vault.unwrap(self._service, wrapped)
+
+    async def put(
+        self,
+        principal: str,
+        container: str,
+        name: str,
+        data: bytes | AsyncIterator[bytes],
+        *,
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
+        """Encrypt ``data`` into a new data file, then record and commit its row (see module docstring)."""
+        subject = f"{container}/{name}"
+        await self._allow(principal, "put", subject, container, StorageOp.WRITE)
+        if not 0 < len(name) <= 1024 or "\x00" in name:
+            raise PlatformError(f"invalid object name {name!r}: 1-1024 characters, no NUL")
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        object_id, data_key = secrets.token_hex(16), envelope.new_data_key()
+        wrapped = await self._vault.wrap(self._service, self._container(container)[1], data_key)
+        enc = Encryptor(data_key, ObjectIdentity(container, name, object_id), chunk_size=self._chunk_size)
+        del data_key
+        folder = self._objects / container
+        try:
+            folder.mkdir(exist_ok=True)
+            await write_file(folder / object_id, enc, data)
+            async with self._lock:  # a lock or a revocation may have come while the data streamed in
+                await self._allow(principal, "put", subject, container, StorageOp.WRITE)
+                old = self._db.execute(_OBJECT_ROW, (container, name)).fetchone()
+                details = {"object_id": object_id, "size": enc.size, "key_version": wrapped.version}
+                await self._record("put", principal, subject, **details, replaced=old[7] if old else None)
+                created, key_json = time.time(), json.dumps(wrapped.to_json())
+                values = (object_id, enc.size, self._chunk_size, key_json, wrapped.version, json.dumps(meta))
+                with self._db as db:
+                    db.execute(
+                        "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (container, name, *values, created),
+                    )
+        except BaseException:
+            (folder / object_id).unlink(missing_ok=True)
+            raise
+        if old:
+            (folder / old[7]).unlink(missing_ok=True)
+        return ObjectInfo(container, name, enc.size, self._chunk_size, wrapped.version, created, meta)
+
+    async def get(self, principal: str, container: str, name: str) -> AsyncIterator[bytes]:
+        """Stream the object; rights, lock and data key are checked before the first chunk."""
+        await self._allow(principal, "get", f"{container}/{name}", container, StorageOp.READ)
+        row = self._object(container, name)
+        identity = ObjectIdentity(container, name, row[7])
+        data_key = await self._data_key(self._container(container)[1], identity.label, row[8])
+        path, dec = self._objects / container / row[7], Decryptor(data_key, identity)
+        async for chunk in read_file(path, dec, row[2]):
+            yield chunk
+
+    async def read(self, principal: str, container: str, name: str) -> bytes:
+        return b"".join([chunk async for chunk in self.get(principal, container, name)])
+
+    async def head(self, principal: str, container: str, name: str) -> ObjectInfo:
+        await self._allow(principal, "head", f"{container}/{name}", container, StorageOp.READ)
+        return _object_info(self._object(container, name))
+
+    async def list_objects(self, principal: str, container: str, *, prefix: str = "") -> list[ObjectInfo]:
+        await self._allow(principal, "list_objects", container, container, StorageOp.READ)
+        rows = self._db.execute(
+            f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE container = ? AND substr(name, 1, ?) = ? "
+            "ORDER BY name",
+            (container, len(prefix), prefix),
+        )
+        return [_object_info(row) for row in rows]
+
+    async def delete(self, principal: str, container: str, name: str) -> None:
+        subject = f"{container}/{name}"
+        async with self._lock:
+            await self._allow(principal, "delete", subject, container, StorageOp.WRITE)
+            object_id = self._object(container, name)[7]
+            await self._record("delete", principal, subject, object_id=object_id)
+            with self._db as db:
+                db.execute("DELETE FROM objects WHERE container = ? AND name = ?", (container, name))
+        (self._objects / container / object_id).unlink(missing_ok=True)
+
+    async def rewrap(self, principal: str, container: str) -> int:
+        """Unwrap each data key and wrap it under the key's current version; data files stay untouched.
+        All or nothing: an object whose key does not unwrap (damaged, version disabled) changes no row."""
+        async with self._lock:
+            await self._allow(principal, "rewrap", container, container, StorageOp.ADMIN)
+            key_name = self._container(container)[1]
+            rows = self._db.execute(
+                "SELECT name, object_id, wrapped_key FROM objects WHERE container = ? ORDER BY name",
+                (container,),
+            ).fetchall()
+            todo = []
+            for name, object_id, text in rows:
+                data_key = await self._data_key(key_name, f"{container}/{name} (object {object_id})", text)
+                new = await self._vault.wrap(self._service, key_name, data_key)
+                todo.append((json.dumps(new.to_json()), new.version, object_id))
+            versions = sorted({t[1] for t in todo})
+            await self._record("rewrap", principal, container, objects=len(todo), key_versions=versions)
+            with self._db as db:
+                db.executemany("UPDATE objects SET wrapped_key=?, key_version=? WHERE object_id=?", todo)
+            return len(todo)
