@@ -29,7 +29,9 @@ from vigil.platform.local.storage import LocalStorage
 from vigil.platform.storage import StorageOp
 
 T = TypeVar("T")
-MEASUREMENT = "3c9e7a15f2d84b60a9c1e3f5b7d9021468ace0f2b4d6089a1c3e5f7b9d0f2a4c6e8a0c2e4f6b8d0a2c4e6f8a0b2c4d6e"
+MEASUREMENT = (
+    "3c9e7a15f2d84b60a9c1e3f5b7d9021468ace0f2b4d6089a1c3e5f7b9d0f2a4c6e8a0c2e4f6b8d0a2c4e6f8a0b2c4d6e"
+)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -64,7 +66,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 
 def register(p: Platform, node_id: str = "node-1", principal: str = "node-1", url: str = "") -> Any:
     return run(
-        p.compute.register("vigil", node_id, node_principal=principal, measurement=MEASUREMENT, control_url=url)
+        p.compute.register(
+            "vigil", node_id, node_principal=principal, measurement=MEASUREMENT, control_url=url
+        )
     )
 
 
@@ -108,7 +112,12 @@ def test_state_transitions_and_who_may_report_them(platform: Platform) -> None:
         run(platform.compute.set_state("vigil", "node-1", NodeState.QUARANTINED))
     assert run(platform.compute.set_state("node-1", "node-1", NodeState.STOPPED)).state is NodeState.STOPPED
     kinds = [e.kind for e in platform.observer.events if e.kind.startswith("platform.node.")]
-    assert kinds == ["platform.node.register", "platform.node.state", "platform.node.state", "platform.node.state"]
+    assert kinds == [
+        "platform.node.register",
+        "platform.node.state",
+        "platform.node.state",
+        "platform.node.state",
+    ]
 
 
 def _give_node_access(p: Platform) -> tuple[Any, bytes]:
@@ -122,7 +131,9 @@ def _give_node_access(p: Platform) -> tuple[Any, bytes]:
     return wrapped, b"tensor bytes"
 
 
-def test_quarantine_cuts_key_and_storage_access_immediately_and_release_restores_it(platform: Platform) -> None:
+def test_quarantine_cuts_key_and_storage_access_immediately_and_release_restores_it(
+    platform: Platform,
+) -> None:
     register(platform)
     wrapped, data = _give_node_access(platform)
     assert run(platform.vault.unwrap("node-1", wrapped)) == b"k" * 32
@@ -130,7 +141,9 @@ def test_quarantine_cuts_key_and_storage_access_immediately_and_release_restores
     run(platform.compute.set_state("vigil", "node-1", NodeState.ATTESTED))
     run(platform.compute.set_state("node-1", "node-1", NodeState.RUNNING))
 
-    node = run(platform.compute.quarantine("vigil", "node-1", reason="R-042 fired", evidence={"finding": "f1"}))
+    node = run(
+        platform.compute.quarantine("vigil", "node-1", reason="R-042 fired", evidence={"finding": "f1"})
+    )
     assert node.state is NodeState.QUARANTINED
     assert node.quarantine["reason"] == "R-042 fired" and node.quarantine["previous_state"] == "running"
     with pytest.raises(ForbiddenError, match="suspended"):
