@@ -33,7 +33,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vigil.audit import Actor, AuditEntry, AuditKind, AuditLog, FileSink
+from vigil.audit.checkpoint import FileSink
+from vigil.audit.log import AuditLog
+from vigil.audit.record import Actor, AuditEntry, AuditKind
 from vigil.platform.local.keyvault import LocalKeyVault
 from vigil.platform.local.masterkey import MasterKey
 

@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
+    from vigil.platform.commands import add_parsers as add_platform_parsers
+
+    add_platform_parsers(sub)
+
+    from vigil.audit.commands import add_commands as add_audit_commands
+
+    add_audit_commands(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -110,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vigil.rules.commands import run as run_rules
 
             return run_rules(args)
+        if args.command == "platform":
+            from vigil.platform.commands import run as run_platform
+
+            return run_platform(args)
+        if args.command == "audit":
+            from vigil.audit.commands import run as run_audit
+
+            return run_audit(args)
     except ConfigError as exc:
         print(f"vigil: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -29,7 +29,9 @@ CHILD = """
 import asyncio, sys
 from pathlib import Path
 from tests.audit.conftest import open_vault
-from vigil.audit import Actor, AuditEntry, AuditKind, AuditLog, FileSink
+from vigil.audit.checkpoint import FileSink
+from vigil.audit.log import AuditLog
+from vigil.audit.record import Actor, AuditEntry, AuditKind
 
 root = Path(sys.argv[1])
 

@@ -33,6 +33,7 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from vigil.api.degraded import alarms, degraded_reason, platform_document, platform_metrics
 from vigil.api.incidents import router as incidents_router
 from vigil.api.ingest import create_router as create_ingest_router
 from vigil.api.read import router as read_router
@@ -94,6 +95,8 @@ def create_app(state: RunState) -> FastAPI:
     app.include_router(read_router)
     app.include_router(create_ingest_router(state))
     app.include_router(incidents_router)
+    if state.platform is not None and (router := state.platform.router()) is not None:
+        app.include_router(router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -103,6 +106,9 @@ def create_app(state: RunState) -> FastAPI:
     async def readyz() -> JSONResponse:
         reason = not_ready_reason(state)
         if reason is None:
+            degraded = degraded_reason(state)
+            if degraded is not None:
+                return JSONResponse({"status": "degraded", "reason": degraded})
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
@@ -221,6 +227,8 @@ def render_metrics(state: RunState) -> str:
             for (src, why), v in sorted(http.rejected.items())
         ],
     )
+    for name, kind, help_text, samples in platform_metrics(state):
+        family(name, kind, help_text, samples)
     return "\n".join(lines) + "\n"
 
 
@@ -246,6 +254,9 @@ def status_document(state: RunState) -> dict[str, Any]:
         },
         "counters": ingest.counters(),
         "detect": detect_document(state),
+        "degraded": degraded_reason(state),
+        "alarms": alarms(state),
+        "platform": platform_document(state),
     }
 
 

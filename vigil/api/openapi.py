@@ -14,13 +14,19 @@ from typing import Any
 import orjson
 
 from vigil.api import create_app
+from vigil.platform.principals import PrincipalTokens
+from vigil.platform.service import platform_router
 from vigil.settings import Settings
 from vigil.streams import RunState
 
 
 def document() -> dict[str, Any]:
-    """The OpenAPI document of an app over a default state (routes do not depend on the state)."""
-    spec: dict[str, Any] = create_app(RunState(settings=Settings(data_dir=Path("var")))).openapi()
+    """The OpenAPI document of the daemon's app over a default state, with the platform routes (mounted
+    when ``platform.enabled``); a route reads its provider only when called, so none is opened here."""
+    app = create_app(RunState(settings=Settings(data_dir=Path("var"))))
+    unopened: Any = None
+    app.include_router(platform_router(unopened, unopened, unopened, PrincipalTokens(Path("unused"))))
+    spec: dict[str, Any] = app.openapi()
     return spec
 
 

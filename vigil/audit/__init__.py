@@ -17,26 +17,5 @@ What it guarantees:
   is stored only as a keyed HMAC (``vigil audit hmac VALUE`` computes it).
 """
 
-from vigil.audit.checkpoint import AuditObserver, Checkpoint, CheckpointSink, FileSink
-from vigil.audit.log import AuditLog, AuditStatus, AuditUnavailableError
-from vigil.audit.record import Actor, ActorKind, AuditEntry, AuditKind, AuditRecord
-from vigil.audit.verify import Damage, VerifyReport, verify, verify_with_vault
-
-__all__ = [
-    "Actor",
-    "ActorKind",
-    "AuditEntry",
-    "AuditKind",
-    "AuditLog",
-    "AuditObserver",
-    "AuditRecord",
-    "AuditStatus",
-    "AuditUnavailableError",
-    "Checkpoint",
-    "CheckpointSink",
-    "Damage",
-    "FileSink",
-    "VerifyReport",
-    "verify",
-    "verify_with_vault",
-]
+# No imports here: the submodules load what they need (cryptography, SQLite), so that importing the
+# package for `vigil audit --help` costs nothing. Import from vigil.audit.log, .record, .checkpoint, .verify.

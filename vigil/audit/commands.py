@@ -20,17 +20,17 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from vigil.audit.checkpoint import Checkpoint, load_all
-from vigil.audit.db import AuditDB
-from vigil.audit.log import hmac_of
 from vigil.audit.record import AuditKind, AuditRecord
-from vigil.audit.verify import PublicKeys, public_keys, verify
 from vigil.errors import ConfigError, VigilError
-from vigil.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # loaded when a command runs, so that `vigil --help` stays fast
+    from vigil.audit.checkpoint import Checkpoint
+    from vigil.audit.verify import PublicKeys
+    from vigil.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PRINCIPAL: Final = "vigil"
@@ -116,6 +116,8 @@ def add_commands(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``audit`` subcommand in ``args``; the exit code."""
+    from vigil.settings import load_settings
+
     try:
         settings = load_settings(args.config)
         if args.audit_command == "verify":
@@ -135,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify(settings: Settings, files: Sequence[str]) -> int:
+    from vigil.audit.checkpoint import load_all
+    from vigil.audit.verify import verify
+
     paths = [Path(f) for f in files] or [p for p in settings.audit.checkpoint_files if p.exists()]
     path = _audit_path(settings)
     exported: list[Checkpoint] = load_all(paths)
@@ -147,6 +152,8 @@ def _verify(settings: Settings, files: Sequence[str]) -> int:
 
 
 def _show(settings: Settings, args: argparse.Namespace) -> int:
+    from vigil.audit.db import AuditDB
+
     if args.limit < 1:
         raise ValueError("--limit must be at least 1")
     since = _parse_since(args.since) if args.since else None
@@ -160,6 +167,9 @@ def _show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hmac(settings: Settings, value: str) -> int:
+    from vigil.audit.db import AuditDB
+    from vigil.audit.log import hmac_of
+
     if value == "-":
         value = sys.stdin.readline().rstrip("\r\n")
     if not value:
@@ -189,12 +199,14 @@ def _audit_path(settings: Settings) -> Path:
 
 
 async def _public_keys(vault: Any) -> PublicKeys:
+    from vigil.audit.verify import public_keys
+
     return await public_keys(vault, PRINCIPAL)
 
 
 def _with_vault(settings: Settings, fn: Any) -> Any:
     """Open the local platform's key vault (only if it exists), run the coroutine ``fn(vault)``."""
-    from vigil.platform.local.platform import LocalPlatform  # noqa: PLC0415  (loads the whole platform)
+    from vigil.platform.local.platform import LocalPlatform
 
     vault_file = settings.platform.dir / VAULT_FILE
     if not vault_file.exists():
@@ -212,7 +224,7 @@ def _with_vault(settings: Settings, fn: Any) -> Any:
 
 def _parse_since(text: str) -> int:
     """``--since`` as epoch microseconds: an ISO 8601 time (UTC when no offset), or a duration ago."""
-    from vigil.rules.schema_forms import parse_duration  # noqa: PLC0415
+    from vigil.rules.schema_forms import parse_duration
 
     try:
         return int((time.time() - parse_duration(text).total_seconds()) * 1e6)

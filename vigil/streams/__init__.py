@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vigil.rules.model import RuleSet
     from vigil.store.sqlite import Store
     from vigil.streams.pipeline import DetectStats
+    from vigil.streams.platform_run import PlatformRuntime
     from vigil.streams.reload import Reloader
 
 
@@ -110,6 +111,8 @@ class RunState:
     local_token: str | None = None
     #: the rule set's hot reload (``POST /v1/rules/reload``; its last result in ``/v1/rules``)
     reloader: Reloader | None = None
+    #: the local platform, the audit log and the platform feed; None until the runner opened them
+    platform: PlatformRuntime | None = None
 
 
 __all__ = ["HttpIngestStats", "IngestStats", "RunState"]

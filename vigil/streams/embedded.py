@@ -34,6 +34,7 @@ from vigil import logs
 from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.detectors.engine import Detector
+from vigil.errors import VigilError
 from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
@@ -44,6 +45,7 @@ from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
 from vigil.streams.dropfolder import DropFolder, OutputError
 from vigil.streams.pipeline import DetectStage
+from vigil.streams.platform_run import PlatformRuntime, start_platform
 from vigil.streams.reload import Reloader
 from vigil.streams.tail import FileTail
 
@@ -188,6 +190,28 @@ class _Server(uvicorn.Server):
 async def _main(
     state: RunState, watcher: DropFolder, stage: DetectStage, wake: _Wake, sock: socket.socket
 ) -> int:
+    settings = state.settings
+    assert state.store is not None and state.ruleset is not None
+    try:
+        runtime = await start_platform(settings, state.store, state.ruleset, wake.set_threadsafe)
+    except (VigilError, OSError) as exc:
+        log.error("cannot open the local platform or the audit log: %s", exc)
+        return 1
+    state.platform = runtime
+    try:
+        return await _serve(state, watcher, stage, wake, sock, runtime)
+    finally:
+        await runtime.close()
+
+
+async def _serve(
+    state: RunState,
+    watcher: DropFolder,
+    stage: DetectStage,
+    wake: _Wake,
+    sock: socket.socket,
+    runtime: PlatformRuntime,
+) -> int:
     loop = asyncio.get_running_loop()
     settings = state.settings
     config = uvicorn.Config(
@@ -208,7 +232,9 @@ async def _main(
     stage_stop = asyncio.Event()
     stage_task = asyncio.create_task(stage.run(wake.bind(), stage_stop), name="vigil.detect")
     reloader = Reloader(state, stage)
+    reloader.on_load = lambda ruleset: runtime.rules_loaded(ruleset, reason="reload")
     state.reloader = reloader
+    checkpoint_task = asyncio.create_task(runtime.run_checkpoints(stage_stop), name="vigil.audit")
     reload_task = asyncio.create_task(reloader.watch(stage_stop), name="vigil.rules-reload")
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="vigil.http")
     status = 0
@@ -224,6 +250,12 @@ async def _main(
                 settings.data_dir / TOKEN_FILE,
                 url_of(sock),
             )
+            if runtime.serve:
+                log.info(
+                    "local platform at %s/platform/v1 (operator token in %s; vigil platform --help)",
+                    url_of(sock),
+                    runtime.platform.root / "operator.token",
+                )
             log.info(
                 "watching drop folder %s (events -> %s)",
                 settings.ingest.drop_dir,
@@ -255,6 +287,7 @@ async def _main(
         stage_stop.set()  # after the watcher: the last file's events are processed, then a snapshot
         try:
             await reload_task
+            await checkpoint_task
             await stage_task
         except Exception:
             status = 1

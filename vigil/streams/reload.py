@@ -21,12 +21,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from vigil.detectors.engine import Detector
+from vigil.errors import VigilError
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.model import RuleSet
@@ -79,6 +80,8 @@ class Reloader:
         self.failures = 0
         self._seen = fingerprint(self.path)
         self._lock = asyncio.Lock()
+        #: awaited with a new rule set before it takes effect (the daemon audits it); raising refuses it
+        self.on_load: Callable[[RuleSet], Awaitable[None]] | None = None
 
     async def reload(self) -> ReloadResult:
         """Load the rules now and apply them if they are good (one reload at a time)."""
@@ -94,6 +97,14 @@ class Reloader:
                 for line in errors[:20]:
                     log.error("  %s", line)
                 return self.last
+            if self.on_load is not None:
+                try:  # a rule change must be on record before it takes effect (fail closed)
+                    await self.on_load(ruleset)
+                except VigilError as exc:
+                    self.failures += 1
+                    self.last = ReloadResult(ok=False, at=time.time(), errors=[f"not recorded: {exc}"])
+                    log.error("rule reload refused, the running set stays: %s", exc)
+                    return self.last
             kept = detector.adopt(self.stage.detector)
             self.stage.detector = detector
             self.stage.force_snapshot = True  # the stored snapshot belongs to the old rules

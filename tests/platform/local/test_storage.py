@@ -151,7 +151,11 @@ def test_damage_on_disk_is_an_integrity_error(tmp_path: Path, how: str) -> None:
                 "not json"
                 if how == "garbage"
                 else json.dumps(
-                    WrappedKey(wrapped.key_name, wrapped.version, wrapped.ciphertext[:-1] + b"\x00").to_json()
+                    WrappedKey(
+                        wrapped.key_name,
+                        wrapped.version,
+                        wrapped.ciphertext[:-1] + bytes([wrapped.ciphertext[-1] ^ 1]),
+                    ).to_json()
                 )
             )
             env.sql("UPDATE objects SET wrapped_key = ? WHERE name = 'victim'", text)

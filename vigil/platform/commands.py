@@ -1,0 +1,380 @@
+"""``vigil platform keys|storage|nodes|principals ...``: the operator's command line for the local platform.
+
+Every command except ``principals`` talks to the running daemon over its loopback API
+(:mod:`vigil.platform.client`) rather than opening the databases itself, so that each change goes through
+the same access policy, reaches the audit log and Vigil's own pipeline, and cannot race the daemon.
+It acts as principal ``vigil`` with the token the daemon keeps in ``{platform.dir}/operator.token``, or as
+another principal with ``--token-file``. ``principals`` edits the token file directly: issuing credentials
+is the one step that must work before anyone can call the API.
+
+Exit status: 0 done, 1 the platform refused or failed (the message says why), 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vigil.errors import VigilError
+from vigil.platform.compute import Node
+from vigil.platform.keyvault import KeyInfo, KeyKind, KeyOp, KeyVersion
+from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
+
+if TYPE_CHECKING:  # the client, the settings and the platform load only when a command runs: --help is fast
+    from vigil.platform.client import PlatformClient
+    from vigil.platform.principals import PrincipalTokens
+    from vigil.settings import Settings
+
+SERVICE = "vigil"
+
+EPILOG = """\
+Examples:
+  vigil platform keys create data-key --exportable --policy release-policy.json
+  vigil platform keys rotate data-key
+  vigil platform storage create train --key data-key
+  vigil platform storage put train shard-0 shard-0.bin
+  vigil platform storage lock train read_only
+  vigil platform nodes register node-1 --principal node-1 --measurement <96 hex>
+  vigil platform nodes quarantine node-1 --reason "attestation drift"
+  vigil platform principals add node-1          # prints the node's API token once
+
+The daemon must be running (vigil run) for keys, storage and nodes; see docs/platform-api.md.
+"""
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``vigil platform`` and its subcommands to the top-level subparsers."""
+    p = sub.add_parser(
+        "platform",
+        help="operate the local platform: keys, storage, nodes, principals",
+        description="Operate the local confidential platform that runs inside the daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="settings profile (default: config/local.yaml)")
+    p.add_argument("--url", help="platform API base URL (default: the daemon's http.host and http.port)")
+    p.add_argument("--token-file", metavar="FILE", help="act with this principal's token (default: operator)")
+    p.add_argument("--principal", default=SERVICE, help="the principal the token belongs to (default: vigil)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    areas = p.add_subparsers(dest="area", metavar="AREA", required=True)
+    _keys(areas.add_parser("keys", help="key vault: create, rotate, disable, release policy, grants"))
+    _storage(areas.add_parser("storage", help="secure storage: containers, objects, locks, access"))
+    _nodes(areas.add_parser("nodes", help="training nodes: register, quarantine, release"))
+    pr = areas.add_parser("principals", help="API tokens of principals (works without the daemon)")
+    ps = pr.add_subparsers(dest="op", metavar="OP", required=True)
+    ps.add_parser("list", help="principals that have a token")
+    ps.add_parser("add", help="issue a token (replacing the old one) and print it once").add_argument("name")
+    ps.add_parser("revoke", help="remove a principal's token").add_argument("name")
+
+
+def _keys(p: argparse.ArgumentParser) -> None:
+    s = p.add_subparsers(dest="op", metavar="OP", required=True)
+    s.add_parser("list", help="every key").add_argument(
+        "--deleted", action="store_true", help="include deleted"
+    )
+    s.add_parser("show", help="one key with its versions").add_argument("name")
+    c = s.add_parser("create", help="create a key")
+    c.add_argument("name")
+    c.add_argument("--kind", choices=[k.value for k in KeyKind], default=KeyKind.AES256.value)
+    c.add_argument("--exportable", action="store_true", help="may be released to attested nodes")
+    c.add_argument("--policy", metavar="FILE", help="release policy (Azure SKR JSON)")
+    s.add_parser("rotate", help="new current version").add_argument("name")
+    for op in ("enable", "disable"):
+        e = s.add_parser(op, help=f"{op} one version")
+        e.add_argument("name")
+        e.add_argument("version")
+    pol = s.add_parser("policy", help="set (or --clear) the release policy")
+    pol.add_argument("name")
+    pol.add_argument("file", nargs="?", help="policy JSON file")
+    pol.add_argument("--clear", action="store_true")
+    for op, text in (
+        ("delete", "soft-delete"),
+        ("recover", "recover a soft-deleted key"),
+        ("purge", "purge"),
+    ):
+        s.add_parser(op, help=text).add_argument("name")
+    for op in ("grant", "revoke"):
+        g = s.add_parser(op, help=f"{op} operations to a principal on a key (* for every key)")
+        g.add_argument("name")
+        g.add_argument("grantee")
+        g.add_argument("ops", nargs="?", default="", help=f"comma list of {','.join(o.value for o in KeyOp)}")
+
+
+def _storage(p: argparse.ArgumentParser) -> None:
+    s = p.add_subparsers(dest="op", metavar="OP", required=True)
+    s.add_parser("list", help="containers")
+    c = s.add_parser("create", help="create a container protected by a vault key")
+    c.add_argument("name")
+    c.add_argument("--key", required=True, help="the aes256 key that wraps its objects' data keys")
+    s.add_parser("show", help="a container and its objects").add_argument("name")
+    put = s.add_parser("put", help="encrypt and store a file (- for standard input)")
+    put.add_argument("container")
+    put.add_argument("object")
+    put.add_argument("file")
+    get = s.add_parser("get", help="decrypt an object to a file or standard output")
+    get.add_argument("container")
+    get.add_argument("object")
+    get.add_argument("-o", "--output", help="file to write (default: standard output)")
+    rm = s.add_parser("rm", help="delete an object")
+    rm.add_argument("container")
+    rm.add_argument("object")
+    lock = s.add_parser("lock", help="set a container's lock")
+    lock.add_argument("container")
+    lock.add_argument("lock", choices=[v.value for v in Lock])
+    acc = s.add_parser("access", help="set a principal's operations on a container (none removes)")
+    acc.add_argument("container")
+    acc.add_argument("grantee")
+    acc.add_argument("ops", help=f"comma list of {','.join(o.value for o in StorageOp)}, or none")
+    s.add_parser("rewrap", help="re-wrap every data key under the key's current version").add_argument(
+        "container"
+    )
+
+
+def _nodes(p: argparse.ArgumentParser) -> None:
+    s = p.add_subparsers(dest="op", metavar="OP", required=True)
+    s.add_parser("list", help="registered nodes")
+    s.add_parser("show", help="one node").add_argument("id")
+    r = s.add_parser("register", help="register a node (state pending)")
+    r.add_argument("id")
+    r.add_argument("--principal", dest="node_principal", required=True, help="the node's API principal")
+    r.add_argument("--measurement", required=True, help="expected launch measurement (96 hex)")
+    r.add_argument("--control-url", default="", help="loopback URL the node takes stop commands on")
+    for op in ("quarantine", "release"):
+        q = s.add_parser(op, help=f"{op} a node")
+        q.add_argument("id")
+        q.add_argument("--reason", required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ``vigil platform`` command; PlatformError and other VigilErrors reach the caller."""
+    from vigil.platform.client_base import ServiceUnreachableError
+    from vigil.platform.local.platform import read_operator_token
+    from vigil.platform.principals import PrincipalTokens
+    from vigil.settings import load_settings
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise on a terminal
+    settings = load_settings(args.config)
+    if args.area == "principals":
+        return _principals(args, PrincipalTokens(settings.platform.dir / "principals.json"))
+    url = args.url or _default_url(settings)
+    token = Path(args.token_file).read_text(encoding="ascii").strip() if args.token_file else None
+    if token is None:
+        token = read_operator_token(settings.platform.dir)
+    try:
+        return asyncio.run(_remote(args, url, token))
+    except ServiceUnreachableError as exc:
+        raise VigilError(
+            f"cannot reach the platform at {url} ({exc}); is the daemon running (vigil run)?"
+        ) from None
+
+
+def _default_url(settings: Settings) -> str:
+    host = settings.http.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{settings.http.port}"
+
+
+def _principals(args: argparse.Namespace, tokens: PrincipalTokens) -> int:
+    if args.op == "add":
+        print(tokens.issue(args.name))
+        print(f"token issued for {args.name}; it is shown only now", file=sys.stderr)
+    elif args.op == "revoke":
+        if not tokens.revoke(args.name):
+            raise VigilError(f"principal {args.name!r} has no token")
+    else:
+        rows = [{"principal": e.principal, "created": e.created} for e in tokens.principals()]
+        _print(args, rows, ("principal", "created"))
+    return 0
+
+
+async def _remote(args: argparse.Namespace, url: str, token: str) -> int:
+    from vigil.platform.client import PlatformClient
+
+    async with PlatformClient(url, token) as client:
+        handler = {"keys": _keys_op, "storage": _storage_op, "nodes": _nodes_op}[args.area]
+        await handler(args, client, args.principal)
+    return 0
+
+
+async def _keys_op(args: argparse.Namespace, client: PlatformClient, me: str) -> None:
+    keys = client.keys
+    if args.op == "list":
+        infos = await keys.list_keys(me, include_deleted=args.deleted)
+        _print(
+            args, [_key_row(k) for k in infos], ("name", "kind", "current", "versions", "exportable", "state")
+        )
+        return
+    simple: dict[str, Callable[[], Awaitable[Any]]] = {
+        "show": lambda: keys.get_key(me, args.name),
+        "rotate": lambda: keys.rotate_key(me, args.name),
+        "delete": lambda: keys.delete_key(me, args.name),
+        "recover": lambda: keys.recover_key(me, args.name),
+        "purge": lambda: keys.purge_key(me, args.name),
+    }
+    if args.op in simple:
+        _show(args, await simple[args.op]())
+    elif args.op == "create":
+        policy = _read_json(args.policy) if args.policy else None
+        info = await keys.create_key(me, args.name, KeyKind(args.kind), exportable=args.exportable,
+                                     release_policy=policy)  # fmt: skip
+        _show(args, info)
+    elif args.op in ("enable", "disable"):
+        _show(args, await keys.set_version_enabled(me, args.name, args.version, args.op == "enable"))
+    elif args.op == "policy":
+        if not args.clear and not args.file:
+            raise VigilError("keys policy: give a policy FILE or --clear")
+        _show(
+            args, await keys.set_release_policy(me, args.name, None if args.clear else _read_json(args.file))
+        )
+    elif args.op == "grant":
+        await keys.grant(me, args.grantee, args.name, _ops(args.ops, KeyOp))
+    elif args.op == "revoke":
+        await keys.revoke(me, args.grantee, args.name, _ops(args.ops, KeyOp) if args.ops else None)
+
+
+async def _storage_op(args: argparse.Namespace, client: PlatformClient, me: str) -> None:
+    st = client.storage
+    if args.op == "list":
+        rows = [_container_row(c) for c in await st.list_containers(me)]
+        _print(args, rows, ("name", "key", "lock", "public_read", "principals"))
+    elif args.op == "create":
+        _show(args, await st.create_container(me, args.name, key_name=args.key))
+    elif args.op == "show":
+        _show(args, await st.get_container(me, args.name))
+        objects = await st.list_objects(me, args.name)
+        _print(args, [_object_row(o) for o in objects], ("name", "size", "key_version", "created"))
+    elif args.op == "put":
+        info = await st.put(me, args.container, args.object, _file_blocks(args.file))
+        _show(args, info)
+    elif args.op == "get":
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+        try:
+            async for chunk in st.get(me, args.container, args.object):
+                out.write(chunk)
+        finally:
+            if args.output:
+                out.close()
+    elif args.op == "rm":
+        await st.delete(me, args.container, args.object)
+    elif args.op == "lock":
+        _show(args, await st.set_lock(me, args.container, Lock(args.lock)))
+    elif args.op == "access":
+        ops = frozenset() if args.ops == "none" else frozenset(_ops(args.ops, StorageOp))
+        _show(args, await st.set_access(me, args.container, args.grantee, ops))
+    elif args.op == "rewrap":
+        print(f"{await st.rewrap(me, args.container)} objects re-wrapped")
+
+
+async def _nodes_op(args: argparse.Namespace, client: PlatformClient, me: str) -> None:
+    compute = client.compute
+    if args.op == "list":
+        rows = [_node_row(n) for n in await compute.list_nodes(me)]
+        _print(args, rows, ("id", "principal", "state", "measurement"))
+    elif args.op == "show":
+        _show(args, await compute.get_node(me, args.id))
+    elif args.op == "register":
+        node = await compute.register(
+            me, args.id, node_principal=args.node_principal, measurement=args.measurement,
+            control_url=args.control_url,
+        )  # fmt: skip
+        _show(args, node)
+    elif args.op == "quarantine":
+        _show(
+            args, await compute.quarantine(me, args.id, reason=args.reason, evidence={"by": "vigil platform"})
+        )
+    elif args.op == "release":
+        _show(args, await compute.release(me, args.id, reason=args.reason))
+
+
+# -- output ------------------------------------------------------------------------------------------------
+
+
+def _key_row(k: KeyInfo) -> dict[str, Any]:
+    state = "deleted" if k.deleted else "enabled" if k.current else "no enabled version"
+    return {"name": k.name, "kind": k.kind.value, "current": k.current or "-", "versions": len(k.versions),
+            "exportable": k.exportable, "state": state}  # fmt: skip
+
+
+def _container_row(c: ContainerInfo) -> dict[str, Any]:
+    return {"name": c.name, "key": c.key_name, "lock": c.lock.value, "public_read": c.public_read,
+            "principals": ",".join(sorted(c.access)) or "-"}  # fmt: skip
+
+
+def _object_row(o: ObjectInfo) -> dict[str, Any]:
+    return {"name": o.name, "size": o.size, "key_version": o.key_version, "created": o.created}
+
+
+def _node_row(n: Node) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "principal": n.principal,
+        "state": n.state.value,
+        "measurement": n.measurement[:16] + "…",
+    }
+
+
+def _show(args: argparse.Namespace, value: Any) -> None:
+    """One result: JSON (the API's own shape) with --json, else indented JSON too (readable, complete)."""
+    from vigil.platform import wire
+
+    encoders: dict[type, Callable[[Any], dict[str, Any]]] = {
+        KeyInfo: wire.key_info_json,
+        KeyVersion: wire.key_version_json,
+        ContainerInfo: wire.container_json,
+        ObjectInfo: wire.object_json,
+        Node: wire.node_json,
+    }
+    encode = encoders.get(type(value))
+    if encode is not None:
+        data = encode(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = dataclasses.asdict(value)
+    else:
+        data = value
+    print(json.dumps(data, indent=None if args.json else 2, sort_keys=True, default=str))
+
+
+def _print(args: argparse.Namespace, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return
+    table = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _ops(text: str, enum: Any) -> set[Any]:
+    try:
+        return {enum(part.strip()) for part in text.split(",") if part.strip()}
+    except ValueError:
+        known = ", ".join(o.value for o in enum)
+        raise VigilError(f"unknown operation in {text!r}; known: {known}") from None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VigilError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise VigilError(f"{path}: expected a JSON object")
+    return data
+
+
+async def _file_blocks(path: str, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    fh = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    try:
+        while block := fh.read(size):
+            yield block
+    finally:
+        if path != "-":
+            fh.close()
