@@ -40,6 +40,8 @@ bench: $(STAMP)  ## run the benchmarks in bench/
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/stateful.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/audit.py
 
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

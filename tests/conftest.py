@@ -13,7 +13,7 @@ EVENT_FIXTURES = FIXTURES / "events"
 
 
 def run_vigil(
-    *args: str, stdin: bytes | None = None, timeout: float = 60
+    *args: str, stdin: bytes | None = None, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m vigil.cli ARGS`` as a user would, capturing stdout and stderr as bytes."""
     return subprocess.run(
@@ -22,6 +22,7 @@ def run_vigil(
         capture_output=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 

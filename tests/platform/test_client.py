@@ -287,7 +287,7 @@ def test_release_round_trip_and_a_denied_release(tmp_path: Path) -> None:
             await client.keys.create_key("vigil", "model", exportable=True, release_policy=POLICY)
             wrapped = await client.keys.wrap("vigil", "model", b"\x07" * 32)
             released = await client.keys.release("vigil", "model", attestation_token(p), recipient_pem())
-            assert released.algorithm == "CKM_RSA_AES_KEY_WRAP" and released.version == wrapped.version
+            assert released.algorithm == "RSA_AES_KEY_WRAP_256" and released.version == wrapped.version
             material = unwrap_as_recipient(released.wrapped, recipient())
             assert (
                 unwrap_with_material(material, wrapped) == b"\x07" * 32
@@ -402,7 +402,7 @@ def test_wire_shapes_round_trip() -> None:
     assert wire.key_info_from(wire.key_info_json(info)) == info
     sig = Signature("k", "v1", "Ed25519", b"\xff" * 64)
     assert wire.signature_from(wire.signature_json(sig)) == sig
-    rel = ReleasedKey("k", "v1", "CKM_RSA_AES_KEY_WRAP", b"\x00\x01")
+    rel = ReleasedKey("k", "v1", "RSA_AES_KEY_WRAP_256", b"\x00\x01")
     assert wire.released_key_from(wire.released_key_json(rel)) == rel
     c = ContainerInfo(
         "data", "k", Lock.NO_ACCESS, True, {"n": frozenset({StorageOp.READ, StorageOp.WRITE})}, 3.0

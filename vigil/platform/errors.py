@@ -13,6 +13,7 @@ handles "the key version is disabled" the same way on both. The HTTP service map
     ├── DisabledError       the key version is disabled or the key deleted: no wrap, unwrap, sign (409)
     ├── LockedError         a storage lock denies the operation (423)
     ├── IntegrityError      stored ciphertext or metadata failed its authentication check (500)
+    ├── UnavailableError    the change cannot be audited or recorded now: nothing changed (503)
     └── ReleaseDeniedError  the attestation token does not verify or does not satisfy the policy (403)
 
 Messages never contain key material, tokens or secrets; they name the key, version, object or claim.
@@ -62,6 +63,12 @@ class IntegrityError(PlatformError):
     code = "integrity"
 
 
+class UnavailableError(PlatformError):
+    """The platform refused a change it could not put on record (audit log or event store failing)."""
+
+    code = "unavailable"
+
+
 class ReleaseDeniedError(PlatformError):
     """Release refused; ``reason`` says which check failed (signature, expiry, issuer, claim, recipient)."""
 
@@ -83,6 +90,7 @@ HTTP_STATUS: dict[type[PlatformError], int] = {
     LockedError: 423,
     IntegrityError: 500,
     ReleaseDeniedError: 403,
+    UnavailableError: 503,
     PlatformError: 500,
 }
 

@@ -23,7 +23,7 @@ Release policy: the JSON shape of Azure Secure Key Release policies (``../shared
 ``release`` verifies the attestation token (signature from a trusted issuer's key, ``exp``/``nbf``),
 evaluates the policy against its claims, and returns the key material wrapped to ``recipient_public_key``
 (RSA-OAEP-SHA256 of a one-time AES-256 key, which wraps the material with AES key wrap with padding, RFC
-5649: Azure's ``CKM_RSA_AES_KEY_WRAP``). The recipient key must be the encryption key the token itself
+5649: Azure's ``RSA_AES_KEY_WRAP_256``). The recipient key must be the encryption key the token
 carries in ``x-ms-runtime.keys``, so a token cannot be used to get a key wrapped to anyone but the attested
 node.
 """
@@ -115,12 +115,12 @@ class Signature:
 
 @dataclass(frozen=True, slots=True)
 class ReleasedKey:
-    """The result of a release: the material wrapped to the recipient (``CKM_RSA_AES_KEY_WRAP`` layout:
+    """The result of a release: the material wrapped to the recipient (``RSA_AES_KEY_WRAP_256`` layout:
     RSA-OAEP-SHA256 ciphertext of the one-time AES key, then the RFC 5649 wrap of the material)."""
 
     key_name: str
     version: str
-    algorithm: str  # "CKM_RSA_AES_KEY_WRAP"
+    algorithm: str  # "RSA_AES_KEY_WRAP_256"
     wrapped: bytes
 
 

@@ -20,11 +20,13 @@ changes are held in order and appended to the audit log when it attaches; no cha
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vigil.errors import NormalizeError
+from vigil.errors import NormalizeError, VigilError
 from vigil.events.normalizers.platform import PlatformNormalizer
+from vigil.platform.errors import UnavailableError
 from vigil.platform.events import PlatformEvent, PlatformObserver
 from vigil.store.sqlite import Store
 
@@ -67,9 +69,12 @@ class PlatformFeed:
             else:
                 self._held.append(event)
             self._accept(event)
-        except Exception:
+        except (VigilError, sqlite3.Error, OSError) as exc:
+            # the provider aborts the change; its caller (a remediator, the API: 503) learns why
             self.stats.failures += 1
-            raise
+            raise UnavailableError(
+                f"{event.kind} on {event.subject} not done: it cannot be recorded: {exc}"
+            ) from exc
         self.stats.events += 1
         if event.outcome == "denied":
             self.stats.denied += 1

@@ -6,8 +6,8 @@ attestation token itself carries (``x-ms-runtime.keys``, the key the TEE generat
 service saw in the evidence). A stolen token is then useless to the thief: the vault refuses any
 recipient key but the token's, and only the node holds the matching private key.
 
-Wire layout (``CKM_RSA_AES_KEY_WRAP`` of PKCS#11 v2.40, the layout Azure Key Vault exports released keys
-in; the contract, :mod:`vigil.platform.keyvault`, fixes OAEP's hash to SHA-256)::
+Wire layout (Azure Key Vault's ``RSA_AES_KEY_WRAP_256``: PKCS#11 v2.40 ``CKM_RSA_AES_KEY_WRAP`` with
+OAEP's hash fixed to SHA-256; Azure's plain ``CKM_RSA_AES_KEY_WRAP`` name means SHA-1)::
 
     RSA-OAEP(SHA-256, MGF1-SHA-256)(one-time AES-256 key)   -- exactly modulus-size bytes
     ‖ AES key wrap with padding (RFC 5649)(material) under that one-time key
@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.keywrap import (
 
 from vigil.platform.errors import IntegrityError, ReleaseDeniedError
 
-ALGORITHM: Final = "CKM_RSA_AES_KEY_WRAP"
+ALGORITHM: Final = "RSA_AES_KEY_WRAP_256"
 MIN_RECIPIENT_BITS: Final = 2048
 _ONE_TIME_KEY_SIZE: Final = 32
 

@@ -50,9 +50,9 @@ from vigil.platform.errors import (
     ConflictError,
     ForbiddenError,
     IntegrityError,
+    InvalidError,
     LockedError,
     NotFoundError,
-    PlatformError,
 )
 from vigil.platform.events import NullObserver, PlatformEvent, PlatformObserver
 from vigil.platform.keyvault import KeyVault, WrappedKey
@@ -206,7 +206,7 @@ class LocalStorage:
         async with self._lock:
             await self._allow(principal, "create_container", name, None, StorageOp.ADMIN)
             if not _CONTAINER_NAME.fullmatch(name):
-                raise PlatformError(f"invalid container name {name!r}: 3-63 of a-z, 0-9 and single hyphens")
+                raise InvalidError(f"invalid container name {name!r}: 3-63 of a-z, 0-9 and single hyphens")
             if self._db.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExistsError(f"container {name} exists")
             await self._record("create_container", principal, name, key_name=key_name)
@@ -313,7 +313,7 @@ class LocalStorage:
         subject = f"{container}/{name}"
         await self._allow(principal, "put", subject, container, StorageOp.WRITE)
         if not 0 < len(name) <= 1024 or "\x00" in name:
-            raise PlatformError(f"invalid object name {name!r}: 1-1024 characters, no NUL")
+            raise InvalidError(f"invalid object name {name!r}: 1-1024 characters, no NUL")
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         object_id, data_key = secrets.token_hex(16), envelope.new_data_key()
         wrapped = await self._vault.wrap(self._service, self._container(container)[1], data_key)
