@@ -150,7 +150,7 @@ class StoreSettings(Section):
 class PlatformSettings(Section):
     """The local confidential platform (key vault, secure storage, compute) that runs inside the daemon."""
 
-    enabled: bool = Field(default=True, description="run the local platform and serve /platform/v1")
+    enabled: bool = Field(default=True, description="serve the local platform at /platform/v1")
     dir: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/platform"), description="its databases and objects")
     master_key_file: Path = Field(
         default=Path(f"{DATA_DIR_TOKEN}/platform/master.key"),
