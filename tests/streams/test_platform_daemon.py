@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
 import time
@@ -250,3 +251,28 @@ def test_quarantine_through_the_api_cuts_the_node_off(daemon: Running) -> None:
 
     run(scenario)
     _wait(lambda: sum(f["rule"] == "t.any-platform-change" for f in _findings(daemon.base)) >= 1, "findings")
+
+
+def test_an_incident_change_is_audited_before_it_happens(daemon: Running) -> None:
+    async def change() -> None:
+        async with daemon.client() as op:
+            await op.keys.create_key("vigil", "k1")
+
+    run(change)
+    _wait(lambda: bool(httpx.get(f"{daemon.base}/v1/incidents").json()["incidents"]), "an incident")
+    incident = httpx.get(f"{daemon.base}/v1/incidents").json()["incidents"][0]["id"]
+    token = (daemon.work / "var" / "ingest.token").read_text().strip()
+    r = httpx.post(
+        f"{daemon.base}/v1/incidents/{incident}/acknowledge",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"note": "looking"},
+    )
+    assert r.status_code == 200, r.text
+    shown = run_vigil(
+        "audit", "show", "--config", "profile.yaml", "--kind", "incident_change", "--json", cwd=daemon.work
+    )
+    assert shown.returncode == 0, shown.stderr
+    records = [json.loads(line) for line in shown.stdout.decode().splitlines()]
+    assert [(r["subject"], r["details"]["to"], r["details"]["note"]) for r in records] == [
+        (incident, "acknowledged", "looking")
+    ]

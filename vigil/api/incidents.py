@@ -4,7 +4,8 @@
 - ``GET /v1/incidents/{id}``: one incident with its timeline; 404 when unknown.
 - ``POST /v1/incidents/{id}/acknowledge`` and ``.../resolve``: a state change, authenticated like
   ``POST /v1/events`` (bearer token, signature or the local token), with an optional ``{"note": "..."}``;
-  ``409`` when the change is not allowed (a resolved incident cannot be acknowledged).
+  ``409`` when the change is not allowed (a resolved incident cannot be acknowledged). The change is
+  written to the audit log first (kind ``incident_change``); when it cannot be, ``503`` and no change.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from fastapi.responses import JSONResponse, Response
 
 from vigil.api.ingest import operator_auth
 from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT, error, read_failed, state_of, store_or_error
+from vigil.audit.log import AuditUnavailableError
+from vigil.audit.record import Actor, AuditKind
 from vigil.store.incidents import IncidentError
 from vigil.store.sqlite import StoreError
 
@@ -73,6 +76,19 @@ async def _change(request: Request, incident_id: str, to: Literal["acknowledged"
         note = orjson.loads(body).get("note", "") if body else ""
     except (orjson.JSONDecodeError, AttributeError):
         return error(400, 'body: expected {"note": "..."} or nothing')
+    try:
+        if await asyncio.to_thread(store.incident, incident_id) is None:
+            return error(404, f"no incident {incident_id!r}")
+    except (StoreError, sqlite3.Error) as exc:
+        return read_failed(exc)
+    if state.platform is not None:  # on record first: a change that cannot be audited does not happen
+        try:
+            details = {"to": to, "note": str(note)[:1024]}
+            await state.platform.audit.append(
+                Actor.user("api"), AuditKind.INCIDENT_CHANGE, incident_id, details
+            )
+        except (AuditUnavailableError, ValueError) as exc:
+            return error(503, f"incident not changed: it cannot be audited: {exc}")
     try:
         result = await asyncio.to_thread(store.set_incident_state, incident_id, to, "api", str(note))
     except IncidentError as exc:
