@@ -192,3 +192,36 @@ class AuditSettings(Section):
         min_length=1,
         description="files each checkpoint is appended to; with two, one down is an alarm, all down fails",
     )
+
+
+class ResponseSettings(Section):
+    """The response engine: when remediations run, who approves them, and how far they may reach."""
+
+    dry_run: bool = Field(
+        default=False, description="plan, audit and alert every remediation; change nothing"
+    )
+    approvers: list[str] = Field(
+        default_factory=list, description="principals who may approve, reject and roll back actions"
+    )
+    approval_ttl: DurationText = Field(default="1h", description="a pending approval expires after this")
+    idempotency_window: DurationText = Field(
+        default="1h", description="one action per (rule, target, remediation) in each window"
+    )
+    batch_window: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="seconds a rule's findings are gathered before blast-radius checks",
+    )
+    rate_limit: int = Field(default=10, ge=1, description="actions per remediator per minute")
+    breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open a breaker")
+    breaker_cooldown: DurationText = Field(default="5m", description="an open breaker's pause")
+    protected_keys: list[str] = Field(
+        default_factory=list, description="keys no remediation may touch (the audit keys always are)"
+    )
+    protected_containers: list[str] = Field(
+        default_factory=list, description="containers no remediation may touch"
+    )
+    protected_nodes: list[str] = Field(
+        default_factory=list, description="nodes no remediation may touch (the one Vigil runs on)"
+    )

@@ -41,6 +41,7 @@ from vigil.sections import (
     IngestSettings,
     OutputSettings,
     PlatformSettings,
+    ResponseSettings,
     Section,
     SourceAuth,
     SourcesSettings,
@@ -83,6 +84,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    response: ResponseSettings = Field(default_factory=ResponseSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -333,6 +335,7 @@ __all__ = [
     "IngestSettings",
     "OutputSettings",
     "PlatformSettings",
+    "ResponseSettings",
     "Section",
     "Settings",
     "SourceAuth",

@@ -152,7 +152,15 @@ def _actions(spec: RuleDoc) -> list[Action]:
     return [
         AlertAction(sinks=tuple(act.alert))
         if isinstance(act, AlertSpec)
-        else RemediateAction(act.remediate, act.target, act.approval, dict(act.params))
+        else RemediateAction(
+            act.remediate,
+            act.target,
+            act.approval,
+            dict(act.params),
+            act.dry_run,
+            act.max_targets,
+            act.max_percent,
+        )
         for act in spec.actions
     ]
 

@@ -56,6 +56,9 @@ class RemediateAction:
     target: str
     approval: Approval = "required"
     params: Mapping[str, object] = field(default_factory=dict)
+    dry_run: bool = False
+    max_targets: int | None = None
+    max_percent: float | None = None
 
 
 Action = AlertAction | RemediateAction

@@ -106,6 +106,12 @@ class RemediateSpec(_Strict):
     target: NonEmpty = DEFAULT_TARGET
     approval: Literal["required", "auto"] = "required"
     params: dict[str, Any] = Field(default_factory=dict)
+    #: plan, audit and alert, but change nothing
+    dry_run: bool = False
+    #: blast radius: more targets than this in one decision (or one idempotency window) stops them all
+    max_targets: Annotated[int, Field(ge=1)] | None = None
+    #: blast radius: more than this percentage of the fleet of that target kind stops them all
+    max_percent: Annotated[float, Field(gt=0, le=100)] | None = None
 
 
 def _action_tag(value: Any) -> str | None:
