@@ -128,3 +128,23 @@ def test_a_full_disk_fails_the_write_and_the_store_recovers(tmp_path: Path) -> N
     store._read("PRAGMA max_page_count = 1073741823")  # space again: writes resume, nothing is stuck
     assert len([s for s in store.accept(big, (), "http") if s]) == 50
     assert store.count_events() == 51
+
+
+def test_a_retried_requests_dead_letters_are_stored_once_and_counted(tmp_path: Path) -> None:
+    store = Store(tmp_path / "v.db")
+    try:
+        bad = DeadLetter(source="http", reason="not JSON", line=3, offset=40, text="{oops")
+        other = DeadLetter(source="http", reason="not JSON", line=4, offset=46, text="{oops")
+        store.accept([], [bad], "events")
+        store.accept([], [bad, other], "events")  # the retry, and a new record at another position
+        store.accept([], [bad], "eventgrid")  # another source: its own dead letter
+        assert [(d["line"], d["source"]) for d in store.dead_letters()] == [
+            (3, "http"),
+            (4, "http"),
+            (3, "http"),
+        ]
+        db = sqlite3.connect(tmp_path / "v.db")
+        assert sorted(r[0] for r in db.execute("SELECT repeats FROM dead_letter_ids")) == [0, 0, 1]
+        db.close()
+    finally:
+        store.close()

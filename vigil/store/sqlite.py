@@ -18,6 +18,7 @@ hand the store to a worker thread); SQLite's own locking makes a second process 
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -53,6 +54,7 @@ CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule, time_ms);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL,
     received_ms INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letter_ids (digest TEXT PRIMARY KEY, repeats INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS staged (
     n INTEGER PRIMARY KEY, token TEXT NOT NULL, kind TEXT NOT NULL, id TEXT, time_ms INTEGER,
@@ -235,15 +237,29 @@ class Store:
         """What one ingestion request (or one batch of a followed file) brought, in one transaction: new
         events into the log (duplicates of events already there are skipped), dead letters beside them and,
         when given, the source's new ``offset`` (name, value), so a crash can never keep one and lose
-        another. The sequence numbers, aligned with ``events`` (0 for a duplicate)."""
+        another. The sequence numbers, aligned with ``events`` (0 for a duplicate).
+
+        A dead letter identical to one accepted before (same source, reason, position and content: a client
+        retrying a request whose answer it lost) is not stored twice; ``dead_letter_ids.repeats`` counts it.
+        """
         now = int(time.time() * 1000)
-        letters = [(source, dl.reason, now, msgspec.json.encode(dl)) for dl in dead]
+        letters = [
+            (_letter_digest(source, dl), (source, dl.reason, now, msgspec.json.encode(dl))) for dl in dead
+        ]
 
         def insert() -> list[int]:
             seqs = self._insert_events(events, source, now) if events else []
-            self._db.executemany(
-                "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)", letters
-            )
+            for digest, row in letters:
+                repeats = self._db.execute(
+                    "INSERT INTO dead_letter_ids VALUES (?, 0) ON CONFLICT(digest) DO UPDATE"
+                    " SET repeats = repeats + 1 RETURNING repeats",
+                    (digest,),
+                ).fetchone()[0]
+                if repeats == 0:
+                    self._db.execute(
+                        "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)",
+                        row,
+                    )
             if offset is not None:
                 self._set_offset(*offset)
             return seqs
@@ -391,3 +407,9 @@ class Store:
             "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET value=excluded.value",
             (source, value),
         )
+
+
+def _letter_digest(source: str, letter: DeadLetter) -> str:
+    """A dead letter's identity: everything but the time it was received."""
+    body = msgspec.json.encode(msgspec.structs.replace(letter, at=None))
+    return hashlib.blake2b(source.encode() + b"\x1f" + body, digest_size=16).hexdigest()
