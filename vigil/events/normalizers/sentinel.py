@@ -57,15 +57,25 @@ because remediations target ``resource.id``; the incident's id (GUID) and ARM id
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any, Final
 
 from vigil.errors import NormalizeError
 from vigil.events.arm import parse_resource_id
-from vigil.events.fields import json_in_string, json_type, parse_time, stable_id, text
-from vigil.events.model import NO_ACTOR, NO_RESOURCE, Actor, Event, Resource, Severity, freeze
+from vigil.events.fields import json_in_string, json_type, stable_id
+from vigil.events.model import Event, Severity, freeze
 from vigil.events.normalize import Normalizer
+from vigil.events.normalizers.sentinel_entities import (
+    MAX_ENTITY_NODES,
+    actor_and_resource,
+    alert_entities,
+    incident_entities,
+    join_values,
+    parse_when,
+    put_label,
+    resolve_refs,
+    token,
+)
 
 #: SecurityAlert columns that hold JSON text
 ALERT_JSON_COLUMNS: Final = (
@@ -94,9 +104,6 @@ SEVERITY: Final[dict[str, Severity]] = {
     "low": "low",
     "informational": "informational",
 }
-
-#: most containers one entity list may expand to while resolving ``$ref`` references
-MAX_ENTITY_NODES: Final = 100_000
 
 
 class SecurityAlertNormalizer(Normalizer):
@@ -141,12 +148,12 @@ class SecurityAlertNormalizer(Normalizer):
             start = record.get("StartTime")
             if start is None or start == "":
                 raise NormalizeError("TimeGenerated: missing, and no StartTime to fall back on")
-            when = _parse_time(start, "StartTime")
+            when = parse_when(start, "StartTime")
         else:
-            when = _parse_time(generated, "TimeGenerated")
+            when = parse_when(generated, "TimeGenerated")
 
-        status = _token(record.get("Status"))
-        actor, entity_resource = actor_and_resource(_alert_entities(entities))
+        status = token(record.get("Status"))
+        actor, entity_resource = actor_and_resource(alert_entities(entities))
         column_resource = record.get("ResourceId")
         resource = (
             parse_resource_id(column_resource.strip())
@@ -156,16 +163,16 @@ class SecurityAlertNormalizer(Normalizer):
         severity = record.get("AlertSeverity")
 
         labels: dict[str, str] = {"sentinel.alert_id": alert_id}
-        _put(labels, "sentinel.alert_name", record.get("AlertName") or record.get("DisplayName"))
-        _put(labels, "sentinel.alert_type", record.get("AlertType"))
-        _put(labels, "sentinel.status", record.get("Status"))
-        _put(labels, "sentinel.product", record.get("ProductName"))
-        _put(labels, "sentinel.provider", record.get("ProviderName"))
-        _put(labels, "sentinel.compromised_entity", record.get("CompromisedEntity"))
-        _put(labels, "sentinel.tactics", _join(record.get("Tactics")))
-        _put(labels, "sentinel.techniques", _join(raw.get("Techniques")))
+        put_label(labels, "sentinel.alert_name", record.get("AlertName") or record.get("DisplayName"))
+        put_label(labels, "sentinel.alert_type", record.get("AlertType"))
+        put_label(labels, "sentinel.status", record.get("Status"))
+        put_label(labels, "sentinel.product", record.get("ProductName"))
+        put_label(labels, "sentinel.provider", record.get("ProviderName"))
+        put_label(labels, "sentinel.compromised_entity", record.get("CompromisedEntity"))
+        put_label(labels, "sentinel.tactics", join_values(record.get("Tactics")))
+        put_label(labels, "sentinel.techniques", join_values(raw.get("Techniques")))
         if type(extended) is dict:
-            _put(labels, "sentinel.rule_name", extended.get("Analytic Rule Name"))
+            put_label(labels, "sentinel.rule_name", extended.get("Analytic Rule Name"))
 
         return Event(
             id=f"sa:{alert_id.lower()}:{status}" if status else f"sa:{alert_id.lower()}",
@@ -218,33 +225,33 @@ class SentinelIncidentNormalizer(Normalizer):
 
         modified = props.get("lastModifiedTimeUtc")
         if modified:
-            when = _parse_time(modified, "object.properties.lastModifiedTimeUtc")
+            when = parse_when(modified, "object.properties.lastModifiedTimeUtc")
         else:
             created = props.get("createdTimeUtc")
             if not created:
                 raise NormalizeError("object.properties.createdTimeUtc: missing, and no lastModifiedTimeUtc")
-            when = _parse_time(created, "object.properties.createdTimeUtc")
+            when = parse_when(created, "object.properties.createdTimeUtc")
 
         related = props.get("relatedEntities")
         if related is not None and type(related) is not list:
             raise NormalizeError(
                 f"object.properties.relatedEntities: expected an array, got {json_type(related)}"
             )
-        actor, resource = actor_and_resource(_incident_entities(related))
+        actor, resource = actor_and_resource(incident_entities(related))
 
         labels: dict[str, str] = {}
-        _put(labels, "sentinel.incident_id", incident.get("name"))
-        _put(labels, "sentinel.incident_arm_id", incident.get("id"))
-        _put(labels, "sentinel.incident_number", props.get("incidentNumber"))
-        _put(labels, "sentinel.title", props.get("title"))
-        _put(labels, "sentinel.status", props.get("status"))
-        _put(labels, "sentinel.classification", props.get("classification"))
+        put_label(labels, "sentinel.incident_id", incident.get("name"))
+        put_label(labels, "sentinel.incident_arm_id", incident.get("id"))
+        put_label(labels, "sentinel.incident_number", props.get("incidentNumber"))
+        put_label(labels, "sentinel.title", props.get("title"))
+        put_label(labels, "sentinel.status", props.get("status"))
+        put_label(labels, "sentinel.classification", props.get("classification"))
         alerts = props.get("alerts")
         if type(alerts) is list:
-            _put(
+            put_label(
                 labels,
                 "sentinel.alert_ids",
-                _join(
+                join_values(
                     [
                         a["properties"].get("systemAlertId")
                         for a in alerts
@@ -254,13 +261,13 @@ class SentinelIncidentNormalizer(Normalizer):
             )
         additional = props.get("additionalData")
         if type(additional) is dict:
-            _put(labels, "sentinel.tactics", _join(additional.get("tactics")))
-            _put(labels, "sentinel.techniques", _join(additional.get("techniques")))
-            _put(labels, "sentinel.products", _join(additional.get("alertProductNames")))
-        _put(labels, "sentinel.workspace_id", record.get("workspaceId"))
+            put_label(labels, "sentinel.tactics", join_values(additional.get("tactics")))
+            put_label(labels, "sentinel.techniques", join_values(additional.get("techniques")))
+            put_label(labels, "sentinel.products", join_values(additional.get("alertProductNames")))
+        put_label(labels, "sentinel.workspace_id", record.get("workspaceId"))
         workspace = record.get("workspaceInfo")
         if type(workspace) is dict:
-            _put(labels, "sentinel.workspace", workspace.get("WorkspaceName"))
+            put_label(labels, "sentinel.workspace", workspace.get("WorkspaceName"))
 
         severity = props.get("severity")
         return Event(
@@ -293,23 +300,23 @@ class SentinelIncidentNormalizer(Normalizer):
             generated = record.get("TimeGenerated")
             if generated is None or generated == "":
                 raise NormalizeError("LastModifiedTime: missing, and no TimeGenerated to fall back on")
-            when = _parse_time(generated, "TimeGenerated")
+            when = parse_when(generated, "TimeGenerated")
         else:
-            when = _parse_time(modified, "LastModifiedTime")
+            when = parse_when(modified, "LastModifiedTime")
         created = record.get("CreatedTime")
-        is_create = has_modified and bool(created) and _parse_time(created, "CreatedTime") == when
+        is_create = has_modified and bool(created) and parse_when(created, "CreatedTime") == when
 
         labels: dict[str, str] = {"sentinel.incident_id": name.strip()}
-        _put(labels, "sentinel.incident_number", record.get("IncidentNumber"))
-        _put(labels, "sentinel.title", record.get("Title"))
-        _put(labels, "sentinel.status", record.get("Status"))
-        _put(labels, "sentinel.classification", record.get("Classification"))
-        _put(labels, "sentinel.alert_ids", _join(raw.get("AlertIds")))
+        put_label(labels, "sentinel.incident_number", record.get("IncidentNumber"))
+        put_label(labels, "sentinel.title", record.get("Title"))
+        put_label(labels, "sentinel.status", record.get("Status"))
+        put_label(labels, "sentinel.classification", record.get("Classification"))
+        put_label(labels, "sentinel.alert_ids", join_values(raw.get("AlertIds")))
         additional = raw.get("AdditionalData")
         if type(additional) is dict:
-            _put(labels, "sentinel.tactics", _join(additional.get("tactics")))
-            _put(labels, "sentinel.techniques", _join(additional.get("techniques")))
-            _put(labels, "sentinel.products", _join(additional.get("alertProductNames")))
+            put_label(labels, "sentinel.tactics", join_values(additional.get("tactics")))
+            put_label(labels, "sentinel.techniques", join_values(additional.get("techniques")))
+            put_label(labels, "sentinel.products", join_values(additional.get("alertProductNames")))
 
         severity = record.get("Severity")
         return Event(
@@ -326,164 +333,4 @@ class SentinelIncidentNormalizer(Normalizer):
 
 # -- entities ---------------------------------------------------------------------------------------------
 
-
-def resolve_refs(entities: list[Any], field: str) -> list[Any]:
-    """Resolve Json.NET ``{"$ref": id}`` references against the objects carrying ``"$id"``.
-
-    Returns new containers (the input is not changed). References to unknown ids and references that would
-    form a cycle are kept as they are; more than :data:`MAX_ENTITY_NODES` containers is an error naming
-    ``field``.
-    """
-    index: dict[str, dict[str, Any]] = {}
-    _index_ids(entities, index)
-    budget = [MAX_ENTITY_NODES]
-    return [_expand(e, index, set(), budget, field) for e in entities]
-
-
-def _index_ids(node: Any, index: dict[str, dict[str, Any]]) -> None:
-    if type(node) is dict:
-        ident = node.get("$id")
-        if ident is not None and "$ref" not in node:
-            index.setdefault(str(ident), node)
-        for value in node.values():
-            if type(value) is dict or type(value) is list:
-                _index_ids(value, index)
-    elif type(node) is list:
-        for value in node:
-            if type(value) is dict or type(value) is list:
-                _index_ids(value, index)
-
-
-def _expand(
-    node: Any, index: dict[str, dict[str, Any]], active: set[str], budget: list[int], field: str
-) -> Any:
-    if type(node) is dict:
-        ref = node.get("$ref")
-        if ref is not None:
-            target = index.get(str(ref))
-            if target is None or str(ref) in active:
-                return node
-            node = target
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise NormalizeError(f"{field}: $ref expansion exceeds {MAX_ENTITY_NODES} objects")
-        ident = node.get("$id")
-        key = str(ident) if ident is not None else None
-        if key is not None:
-            active.add(key)
-        out = {k: _expand(v, index, active, budget, field) for k, v in node.items()}
-        if key is not None:
-            active.discard(key)
-        return out
-    if type(node) is list:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise NormalizeError(f"{field}: $ref expansion exceeds {MAX_ENTITY_NODES} objects")
-        return [_expand(v, index, active, budget, field) for v in node]
-    return node
-
-
-def _alert_entities(entities: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """SecurityAlert entities: ``{"Type": "account", "Name": ...}`` (properties at the top level)."""
-    if type(entities) is not list:
-        return
-    for entity in entities:
-        if type(entity) is dict:
-            etype = entity.get("Type")
-            if isinstance(etype, str):
-                yield etype.lower().replace("-", ""), entity
-
-
-def _incident_entities(entities: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Incident related entities: ``{"kind": "Account", "properties": {"accountName": ...}}``."""
-    if type(entities) is not list:
-        return
-    for entity in entities:
-        if type(entity) is dict:
-            kind = entity.get("kind")
-            props = entity.get("properties")
-            if isinstance(kind, str) and type(props) is dict:
-                yield kind.lower().replace("-", ""), props
-
-
-def actor_and_resource(entities: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[Actor, Resource]:
-    """The first account and ip entities make the actor; the first Azure resource (or host) the resource.
-
-    Entity types are lower-cased without dashes (``azure-resource`` and ``AzureResource`` are the same);
-    property names are read in both the alert (``AadUserId``) and the incident (``aadUserId``) spelling.
-    """
-    account: Mapping[str, Any] | None = None
-    ip: str | None = None
-    resource_id: str | None = None
-    host_id: str | None = None
-    for etype, props in entities:
-        if etype == "account":
-            if account is None:
-                account = props
-        elif etype == "ip":
-            if ip is None:
-                ip = text(_prop(props, "Address", "address"))
-        elif etype == "azureresource":
-            if resource_id is None:
-                resource_id = text(_prop(props, "ResourceId", "resourceId"))
-        elif etype == "host" and host_id is None:
-            host_id = text(_prop(props, "AzureID", "azureID"))
-
-    actor = NO_ACTOR
-    if account is not None or ip is not None:
-        user_id = tenant = name = None
-        if account is not None:
-            user_id = text(_prop(account, "AadUserId", "aadUserId"))
-            tenant = text(_prop(account, "AadTenantId", "aadTenantId"))
-            name = text(_prop(account, "Name", "accountName"))
-            suffix = text(_prop(account, "UPNSuffix", "upnSuffix"))
-            if name and suffix and "@" not in name:
-                name = f"{name}@{suffix}"
-            if not name:
-                name = text(_prop(account, "DisplayName", "displayName")) or text(
-                    _prop(account, "FriendlyName", "friendlyName")
-                )
-        if user_id or tenant or name or ip:
-            actor = Actor(id=user_id, name=name, ip=ip, tenant=tenant)
-    rid = resource_id or host_id
-    return actor, (parse_resource_id(rid.strip()) if rid and rid.strip() else NO_RESOURCE)
-
-
-def _prop(props: Mapping[str, Any], pascal: str, camel: str) -> Any:
-    value = props.get(pascal)
-    return props.get(camel) if value is None else value
-
-
-# -- small helpers ----------------------------------------------------------------------------------------
-
-
-def _parse_time(value: Any, field: str) -> datetime:
-    """Like :func:`~vigil.events.fields.parse_time`; also takes ``datetime`` (``LogsQueryClient`` rows)."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return parse_time(value, field)
-
-
-def _token(value: Any) -> str | None:
-    """``"InProgress"`` -> ``"inprogress"``, ``"In Progress"`` -> ``"inprogress"``; non-strings -> None."""
-    if not isinstance(value, str):
-        return None
-    return "".join(value.lower().split()) or None
-
-
-def _join(value: Any) -> str | None:
-    """A comma-separated string or a list of strings as ``"A,B"`` (blank items dropped)."""
-    if isinstance(value, str):
-        items: Iterable[Any] = value.split(",")
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        return None
-    parts = [s for s in (text(i) for i in items) if s and s.strip()]
-    return ",".join(p.strip() for p in parts) or None
-
-
-def _put(labels: dict[str, str], key: str, value: Any) -> None:
-    value = text(value)
-    if value is not None and value.strip():
-        labels[key] = value.strip()
+__all__ = ["MAX_ENTITY_NODES", "SecurityAlertNormalizer", "SentinelIncidentNormalizer", "resolve_refs"]
