@@ -21,6 +21,11 @@ POINTS: Final = (
     "detect.after_commit",
     "http.before_accept",
     "http.after_accept",
+    "response.after_running",
+    "response.after_plan",
+    "response.after_intent",
+    "response.after_apply",
+    "response.before_done",
 )
 
 _hits: dict[str, int] = {}
