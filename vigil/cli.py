@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_commands(sub)
 
+    from vigil.response.commands import add_parsers as add_action_parsers
+
+    add_action_parsers(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -122,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vigil.platform.commands import run as run_platform
 
             return run_platform(args)
+        if args.command == "actions":
+            from vigil.response.commands import run as run_actions
+
+            return run_actions(args)
         if args.command == "audit":
             from vigil.audit.commands import run as run_audit
 

@@ -52,6 +52,10 @@ def platform_metrics(state: RunState) -> list[Family]:
     families: list[Family] = [
         ("vigil_degraded", "gauge", "1 while audited operations are refused (see /readyz).", [("", degraded)])
     ]
+    if state.response is not None:
+        counts = sorted(state.response_alerts.items())
+        alerts = [(f'{{kind="{_label(kind)}"}}', float(n)) for kind, n in counts]
+        families.append(("vigil_response_alerts_total", "counter", "Response alerts, by kind.", alerts))
     if state.platform is None:
         return families
     status = state.platform.audit.status()

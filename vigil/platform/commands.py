@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.area == "principals":
         return _principals(args, PrincipalTokens(settings.platform.dir / "principals.json"))
-    url = args.url or _default_url(settings)
+    url = args.url or default_url(settings)
     token = Path(args.token_file).read_text(encoding="ascii").strip() if args.token_file else None
     if token is None:
         token = read_operator_token(settings.platform.dir)
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
 
 
-def _default_url(settings: Settings) -> str:
+def default_url(settings: Settings) -> str:
     host = settings.http.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{'[' + host + ']' if ':' in host else host}:{settings.http.port}"

@@ -10,6 +10,7 @@ same loop, and no lock is needed.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -20,6 +21,7 @@ from vigil.settings import Settings
 if TYPE_CHECKING:
     from vigil.detectors.engine import Detector
     from vigil.events.model import Event
+    from vigil.response.engine import ResponseEngine
     from vigil.rules.model import RuleSet
     from vigil.store.sqlite import Store
     from vigil.streams.pipeline import DetectStats
@@ -113,6 +115,10 @@ class RunState:
     reloader: Reloader | None = None
     #: the local platform, the audit log and the platform feed; None until the runner opened them
     platform: PlatformRuntime | None = None
+    #: the response engine (actions, approvals); None until the runner started it
+    response: ResponseEngine | None = None
+    #: alerts the response engine raised, by kind (blast_radius, dry_run, approval, failure ...)
+    response_alerts: Counter[str] = field(default_factory=Counter)
 
 
 __all__ = ["HttpIngestStats", "IngestStats", "RunState"]

@@ -47,6 +47,7 @@ from vigil.streams.dropfolder import DropFolder, OutputError
 from vigil.streams.pipeline import DetectStage
 from vigil.streams.platform_run import PlatformRuntime, start_platform
 from vigil.streams.reload import Reloader
+from vigil.streams.response_run import ResponseRuntime, start_response
 from vigil.streams.tail import FileTail
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,17 @@ async def _main(
         return 1
     state.platform = runtime
     try:
-        return await _serve(state, watcher, stage, wake, sock, runtime)
+        response = start_response(state, runtime)
+    except (VigilError, OSError) as exc:
+        log.error("cannot open the response engine: %s", exc)
+        await runtime.close()
+        return 1
+    state.response = response.engine
+    state.response_alerts = response.alerts
+    try:
+        return await _serve(state, watcher, stage, wake, sock, runtime, response)
     finally:
+        response.close()
         await runtime.close()
 
 
@@ -211,6 +221,7 @@ async def _serve(
     wake: _Wake,
     sock: socket.socket,
     runtime: PlatformRuntime,
+    response: ResponseRuntime,
 ) -> int:
     loop = asyncio.get_running_loop()
     settings = state.settings
@@ -235,6 +246,7 @@ async def _serve(
     reloader.on_load = lambda ruleset: runtime.rules_loaded(ruleset, reason="reload")
     state.reloader = reloader
     checkpoint_task = asyncio.create_task(runtime.run_checkpoints(stage_stop), name="vigil.audit")
+    response_task = asyncio.create_task(response.run(stage_stop), name="vigil.response")
     reload_task = asyncio.create_task(reloader.watch(stage_stop), name="vigil.rules-reload")
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="vigil.http")
     status = 0
@@ -288,6 +300,7 @@ async def _serve(
         try:
             await reload_task
             await checkpoint_task
+            await response_task
             await stage_task
         except Exception:
             status = 1

@@ -1,0 +1,244 @@
+"""The response engine through a real ``vigil run``: events in over HTTP, effects checked on the platform.
+
+One daemon for the module (its start costs seconds); each scenario uses its own targets and rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import run_vigil
+from tests.streams.test_embedded import COMMANDS, Daemon
+from vigil.platform.client import PlatformClient
+from vigil.platform.compute import NodeState
+from vigil.platform.storage import Lock
+
+MEASUREMENT = "ab" * 48
+RULES = """\
+id: t.exfil-rotate
+title: Key exfiltration pattern
+status: stable
+severity: high
+author: alice
+kind: generic
+match: action == "key.export"
+actions:
+  - remediate: rotate_key
+    target: "{{ resource.id }}"
+    approval: auto
+tests:
+  - {name: fires, events: [{kind: generic, action: key.export}], expect: {findings: 1}}
+---
+id: t.fleet-quarantine
+title: Nodes reported compromised
+status: stable
+severity: high
+author: alice
+kind: generic
+match: action == "node.compromised"
+actions:
+  - remediate: quarantine_vm
+    target: "{{ node.id }}"
+    approval: auto
+    max_targets: 5
+tests:
+  - {name: fires, events: [{kind: generic, action: node.compromised}], expect: {findings: 1}}
+---
+id: t.exposed-dry
+title: Container exposed (dry run)
+status: stable
+severity: medium
+author: alice
+kind: generic
+match: action == "container.exposed"
+actions:
+  - remediate: lock_storage
+    target: "{{ resource.id }}"
+    approval: auto
+    dry_run: true
+tests:
+  - {name: fires, events: [{kind: generic, action: container.exposed}], expect: {findings: 1}}
+---
+id: t.leak-approve
+title: Container leaking (approval)
+status: stable
+severity: high
+author: alice
+kind: generic
+match: action == "container.leak"
+actions:
+  - remediate: lock_storage
+    target: "{{ resource.id }}"
+    approval: required
+tests:
+  - {name: fires, events: [{kind: generic, action: container.leak}], expect: {findings: 1}}
+"""
+
+
+class Running:
+    def __init__(self, base: str, work: Path, daemon: Daemon) -> None:
+        self.base, self.work, self.daemon = base, work, daemon
+        self.ingest = (work / "var" / "ingest.token").read_text().strip()
+        self.operator = (work / "var" / "platform" / "operator.token").read_text().strip()
+        self.tokens = {name: self._principal(name) for name in ("alice", "bob", "carol")}
+
+    def _principal(self, name: str) -> str:
+        done = run_vigil("platform", "--config", "profile.yaml", "principals", "add", name, cwd=self.work)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.decode().strip()
+
+    def post(self, events: list[dict[str, Any]]) -> None:
+        body = "\n".join(httpx.Response(200, json=e).text for e in events)
+        r = httpx.post(
+            f"{self.base}/v1/events", content=body, headers={"Authorization": f"Bearer {self.ingest}"}
+        )
+        assert r.status_code == 200, r.text
+
+    def actions(self, rule: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.base}/v1/actions", params={"rule": rule, "limit": 1000})
+        assert r.status_code == 200, r.text
+        return r.json()["actions"]  # type: ignore[no-any-return]
+
+    def decide(self, action: str, what: str, who: str) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {self.tokens[who]}"}
+        return httpx.post(f"{self.base}/v1/actions/{action}/{what}", headers=auth, json={}, timeout=30)
+
+    def platform_events(self, kind: str) -> int:
+        db = sqlite3.connect(self.work / "var" / "vigil.db")
+        try:
+            rows = db.execute("SELECT body FROM events WHERE source = 'platform'").fetchall()
+        finally:
+            db.close()
+        return sum(
+            f'"action":"{kind}"' in row[0].decode() and '"outcome":"success"' in row[0].decode()
+            for row in rows
+        )
+
+    def platform(self, fn: Callable[[PlatformClient], Any]) -> Any:
+        async def call() -> Any:
+            async with PlatformClient(self.base, self.operator) as client:
+                return await fn(client)
+
+        return asyncio.run(call())
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    work = tmp_path_factory.mktemp("response")
+    (work / "rules.yaml").write_text(RULES, encoding="utf-8")
+    (work / "profile.yaml").write_text(
+        "data_dir: var\nhttp:\n  port: 0\ndetect:\n  rules: rules.yaml\n"
+        "response:\n  approvers: [alice, bob]\n  batch_window: 0.5\n  rate_limit: 100\n",
+        encoding="utf-8",
+    )
+    proc = Daemon([*COMMANDS["cli"], str(work / "profile.yaml")], work)
+    try:
+        base = proc.wait_for_log(r"serving on (http://127\.0\.0\.1:\d+)").group(1)
+        yield Running(base, work, proc)
+    finally:
+        proc.stop()
+
+
+def _wait(check: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _event(i: str, action: str, **fields: Any) -> dict[str, Any]:
+    return {"id": i, "kind": "generic", "action": action, "time": "2026-11-26T03:00:00Z", **fields}
+
+
+def test_an_exfiltration_pattern_rotates_the_key_once_however_often_it_is_delivered(daemon: Running) -> None:
+    daemon.platform(lambda c: c.keys.create_key("vigil", "exfil-key"))
+    export = _event("x-1", "key.export", resource={"id": "exfil-key"})
+    for _ in range(3):  # the same delivery three times (a retrying sender)
+        daemon.post([export])
+    daemon.post([_event(f"x-{i}", "key.export", resource={"id": "exfil-key"}) for i in (2, 3)])  # and more
+    _wait(lambda: [a["state"] for a in daemon.actions("t.exfil-rotate")] == ["succeeded"], "one rotation")
+    time.sleep(1.5)  # a later batch would have made a second action by now
+    assert len(daemon.actions("t.exfil-rotate")) == 1
+    info = daemon.platform(lambda c: c.keys.get_key("vigil", "exfil-key"))
+    assert len(info.versions) == 2 and daemon.platform_events("platform.key.rotate") == 1
+
+
+def test_a_rule_matching_forty_nodes_with_max_targets_five_touches_none_and_alerts_once(
+    daemon: Running,
+) -> None:
+    async def register(client: PlatformClient) -> None:
+        for i in range(40):
+            await client.compute.register(
+                "vigil", f"fleet-{i}", node_principal=f"fleet-{i}", measurement=MEASUREMENT
+            )
+
+    daemon.platform(register)
+    daemon.post([_event(f"n-{i}", "node.compromised", node={"id": f"fleet-{i}"}) for i in range(40)])
+    _wait(lambda: len(daemon.actions("t.fleet-quarantine")) == 40, "40 decided actions")
+    actions = daemon.actions("t.fleet-quarantine")
+    assert {a["state"] for a in actions} == {"refused"}
+    assert all(a["reason"].startswith("blast radius: 40 targets > max_targets 5") for a in actions)
+    nodes = daemon.platform(lambda c: c.compute.list_nodes("vigil"))
+    assert all(n.state is NodeState.PENDING for n in nodes if n.id.startswith("fleet-"))
+    assert daemon.platform_events("platform.node.quarantine") == 0
+    assert 'vigil_response_alerts_total{kind="blast_radius"} 1' in httpx.get(f"{daemon.base}/metrics").text
+
+
+def test_dry_run_plans_and_alerts_with_zero_mutations(daemon: Running) -> None:
+    daemon.platform(lambda c: c.keys.create_key("vigil", "dry-key"))
+    daemon.platform(lambda c: c.storage.create_container("vigil", "exposed", key_name="dry-key"))
+    before = {
+        k: daemon.platform_events(k)
+        for k in ("platform.storage.set_lock", "platform.storage.set_public_read")
+    }
+    daemon.post([_event("d-1", "container.exposed", resource={"id": "exposed"})])
+    _wait(lambda: [a["state"] for a in daemon.actions("t.exposed-dry")] == ["dry_run"], "the dry run")
+    action = daemon.actions("t.exposed-dry")[0]
+    assert [s["name"] for s in action["plan"]["steps"]] == ["disable_public_read", "set_lock"] or action[
+        "plan"
+    ]["steps"]
+    after = {k: daemon.platform_events(k) for k in before}
+    assert after == before  # the platform's own event log: nothing was changed
+    assert daemon.platform(lambda c: c.storage.get_container("vigil", "exposed")).lock is Lock.NONE
+    assert 'vigil_response_alerts_total{kind="dry_run"} 1' in httpx.get(f"{daemon.base}/metrics").text
+
+
+def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_back(daemon: Running) -> None:
+    daemon.platform(lambda c: c.keys.create_key("vigil", "leak-key"))
+    daemon.platform(lambda c: c.storage.create_container("vigil", "leaky", key_name="leak-key"))
+    daemon.post([_event("l-1", "container.leak", resource={"id": "leaky"})])
+    _wait(
+        lambda: [a["state"] for a in daemon.actions("t.leak-approve")] == ["pending_approval"],
+        "a pending action",
+    )
+    action = daemon.actions("t.leak-approve")[0]["id"]
+    assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaky")).lock is Lock.NONE
+    assert httpx.post(f"{daemon.base}/v1/actions/{action}/approve").status_code == 401
+    assert daemon.decide(action, "approve", "alice").status_code == 403  # the rule's author
+    assert daemon.decide(action, "approve", "carol").status_code == 403  # not an approver
+    done = daemon.decide(action, "approve", "bob")
+    assert done.status_code == 200, done.text
+    _wait(lambda: daemon.actions("t.leak-approve")[0]["state"] == "succeeded", "the approved run")
+    assert daemon.decide(action, "approve", "bob").status_code == 409  # decided already
+    assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaky")).lock is Lock.READ_ONLY
+    assert daemon.platform_events("platform.storage.set_lock") >= 1
+    locks = daemon.platform_events("platform.storage.set_lock")
+
+    shown = httpx.get(f"{daemon.base}/v1/actions/{action}").json()
+    states = [h["state"] for h in shown["history"]]
+    assert states[0] == "pending_approval" and "approved" in states and states[-1] == "succeeded", states
+    rolled = daemon.decide(action, "rollback", "bob")
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["state"] == "rolled_back"
+    assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaky")).lock is Lock.NONE
+    assert daemon.platform_events("platform.storage.set_lock") == locks + 1  # the rollback's, nothing else

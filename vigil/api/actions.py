@@ -1,0 +1,128 @@
+"""Action endpoints: what the response engine decided and did, and the approver's buttons.
+
+- ``GET /v1/actions?state=&rule=&incident=&limit=``: newest first.
+- ``GET /v1/actions/{id}``: one action with its plan and its timeline (every decision and step).
+- ``POST /v1/actions/{id}/approve``, ``.../reject`` (``{"reason": "..."}``), ``.../rollback``: by a person.
+
+Who is calling matters here as nowhere else: an approval is valid only from a principal listed in
+``response.approvers`` who is not the rule's author, so these calls authenticate with a *platform* API token
+(``Authorization: Bearer``, issued by ``vigil platform principals add NAME``), which names the principal,
+and never with the shared ingestion token, which names nobody. The engine checks the role and the
+authorship (403), the state (409) and the plan (an approval binds to the plan's digest); every refusal and
+every decision is in the audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT, error, state_of
+from vigil.audit.log import AuditUnavailableError
+from vigil.errors import VigilError
+from vigil.response.engine import ActionForbiddenError, ResponseEngine
+from vigil.response.model import ActionState
+from vigil.response.store import ActionConflictError, ActionNotFoundError
+
+router = APIRouter()
+
+REASON_LIMIT = 16 * 1024
+
+
+def _engine(request: Request) -> ResponseEngine | JSONResponse:
+    engine = state_of(request).response
+    return error(503, "the response engine is not running") if engine is None else engine
+
+
+@router.get("/v1/actions", response_model=None)
+async def list_actions(
+    request: Request,
+    state: ActionState | None = None,
+    rule: str | None = None,
+    incident: str | None = None,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+) -> dict[str, Any] | JSONResponse:
+    engine = _engine(request)
+    if isinstance(engine, JSONResponse):
+        return engine
+    found = engine.list(state=state, rule=rule, incident_id=incident, limit=limit)
+    return {"actions": [a.to_json() for a in found], "count": len(found)}
+
+
+@router.get("/v1/actions/{action_id}", response_model=None)
+async def get_action(request: Request, action_id: str) -> dict[str, Any] | JSONResponse:
+    engine = _engine(request)
+    if isinstance(engine, JSONResponse):
+        return engine
+    action = engine.get(action_id)
+    if action is None:
+        return error(404, f"no action {action_id!r}")
+    return action.to_json() | {"history": engine.history(action_id)}
+
+
+async def _decide(
+    request: Request, action_id: str, what: Literal["approve", "reject", "rollback"]
+) -> Response:
+    engine = _engine(request)
+    if isinstance(engine, JSONResponse):
+        return engine
+    user = _principal(request)
+    if user is None:
+        return JSONResponse(
+            {"error": "a platform API token is required (vigil platform principals add NAME)"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
+        )
+    body = await request.body()
+    if len(body) > REASON_LIMIT:
+        return error(413, f"body over {REASON_LIMIT} bytes")
+    try:
+        reason = str(orjson.loads(body).get("reason", "")) if body else ""
+    except (orjson.JSONDecodeError, AttributeError):
+        return error(400, 'body: expected {"reason": "..."} or nothing')
+    try:
+        if what == "approve":
+            action = await engine.approve(action_id, user)
+        elif what == "reject":
+            action = await engine.reject(action_id, user, reason)
+        else:
+            action = await engine.rollback(action_id, user)
+    except ActionNotFoundError as exc:
+        return error(404, str(exc))
+    except ActionForbiddenError as exc:
+        return error(403, str(exc))
+    except ActionConflictError as exc:
+        return error(409, str(exc))
+    except AuditUnavailableError as exc:
+        return error(503, f"not done: it cannot be audited: {exc}")
+    except VigilError as exc:
+        return error(409, str(exc))
+    return JSONResponse(action.to_json())
+
+
+def _principal(request: Request) -> str | None:
+    """The principal a platform API token names, or None."""
+    runtime = state_of(request).platform
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if runtime is None or scheme.lower() != "bearer" or not token.strip():
+        return None
+    return runtime.platform.tokens.lookup(token.strip())
+
+
+@router.post("/v1/actions/{action_id}/approve", response_model=None)
+async def approve(request: Request, action_id: str) -> Response:
+    return await _decide(request, action_id, "approve")
+
+
+@router.post("/v1/actions/{action_id}/reject", response_model=None)
+async def reject(request: Request, action_id: str) -> Response:
+    return await _decide(request, action_id, "reject")
+
+
+@router.post("/v1/actions/{action_id}/rollback", response_model=None)
+async def rollback(request: Request, action_id: str) -> Response:
+    return await _decide(request, action_id, "rollback")

@@ -1,0 +1,110 @@
+"""``vigil actions list|show|approve|reject|rollback``: the approver's command line.
+
+It talks to the running daemon (``/v1/actions``), because the engine that holds the actions, checks the
+approver and writes the audit log runs there. Approving needs a principal of one's own: a platform API token
+(``vigil platform principals add alice`` prints it) whose principal is listed in ``response.approvers`` and is
+not the rule's author; pass it with ``--token-file``. Listing and showing need no token.
+
+Exit status: 0 done, 1 refused or failed (the daemon's reason is printed), 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vigil.errors import VigilError
+from vigil.response.model import ActionState
+
+EPILOG = """\
+Examples:
+  vigil actions list --state pending_approval
+  vigil actions show 3f0c...                     # the plan and the timeline
+  vigil actions approve 3f0c... --token-file ~/.vigil/alice.token
+  vigil actions reject 3f0c... --reason "false positive" --token-file ~/.vigil/alice.token
+  vigil actions rollback 3f0c... --token-file ~/.vigil/alice.token
+"""
+
+STATES = [state.value for state in ActionState]
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "actions",
+        help="list, approve, reject and roll back remediation actions",
+        description="The response engine's actions, from the running daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="settings profile (default: config/local.yaml)")
+    p.add_argument("--url", help="daemon base URL (default: from http.host and http.port)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    ops = p.add_subparsers(dest="op", metavar="OP", required=True)
+    ls = ops.add_parser("list", help="actions, newest first")
+    ls.add_argument("--state", choices=STATES)
+    ls.add_argument("--rule")
+    ls.add_argument("--incident")
+    ls.add_argument("--limit", type=int, default=100)
+    ops.add_parser("show", help="one action with its plan and timeline").add_argument("id")
+    for name, text in (("approve", "approve (runs it)"), ("reject", "reject"), ("rollback", "roll back")):
+        op = ops.add_parser(name, help=f"{text} an action")
+        op.add_argument("id")
+        op.add_argument("--token-file", required=True, metavar="FILE", help="your platform API token")
+        if name == "reject":
+            op.add_argument("--reason", default="", help="why (kept in the audit log)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from vigil.platform.commands import default_url
+    from vigil.settings import load_settings
+
+    settings = load_settings(args.config)
+    base = args.url or default_url(settings)
+    try:
+        with httpx.Client(base_url=base, timeout=30, trust_env=False) as client:
+            return _call(args, client)
+    except httpx.TransportError as exc:
+        raise VigilError(f"cannot reach the daemon at {base} ({exc}); is it running (vigil run)?") from None
+
+
+def _call(args: argparse.Namespace, client: Any) -> int:
+    if args.op == "list":
+        params = {
+            k: v for k, v in (("state", args.state), ("rule", args.rule), ("incident", args.incident)) if v
+        }
+        r = client.get("/v1/actions", params={**params, "limit": args.limit})
+        _check(r)
+        actions = r.json()["actions"]
+        if args.json:
+            print(json.dumps(actions))
+        else:
+            for a in actions:
+                print(f"{a['id'][:12]}  {a['state']:16s} {a['remediation']:14s} {a['target']}  ({a['rule']})")
+        return 0
+    if args.op == "show":
+        r = client.get(f"/v1/actions/{args.id}")
+        _check(r)
+        print(json.dumps(r.json(), indent=None if args.json else 2, sort_keys=True))
+        return 0
+    token = Path(args.token_file).read_text(encoding="ascii").strip()
+    body = {"reason": args.reason} if args.op == "reject" else {}
+    r = client.post(
+        f"/v1/actions/{args.id}/{args.op}", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    _check(r)
+    action = r.json()
+    print(json.dumps(action, sort_keys=True) if args.json else f"{action['id']}: {action['state']}")
+    return 0
+
+
+def _check(response: Any) -> None:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise VigilError(f"{response.status_code}: {message}")

@@ -1,0 +1,261 @@
+"""The response stage: findings the detect stage committed become proposals for the response engine.
+
+Where its input comes from: the ``findings`` table of the daemon's store, read after a cursor, the
+table's ``rowid``. Findings are inserted in commit order and never deleted (retention prunes raw events
+only), so rowids only grow and "everything after the cursor" is exactly what is new. The stage reads
+through its own read-only SQLite connection (WAL lets it read while the pipeline writes) and touches
+nothing of :mod:`vigil.store.sqlite` but its public offsets.
+
+For each new finding whose rule (in the rule set loaded *now*) has ``remediate`` actions:
+
+* the triggering event is the first of the finding's ``event_ids``, read from the event log and validated
+  with :func:`~vigil.events.model.event_from_mapping`;
+* the action's target template (``{{ node.id }}``, ``kv-{{ raw.vault.name }}``) is resolved against it: each
+  placeholder is a dotted path through the event's fields and ``raw``/``labels`` mappings, and must give a
+  non-empty string or number. A placeholder that does not resolve (field missing, event pruned) gives a
+  proposal that the engine *refuses* with the reason, never a crash and never a silently dropped finding
+  (its target is the template itself, so a rule whose template never resolves makes one refusal per
+  idempotency window, not one per finding);
+* the incident is the one whose timeline holds the finding (incidents are filed in the same transaction as
+  their findings, so it is visible as soon as the finding is).
+
+Proposals are gathered per rule for ``batch_window`` seconds from the first one, so a storm of findings
+is judged as one batch against the blast-radius caps, then submitted. **The cursor is saved only after
+every finding up to it was submitted** (offset ``response:findings``); a crash in between re-reads them,
+and the engine's idempotency keys make the second submission a no-op. On the very first start (no saved
+cursor) the stage begins at the end of the table, so enabling the response engine on a store full of old
+findings does not remediate history; ``from_start=True`` (tools, tests) begins at the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+import orjson
+
+from vigil.events.model import Event, event_from_mapping
+from vigil.response.engine import ResponseEngine
+from vigil.response.policy import Proposal
+from vigil.rules.model import RemediateAction, Rule, RuleSet
+from vigil.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+OFFSET: Final = "response:findings"
+#: findings read per step
+READ_LIMIT: Final = 1000
+#: how often the engine's timers run (expiry, held and deferred actions)
+TICK_SECONDS: Final = 1.0
+_PLACEHOLDER: Final = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+
+
+class TargetError(ValueError):
+    """A target template that does not resolve against the triggering event."""
+
+
+def resolve_target(template: str, event: Event | None, event_id: str = "") -> str:
+    """``template`` with every ``{{ dotted.field }}`` replaced by the event's value (TargetError if any
+    placeholder has no usable value, or there is no event)."""
+
+    def value(m: re.Match[str]) -> str:
+        dotted = m.group(1)
+        if event is None:
+            raise TargetError(f"target template {template!r} did not resolve: event {event_id!r} not found")
+        found = _lookup(event, dotted)
+        if isinstance(found, bool) or not isinstance(found, str | int | float) or found == "":
+            raise TargetError(
+                f"target template {template!r} did not resolve: {dotted} is missing from event {event.id!r}"
+            )
+        return str(found)
+
+    return _PLACEHOLDER.sub(value, template)
+
+
+def _lookup(event: Event, dotted: str) -> Any:
+    value: Any = event
+    for part in dotted.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, msgspec.Struct) and part in type(value).__struct_fields__:
+            value = getattr(value, part)
+        else:
+            return None
+    return value
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Proposals of one rule gathered since ``first`` (monotonic), from findings with rowid >= ``low``."""
+
+    first: float
+    low: int
+    proposals: list[Proposal] = field(default_factory=list)
+
+
+class ResponseStage:
+    """Feeds committed findings to the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: ResponseEngine,
+        event_store: Store,
+        rules: Callable[[], RuleSet],
+        *,
+        batch_window: float,
+        clock: Callable[[], float] = time.monotonic,
+        from_start: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.event_store = event_store
+        self.rules = rules
+        self.batch_window = batch_window
+        self._clock = clock
+        uri = event_store.path.resolve().as_uri() + "?mode=ro"  # as_uri escapes '?' and '#' in names
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        saved = event_store.offset(OFFSET)
+        if saved is None:
+            start = 0 if from_start else self._max_rowid()
+            event_store.set_offset(OFFSET, str(start))
+            saved = str(start)
+        self.cursor = int(saved)  # saved: every finding up to here is submitted
+        self._read = self.cursor  # read: findings up to here are in a batch or skipped
+        self._pending: dict[str, _Batch] = {}
+        self._last_tick = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"ResponseStage(cursor={self.cursor}, pending={len(self._pending)})"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _max_rowid(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(rowid), 0) FROM findings").fetchone()[0])
+
+    # -- one step ----------------------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Read new findings into batches, submit the batches whose window has passed, save the cursor.
+        Returns the number of proposals submitted."""
+        ruleset = self.rules()
+        rows = self._db.execute(
+            "SELECT rowid, id, rule, group_key, time_ms, body FROM findings WHERE rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (self._read, READ_LIMIT),
+        ).fetchall()
+        now = self._clock()
+        for rowid, fid, rule_id, gkey, time_ms, body in rows:
+            rule = ruleset.get(rule_id)
+            actions = [a for a in rule.actions if isinstance(a, RemediateAction)] if rule else []
+            if rule is not None and actions:
+                proposals = self._proposals(rule, actions, fid, gkey, time_ms, orjson.loads(body))
+                batch = self._pending.setdefault(rule_id, _Batch(now, rowid))
+                batch.proposals += proposals
+            self._read = rowid
+        submitted = 0
+        for rule_id, batch in list(self._pending.items()):
+            if now - batch.first >= self.batch_window:
+                await self.engine.submit(batch.proposals)  # raises: the batch stays for the next step
+                submitted += len(batch.proposals)
+                del self._pending[rule_id]
+        done = min((b.low for b in self._pending.values()), default=self._read + 1) - 1
+        if done > self.cursor:
+            self.event_store.set_offset(OFFSET, str(done))
+            self.cursor = done
+        return submitted
+
+    def _proposals(
+        self,
+        rule: Rule,
+        actions: list[RemediateAction],
+        finding_id: str,
+        group_key: str,
+        time_ms: int,
+        finding: Mapping[str, Any],
+    ) -> list[Proposal]:
+        event_ids = finding.get("event_ids") or [""]
+        event = self._event(str(event_ids[0]))
+        incident = self._incident(rule.id, group_key, finding_id)
+        out = []
+        for action in actions:
+            try:
+                target, problem = resolve_target(action.target, event, str(event_ids[0])), ""
+            except TargetError as exc:
+                target, problem = action.target, str(exc)
+            out.append(
+                Proposal(
+                    rule.id,
+                    rule.status,
+                    rule.author,
+                    action,
+                    finding_id,
+                    incident,
+                    target,
+                    time_ms / 1000,
+                    problem,
+                )
+            )
+        return out
+
+    def _event(self, event_id: str) -> Event | None:
+        row = self._db.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None:
+            return None  # pruned by retention, or never stored: the target will not resolve
+        try:
+            return event_from_mapping(orjson.loads(row[0]))
+        except (msgspec.ValidationError, orjson.JSONDecodeError) as exc:
+            log.error("event %s in the store does not validate: %s", event_id, exc)
+            return None
+
+    def _incident(self, rule_id: str, group_key: str, finding_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT t.incident FROM incident_timeline t JOIN incidents i ON i.id = t.incident "
+            "WHERE i.rule = ? AND i.group_key = ? AND t.kind = 'finding' "
+            "AND json_extract(CAST(t.detail AS TEXT), '$.finding') = ? LIMIT 1",
+            (rule_id, group_key, finding_id),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Step whenever ``wake`` is set (the detect stage committed) and at least every second, and tick
+        the engine every second, until ``stop``. A failing step (audit log or store down) is logged and
+        retried: its findings stay after the saved cursor."""
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await self.step()
+            except Exception:
+                log.exception("response stage: step failed; its findings will be read again")
+            if self._clock() - self._last_tick >= TICK_SECONDS:
+                self._last_tick = self._clock()
+                try:
+                    await self.engine.tick()
+                except Exception:
+                    log.exception("response engine: tick failed")
+            timeout = TICK_SECONDS
+            if self._pending:
+                first = min(b.first for b in self._pending.values())
+                timeout = min(timeout, max(0.0, first + self.batch_window - self._clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop, wake), timeout)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
