@@ -42,6 +42,7 @@ bench: $(STAMP)  ## run the benchmarks in bench/
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/response.py
 
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
