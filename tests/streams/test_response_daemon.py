@@ -235,6 +235,9 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
     locks = daemon.platform_events("platform.storage.set_lock")
 
     shown = httpx.get(f"{daemon.base}/v1/actions/{action}").json()
+    assert shown["incident_id"], shown
+    incident = httpx.get(f"{daemon.base}/v1/incidents/{shown['incident_id']}").json()
+    assert [a["id"] for a in incident["actions"]] == [action]
     states = [h["state"] for h in shown["history"]]
     assert states[0] == "pending_approval" and "approved" in states and states[-1] == "succeeded", states
     rolled = daemon.decide(action, "rollback", "bob")

@@ -1,7 +1,8 @@
 """Incident endpoints: list, read with timeline, acknowledge, resolve (vigil/store/incidents.py).
 
 - ``GET /v1/incidents?state=&limit=``: the most recently active first.
-- ``GET /v1/incidents/{id}``: one incident with its timeline; 404 when unknown.
+- ``GET /v1/incidents/{id}``: one incident with its timeline and the actions its findings led to (newest
+  first); 404 when unknown.
 - ``POST /v1/incidents/{id}/acknowledge`` and ``.../resolve``: a state change, authenticated like
   ``POST /v1/events`` (bearer token, signature or the local token), with an optional ``{"note": "..."}``;
   ``409`` when the change is not allowed (a resolved incident cannot be acknowledged). The change is
@@ -56,7 +57,12 @@ async def get_incident(request: Request, incident_id: str) -> dict[str, Any] | J
         found = await asyncio.to_thread(store.incident, incident_id)
     except (StoreError, sqlite3.Error) as exc:
         return read_failed(exc)
-    return found if found is not None else error(404, f"no incident {incident_id!r}")
+    if found is None:
+        return error(404, f"no incident {incident_id!r}")
+    engine = state_of(request).response
+    if engine is not None:  # the remediations its findings asked for, with their states
+        found["actions"] = [a.to_json() for a in engine.list(incident_id=incident_id, limit=MAX_LIMIT)]
+    return found
 
 
 async def _change(request: Request, incident_id: str, to: Literal["acknowledged", "resolved"]) -> Response:
