@@ -226,8 +226,27 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
     assert httpx.post(f"{daemon.base}/v1/actions/{action}/approve").status_code == 401
     assert daemon.decide(action, "approve", "alice").status_code == 403  # the rule's author
     assert daemon.decide(action, "approve", "carol").status_code == 403  # not an approver
-    done = daemon.decide(action, "approve", "bob")
-    assert done.status_code == 200, done.text
+    listed = run_vigil(
+        "actions", "--config", "profile.yaml", "list", "--state", "pending_approval", cwd=daemon.work
+    )
+    assert listed.returncode == 0 and action[:12] in listed.stdout.decode(), listed
+    (daemon.work / "carol.token").write_text(daemon.tokens["carol"])
+    (daemon.work / "bob.token").write_text(daemon.tokens["bob"])
+    refused = run_vigil(
+        "actions",
+        "--config",
+        "profile.yaml",
+        "approve",
+        action,
+        "--token-file",
+        "carol.token",
+        cwd=daemon.work,
+    )
+    assert refused.returncode == 1 and b"403" in refused.stderr, refused
+    done = run_vigil(
+        "actions", "--config", "profile.yaml", "approve", action, "--token-file", "bob.token", cwd=daemon.work
+    )
+    assert done.returncode == 0, done.stderr
     _wait(lambda: daemon.actions("t.leak-approve")[0]["state"] == "succeeded", "the approved run")
     assert daemon.decide(action, "approve", "bob").status_code == 409  # decided already
     assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaky")).lock is Lock.READ_ONLY

@@ -26,6 +26,7 @@ from vigil.errors import VigilError
 from vigil.platform.compute import Node
 from vigil.platform.keyvault import KeyInfo, KeyKind, KeyOp, KeyVersion
 from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
+from vigil.sections import DAEMON_URL_FILE
 
 if TYPE_CHECKING:  # the client, the settings and the platform load only when a command runs: --help is fast
     from vigil.platform.client import PlatformClient
@@ -176,6 +177,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_url(settings: Settings) -> str:
+    """The running daemon's URL: what it wrote to ``{data_dir}/daemon.url`` at start (the real port, also
+    when ``http.port`` is 0), else the configured host and port."""
+    try:
+        written = (settings.data_dir / DAEMON_URL_FILE).read_text(encoding="ascii").strip()
+    except OSError:
+        written = ""
+    if written:
+        return written
     host = settings.http.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{'[' + host + ']' if ':' in host else host}:{settings.http.port}"

@@ -17,12 +17,9 @@ the executor (:mod:`.executor`), and the only place those meet. The flow of :met
    :meth:`ResponseEngine.tick` starts it). The global ``response.dry_run`` is checked again at run time,
    so flipping the kill switch turns even approved actions into dry-runs.
 
-Approvals bind to a plan: :meth:`ResponseEngine.approve` checks and plans the action *now*, audits the
-approval with the plan's digest, and stores the digest; the executor re-plans at run time and fails the
-action "plan changed since approval" if the digest differs, so a changed plan needs a new approval. A
-caller that shows the plan to the approver can pass the digest it showed and get :class:`PlanChangedError`
-when that plan is no longer the one that would run. The approver must be listed in ``response.approvers``
-and must not be the rule's author; refusals are audited too.
+People decide later (:meth:`ResponseEngine.approve`, ``reject``, ``rollback``); the engine delegates those to
+:mod:`.approvals`, handing it the target locks and its own start path, so an approved action starts
+exactly as a rule's decision would.
 
 One :class:`asyncio.Lock` per target serialises everything that may mutate it (a run, a rollback), so two
 proposals for one target — two rules, or a submit racing an approval — never run at once; the second one
@@ -33,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import dataclasses
 import logging
 import time
@@ -44,11 +40,12 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from vigil.audit.log import HMAC_KEY, SIGNING_KEY, AuditUnavailableError
-from vigil.audit.record import Actor, AuditKind, check_no_secrets
-from vigil.errors import RegistryError, VigilError
-from vigil.platform.errors import PlatformError, UnavailableError
-from vigil.remediators.base import Context, Plan, RemediationError, Remediator, remediators
+from vigil.audit.log import HMAC_KEY, SIGNING_KEY
+from vigil.audit.record import Actor, AuditKind
+from vigil.errors import RegistryError
+from vigil.platform.errors import PlatformError
+from vigil.remediators.base import Context, RemediationError, Remediator, remediators
+from vigil.response.approvals import NOT_RECORDED, ActionForbiddenError, Approvals, PlanChangedError
 from vigil.response.executor import AuditAppender, Executor
 from vigil.response.model import Action, ActionState
 from vigil.response.policy import (
@@ -63,10 +60,12 @@ from vigil.response.policy import (
     protection,
     same_action,
 )
-from vigil.response.store import ActionConflictError, ActionNotFoundError, ActionStore
+from vigil.response.store import ActionStore
 from vigil.rules.schema_forms import parse_duration
 from vigil.sections import ResponseSettings
-from vigil.store.sqlite import StoreError
+
+#: the public API; the errors of :mod:`.approvals` are re-exported for callers of approve() and reject()
+__all__ = ["ActionForbiddenError", "Alert", "PlanChangedError", "ResponseEngine", "log_alert"]
 
 log = logging.getLogger(__name__)
 S = ActionState
@@ -75,16 +74,6 @@ S = ActionState
 Alert = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 #: after an audit outage stopped a run, runs wait this long before trying again
 AUDIT_RETRY_SECONDS: Final = 5.0
-#: errors meaning "not recorded, nothing changed": the action keeps its state for a later tick
-_NOT_RECORDED = (AuditUnavailableError, UnavailableError)
-
-
-class ActionForbiddenError(VigilError):
-    """The user may not decide this action: not in ``response.approvers``, or the author of its rule."""
-
-
-class PlanChangedError(VigilError):
-    """The approval named a plan digest that is not the plan that would run now: review and approve again."""
 
 
 async def log_alert(kind: str, message: str, details: dict[str, Any]) -> None:
@@ -124,6 +113,10 @@ class ResponseEngine:
         self._submitting = asyncio.Lock()
         self._held: set[str] = set()  # approved actions the rate limit holds (noted on the timeline once)
         self._retry_at = 0.0
+        self._approvals = Approvals(
+            store, executor, ctx, audit, settings,
+            clock=clock, lock=self._lock, start=self._start_locked, failed=self._failed,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"ResponseEngine({self.store!r}, dry_run={self.settings.dry_run})"
@@ -249,7 +242,7 @@ class ResponseEngine:
         self._held.discard(current.id)
         try:
             done = await self.executor.run(current)
-        except _NOT_RECORDED:
+        except NOT_RECORDED:
             self.breaker.cancel(name)
             self._retry_at = self._clock() + AUDIT_RETRY_SECONDS
             raise
@@ -264,7 +257,7 @@ class ResponseEngine:
         """:meth:`_start`, for the background paths: an outage or a bug leaves the action as stored."""
         try:
             return await self._start(action)
-        except _NOT_RECORDED as exc:
+        except NOT_RECORDED as exc:
             log.error("action %s not started, it cannot be recorded now: %s", action.id, exc)
         except Exception:
             log.exception("action %s: start failed", action.id)
@@ -303,104 +296,16 @@ class ResponseEngine:
     # -- people: approve, reject, roll back --------------------------------------------------------------
 
     async def approve(self, action_id: str, user: str, *, plan_digest: str | None = None) -> Action:
-        """Approve a pending action as ``user`` and start it; the approval binds to the plan made now,
-        under the target's lock, so a run of another action on the same target cannot slip in between."""
-        action = self._get(action_id)
-        await self._authorize(action, user, "approve")
-        async with self._lock(action.target):
-            action = self._get(action_id)
-            if action.state is not S.PENDING_APPROVAL:
-                raise ActionConflictError(action.id, action.state, "approve")
-            if action.expires is not None and action.expires <= self._clock():
-                expired = await self._expire(action)
-                raise ActionConflictError(action.id, expired.state, "approve")
-            plan = await self._plan(action)
-            digest = plan.digest()
-            if plan_digest is not None and plan_digest != digest:
-                reason = f"the plan is now {digest}, not {plan_digest}"
-                refusal = {"stage": "refused", "what": "approve", "action": action.id, "reason": reason}
-                await self.audit.append(Actor.user(user), AuditKind.APPROVAL, action.target, refusal)
-                raise PlanChangedError(f"action {action.id}: {reason}: review the plan and approve again")
-            steps = [s.name for s in plan.steps]
-            details = {"stage": "decision", "outcome": "approved", "action": action.id, "rule": action.rule}
-            await self.audit.append(
-                Actor.user(user),
-                AuditKind.APPROVAL,
-                action.target,
-                details | {"plan_digest": digest, "steps": steps},
-            )
-            approved = self.store.transition(
-                action.id, {S.PENDING_APPROVAL}, S.APPROVED, actor=f"user:{user}", message="approved",
-                decided_by=user, plan=plan.to_json(), plan_digest=digest,
-            )  # fmt: skip
-            return await self._start_locked(approved)
+        """Approve a pending action as ``user`` and start it (see :meth:`.Approvals.approve`)."""
+        return await self._approvals.approve(action_id, user, plan_digest=plan_digest)
 
     async def reject(self, action_id: str, user: str, reason: str = "") -> Action:
         """Reject a pending action as ``user`` (same role rules as approving)."""
-        action = self._get(action_id)
-        await self._authorize(action, user, "reject")
-        if action.state is not S.PENDING_APPROVAL:
-            raise ActionConflictError(action.id, action.state, "reject")
-        try:
-            check_no_secrets({"reason": reason}, action.target)
-        except ValueError:  # a pasted token has no place in the log or the timeline
-            reason = "(reason withheld: it looked like a secret)"
-        details = {"stage": "decision", "outcome": "rejected", "action": action.id, "reason": reason}
-        await self.audit.append(Actor.user(user), AuditKind.APPROVAL, action.target, details)
-        return self.store.transition(
-            action.id, {S.PENDING_APPROVAL}, S.REJECTED, actor=f"user:{user}", message="rejected",
-            decided_by=user, reason=reason or "rejected",
-        )  # fmt: skip
+        return await self._approvals.reject(action_id, user, reason)
 
     async def rollback(self, action_id: str, user: str) -> Action:
         """Roll back a succeeded (or noop) action as ``user``, who must hold the approver role."""
-        action = self._get(action_id)
-        await self._authorize(action, user, "roll back", author_may=True)
-        async with self._lock(action.target):
-            done = await self.executor.rollback(action, user)
-        if done.state is S.ROLLBACK_FAILED:
-            await self._failed(done)
-        return done
-
-    async def _authorize(self, action: Action, user: str, what: str, *, author_may: bool = False) -> None:
-        """ActionForbiddenError (audited, and on the timeline) unless ``user`` may ``what`` this action."""
-        problem = None
-        if user not in self.settings.approvers:
-            problem = f"{user!r} does not hold the approver role (response.approvers)"
-        elif not author_may and user == action.rule_author:
-            problem = f"{user!r} is the author of rule {action.rule} and cannot {what} its actions"
-        if problem is None:
-            return
-        details = {"stage": "refused", "what": what, "action": action.id, "reason": problem}
-        try:
-            await self.audit.append(Actor.user(user), AuditKind.APPROVAL, action.target, details)
-        except _NOT_RECORDED as exc:  # refused all the same
-            log.error("refusal of %s by %s not audited: %s", what, user, exc)
-        with contextlib.suppress(StoreError):
-            self.store.log(action.id, f"user:{user}", f"{what} refused", {"reason": problem})
-        raise ActionForbiddenError(f"action {action.id}: {problem}")
-
-    async def _plan(self, action: Action) -> Plan:
-        """Check the live target and plan (no side effects); RemediationError when it cannot be planned."""
-        try:
-            remediator = remediators.get(action.remediation)()
-            params = remediator.params(action.params)
-        except ValidationError as exc:
-            raise RemediationError(
-                f"{action.remediation}: {exc.error_count()} invalid parameter(s)"
-            ) from None
-        state = await remediator.check(self.ctx, action.target, params)
-        return remediator.plan(action.target, params, state)
-
-    async def _expire(self, action: Action) -> Action:
-        details = {"stage": "decision", "outcome": "expired", "action": action.id, "expires": action.expires}
-        await self.audit.append(Actor.system(), AuditKind.APPROVAL, action.target, details)
-        try:
-            return self.store.transition(
-                action.id, {S.PENDING_APPROVAL}, S.EXPIRED, actor="vigil", reason="approval expired"
-            )
-        except ActionConflictError:  # decided meanwhile
-            return self._get(action.id)
+        return await self._approvals.rollback(action_id, user)
 
     # -- time and restarts -------------------------------------------------------------------------------
 
@@ -411,8 +316,8 @@ class ResponseEngine:
         for action in self.store.by_states([S.PENDING_APPROVAL]):
             if action.expires is not None and action.expires <= now:
                 try:
-                    await self._expire(action)
-                except _NOT_RECORDED as exc:
+                    await self._approvals.expire(action)
+                except NOT_RECORDED as exc:
                     log.error("approval of %s not expired, it cannot be recorded now: %s", action.id, exc)
                     return
         for action in self.store.by_states([S.APPROVED]):
@@ -440,7 +345,7 @@ class ResponseEngine:
         try:
             async with self._lock(action.target):
                 done = await self.executor.run(action)
-        except _NOT_RECORDED as exc:
+        except NOT_RECORDED as exc:
             log.error("action %s not resumed, it cannot be recorded now: %s", action.id, exc)
             return self.store.get(action.id) or action
         except Exception:
@@ -468,12 +373,6 @@ class ResponseEngine:
 
     def history(self, action_id: str) -> builtins.list[dict[str, Any]]:
         return self.store.history(action_id)
-
-    def _get(self, action_id: str) -> Action:
-        action = self.store.get(action_id)
-        if action is None:
-            raise ActionNotFoundError(f"no action {action_id}")
-        return action
 
 
 def _when(epoch: float | None) -> str:

@@ -35,11 +35,13 @@ from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
+from vigil.fsutil import atomic_write
 from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
 from vigil.runtime import tune_gc
+from vigil.sections import DAEMON_URL_FILE
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
@@ -112,6 +114,11 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.http.host, settings.http.port, exc.strerror or exc)
         return 1
+    url_file = settings.data_dir / DAEMON_URL_FILE
+    try:  # the CLI finds the daemon here, whatever port it got
+        atomic_write(url_file, (url_of(sock) + "\n").encode("ascii"))
+    except OSError as exc:
+        log.warning("cannot write %s (vigil platform and vigil actions need --url): %s", url_file, exc)
     tune_gc()  # the compiled rule set and the restored state are frozen out of the collector's way
     state = RunState(settings=settings, ingest=watcher.stats, store=store, ruleset=ruleset, detector=detector)
     state.detect = stage.stats
@@ -128,6 +135,8 @@ def serve(settings: Settings) -> int:
         return asyncio.run(_main(state, watcher, stage, wake, sock))
     finally:
         sock.close()
+        with contextlib.suppress(OSError):
+            url_file.unlink()
         store.close()
 
 
