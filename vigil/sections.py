@@ -227,3 +227,55 @@ class ResponseSettings(Section):
     protected_nodes: list[str] = Field(
         default_factory=list, description="nodes no remediation may touch (the one Vigil runs on)"
     )
+
+
+class PagerDutySettings(Section):
+    """PagerDuty Events API v2. Set the key through ``VIGIL_ALERTS__PAGERDUTY__ROUTING_KEY``."""
+
+    routing_key: str = Field(default="", description="integration (routing) key; empty: sink off")
+    url: str = Field(default="https://events.pagerduty.com/v2/enqueue", description="Events API v2 endpoint")
+
+
+class WebhookUrlSettings(Section):
+    """A webhook sink (Teams Workflows, Slack). The URL is a secret: ``VIGIL_ALERTS__TEAMS__WEBHOOK_URL``."""
+
+    webhook_url: str = Field(default="", description="webhook URL (a secret); empty: sink off")
+
+
+class SignedWebhookSettings(Section):
+    """The generic webhook: JSON signed with HMAC-SHA256 (``X-Vigil-Signature``)."""
+
+    url: str = Field(default="", description="receiver URL; empty: sink off")
+    secret: str = Field(default="", description="signing secret (VIGIL_ALERTS__WEBHOOK__SECRET)")
+
+
+class ConsoleSinkSettings(Section):
+    """The console sink of the embedded default: one JSON line per alert."""
+
+    enabled: bool = Field(default=True, description="write alerts as JSON Lines")
+    path: Path = Field(default=Path(f"{DATA_DIR_TOKEN}/alerts.jsonl"), description="file (appended)")
+
+
+class AlertSettings(Section):
+    """Alert sinks, routing, storm control and delivery (docs/alerts.md)."""
+
+    pagerduty: PagerDutySettings = Field(default_factory=PagerDutySettings)
+    teams: WebhookUrlSettings = Field(default_factory=WebhookUrlSettings)
+    slack: WebhookUrlSettings = Field(default_factory=WebhookUrlSettings)
+    webhook: SignedWebhookSettings = Field(default_factory=SignedWebhookSettings)
+    console: ConsoleSinkSettings = Field(default_factory=ConsoleSinkSettings)
+    default: list[str] = Field(
+        default_factory=lambda: ["console"], description="sinks for alerts no rule, severity or tag routes"
+    )
+    by_severity: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra sinks per severity, e.g. {critical: [pagerduty]}"
+    )
+    by_tag: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra sinks per rule tag, e.g. {attack.impact: [pagerduty]}"
+    )
+    group_window: float = Field(default=60.0, gt=0, le=3600, description="seconds matches are grouped over")
+    stale_after: DurationText = Field(
+        default="10m", description="findings older than this at start are summarised, not replayed"
+    )
+    retry_horizon: DurationText = Field(default="24h", description="after this, an undelivered alert is dead")
+    base_url: str = Field(default="", description="Vigil's URL in alert links (default: the daemon's own)")

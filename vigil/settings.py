@@ -34,6 +34,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from vigil.errors import ConfigError
 from vigil.sections import (
     DATA_DIR_TOKEN,
+    AlertSettings,
     AuditSettings,
     DetectSettings,
     EventGridAuth,
@@ -54,7 +55,7 @@ ENV_DELIMITER: Final = "__"
 #: variables with the prefix that are not settings (the profile path itself)
 RESERVED_ENV: Final = frozenset({"VIGIL_CONFIG"})
 DEFAULT_PROFILE: Final = Path("config/local.yaml")
-_SECRET_WORDS: Final = ("secret", "token", "password", "passphrase", "key")
+_SECRET_WORDS: Final = ("secret", "token", "password", "passphrase", "key", "webhook")
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -85,6 +86,7 @@ class Settings(BaseSettings):
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     response: ResponseSettings = Field(default_factory=ResponseSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -328,6 +330,7 @@ def _absolute(path: Path) -> Path:
 
 __all__ = [
     "DATA_DIR_TOKEN",
+    "AlertSettings",
     "AuditSettings",
     "DetectSettings",
     "EventGridAuth",
