@@ -135,10 +135,11 @@ def one(db: sqlite3.Connection, iid: str) -> dict[str, Any] | None:
 
 
 def _incident(row: tuple[Any, ...]) -> dict[str, Any]:
-    iid, rule, _gkey, state, severity, title, grp, opened, last, count = row
+    iid, rule, gkey, state, severity, title, grp, opened, last, count = row
     return {
         "id": iid,
         "rule": rule,
+        "group_key": gkey,
         "title": title,
         "severity": severity,
         "state": state,
