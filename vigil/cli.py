@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_action_parsers(sub)
 
+    from vigil.alerts.commands import add_parsers as add_alert_parsers
+
+    add_alert_parsers(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -126,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vigil.platform.commands import run as run_platform
 
             return run_platform(args)
+        if args.command == "alerts":
+            from vigil.alerts.commands import run as run_alerts
+
+            return run_alerts(args)
         if args.command == "actions":
             from vigil.response.commands import run as run_actions
 

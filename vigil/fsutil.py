@@ -11,6 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
+#: the file in the data directory where a running daemon writes the URL it listens on (for the CLI)
+DAEMON_URL_FILE = "daemon.url"
+
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename or a new file in ``folder`` durable (a no-op where directories cannot be opened)."""

@@ -42,3 +42,7 @@ def configure(level: str, fmt: LogFormat = "text") -> None:
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
     logging.getLogger("vigil").setLevel(level)
+    # httpx logs every request's full URL at INFO; alert webhook URLs carry their credential (Teams' sig=,
+    # Slack's path), so its request lines never reach Vigil's log whatever the level asked for
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

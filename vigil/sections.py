@@ -23,8 +23,6 @@ DurationText = Annotated[str, AfterValidator(_duration)]
 
 #: stands for the data directory at the start of a path setting
 DATA_DIR_TOKEN: Final = "{data_dir}"
-#: the file in the data directory where a running daemon writes the URL it listens on (for the CLI)
-DAEMON_URL_FILE: Final = "daemon.url"
 
 
 class Section(BaseModel):

@@ -121,7 +121,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[object, ..
     return _table(work / "var" / "vigil.db", "SELECT id FROM findings ORDER BY id")
 
 
-PIPELINE_POINTS = [p for p in POINTS if not p.startswith(("http.", "response."))]
+PIPELINE_POINTS = [p for p in POINTS if not p.startswith(("http.", "response.", "alerts."))]
 HTTP_POINTS = [p for p in POINTS if p.startswith("http.")]
 #: swept by tests/response/test_crash.py with a remediation scenario of its own
 RESPONSE_POINTS = [p for p in POINTS if p.startswith("response.")]
@@ -220,7 +220,8 @@ def test_http_crash_point_with_a_retrying_client(point: str, tmp_path: Path, ref
 def test_the_sweep_covers_every_registered_point() -> None:
     print("crash points:", ", ".join(POINTS))
     assert len(POINTS) == len(set(POINTS)) >= 7
-    assert set(PIPELINE_POINTS) | set(HTTP_POINTS) | set(RESPONSE_POINTS) == set(POINTS)
+    alerts = {p for p in POINTS if p.startswith("alerts.")}  # swept by tests/alerts/test_kill.py
+    assert set(PIPELINE_POINTS) | set(HTTP_POINTS) | set(RESPONSE_POINTS) | alerts == set(POINTS)
 
 
 def _detected_beyond_platform(metrics: str) -> int:

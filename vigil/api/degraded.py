@@ -56,6 +56,8 @@ def platform_metrics(state: RunState) -> list[Family]:
         counts = sorted(state.response_alerts.items())
         alerts = [(f'{{kind="{_label(kind)}"}}', float(n)) for kind, n in counts]
         families.append(("vigil_response_alerts_total", "counter", "Response alerts, by kind.", alerts))
+    if state.alerting is not None:
+        families += _alert_metrics(state.alerting.dispatcher.stats())
     if state.platform is None:
         return families
     status = state.platform.audit.status()
@@ -70,6 +72,34 @@ def platform_metrics(state: RunState) -> list[Family]:
     feed = state.platform.feed.stats
     families += [(name, "counter", text, [("", getattr(feed, attr))]) for name, text, attr in _FEED]
     return families
+
+
+#: (name, type, help, how to read it from one sink's stats)
+_ALERTS: tuple[tuple[str, str, str, Any], ...] = (
+    ("vigil_alerts_sent_total", "counter", "Alerts delivered, by sink.", lambda r: r["sent"]),
+    ("vigil_alerts_retried_total", "counter", "Delivery attempts retried.", lambda r: r["retried"]),
+    ("vigil_alerts_dead_total", "counter", "Alerts dead-lettered (the alarm).", lambda r: r["dead"]),
+    ("vigil_alerts_pending", "gauge", "Alerts waiting in the outbox.", lambda r: r["outbox"]["pending"]),
+    (
+        "vigil_alerts_oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest.",
+        lambda r: r["oldest_pending_age"] or 0,
+    ),
+)
+
+
+def _alert_metrics(stats: dict[str, dict[str, Any]]) -> list[Family]:
+    """Per sink: delivered, retried and dead alerts (dead is the alarm), waiting ones and the oldest's age."""
+    return [
+        (
+            name,
+            kind,
+            text,
+            [(f'{{sink="{_label(sink)}"}}', float(read(row))) for sink, row in sorted(stats.items())],
+        )
+        for name, kind, text, read in _ALERTS
+    ]
 
 
 def platform_document(state: RunState) -> dict[str, Any] | None:

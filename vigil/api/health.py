@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from vigil.api.actions import router as actions_router
+from vigil.api.alerts import router as alerts_router
 from vigil.api.degraded import alarms, degraded_reason, platform_document, platform_metrics
 from vigil.api.incidents import router as incidents_router
 from vigil.api.ingest import create_router as create_ingest_router
@@ -97,6 +98,7 @@ def create_app(state: RunState) -> FastAPI:
     app.include_router(create_ingest_router(state))
     app.include_router(incidents_router)
     app.include_router(actions_router)
+    app.include_router(alerts_router)
     if state.platform is not None and (router := state.platform.router()) is not None:
         app.include_router(router)
 

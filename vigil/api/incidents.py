@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from vigil.store.incidents import IncidentError
 from vigil.store.sqlite import StoreError
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 #: largest body of a state change (a note)
 NOTE_LIMIT = 64 * 1024
@@ -101,6 +103,13 @@ async def _change(request: Request, incident_id: str, to: Literal["acknowledged"
         return error(404 if "no incident" in str(exc) else 409, str(exc))
     except StoreError as exc:
         return error(503, str(exc))
+    if state.alerting is not None:  # acknowledge or resolve its page (the outbox makes it durable)
+        try:
+            incident = await asyncio.to_thread(store.incident, incident_id)
+            if incident is not None:
+                await state.alerting.stage.incident_changed(incident, to, str(note))
+        except Exception:  # the change is made and audited; a failed notification is logged, not undone
+            log.exception("incident %s: the %s notification could not be queued", incident_id, to)
     return JSONResponse(result)
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigil.errors import VigilError
+from vigil.fsutil import DAEMON_URL_FILE
 from vigil.platform.compute import Node
 from vigil.platform.keyvault import KeyInfo, KeyKind, KeyOp, KeyVersion
 from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
-from vigil.sections import DAEMON_URL_FILE
 
 if TYPE_CHECKING:  # the client, the settings and the platform load only when a command runs: --help is fast
     from vigil.platform.client import PlatformClient

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from vigil.response.engine import ResponseEngine
     from vigil.rules.model import RuleSet
     from vigil.store.sqlite import Store
+    from vigil.streams.alert_run import AlertRuntime
     from vigil.streams.pipeline import DetectStats
     from vigil.streams.platform_run import PlatformRuntime
     from vigil.streams.reload import Reloader
@@ -119,6 +120,8 @@ class RunState:
     response: ResponseEngine | None = None
     #: alerts the response engine raised, by kind (blast_radius, dry_run, approval, failure ...)
     response_alerts: Counter[str] = field(default_factory=Counter)
+    #: the alert sinks, their outbox and the alert stage; None until the runner started them
+    alerting: AlertRuntime | None = None
 
 
 __all__ = ["HttpIngestStats", "IngestStats", "RunState"]

@@ -26,6 +26,8 @@ POINTS: Final = (
     "response.after_intent",
     "response.after_apply",
     "response.before_done",
+    "alerts.after_enqueue",
+    "alerts.after_send",
 )
 
 _hits: dict[str, int] = {}

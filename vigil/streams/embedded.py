@@ -35,16 +35,16 @@ from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
-from vigil.fsutil import atomic_write
+from vigil.fsutil import DAEMON_URL_FILE, atomic_write
 from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
 from vigil.runtime import tune_gc
-from vigil.sections import DAEMON_URL_FILE
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
+from vigil.streams.alert_run import start_alerts
 from vigil.streams.dropfolder import DropFolder, OutputError
 from vigil.streams.pipeline import DetectStage
 from vigil.streams.platform_run import PlatformRuntime, start_platform
@@ -209,9 +209,17 @@ async def _main(
         return 1
     state.platform = runtime
     try:
-        response = start_response(state, runtime)
+        alerting = start_alerts(state, url_of(sock))
+    except (VigilError, OSError, ValueError) as exc:
+        log.error("cannot start alerting (check the alerts settings): %s", exc)
+        await runtime.close()
+        return 1
+    state.alerting = alerting
+    try:
+        response = start_response(state, runtime, notice=alerting.stage.notice)
     except (VigilError, OSError) as exc:
         log.error("cannot open the response engine: %s", exc)
+        await alerting.close()
         await runtime.close()
         return 1
     state.response = response.engine
@@ -220,6 +228,7 @@ async def _main(
         return await _serve(state, watcher, stage, wake, sock, runtime, response)
     finally:
         response.close()
+        await alerting.close()
         await runtime.close()
 
 
@@ -256,6 +265,8 @@ async def _serve(
     state.reloader = reloader
     checkpoint_task = asyncio.create_task(runtime.run_checkpoints(stage_stop), name="vigil.audit")
     response_task = asyncio.create_task(response.run(stage_stop), name="vigil.response")
+    assert state.alerting is not None
+    alert_task = asyncio.create_task(state.alerting.run(stage_stop), name="vigil.alerts")
     reload_task = asyncio.create_task(reloader.watch(stage_stop), name="vigil.rules-reload")
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="vigil.http")
     status = 0
@@ -310,6 +321,7 @@ async def _serve(
             await reload_task
             await checkpoint_task
             await response_task
+            await alert_task
             await stage_task
         except Exception:
             status = 1

@@ -7,8 +7,8 @@ never mutated twice), then the stage follows the findings the detect stage commi
 own cursor, gathers one rule's findings for ``response.batch_window`` seconds so that a storm is judged as
 a whole by the blast-radius caps, and submits them (:mod:`vigil.response.stage`).
 
-Alerts (a blast-radius refusal, a dry-run plan, an approval waiting, a failure) are logged at WARNING and
-counted by kind for ``/metrics`` until the alert sinks of issue 9 take them.
+Alerts (a blast-radius refusal, a dry-run plan, an approval waiting, a failure) are logged at WARNING,
+counted by kind for ``/metrics`` and handed to the alert stage, which routes them to the sinks.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ from vigil.streams import RunState
 from vigil.streams.platform_run import PlatformRuntime
 
 log = logging.getLogger(__name__)
+
+#: the alert stage's hook for response notices (blast radius, approval waiting, dry run, failure)
+Notice = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -60,7 +64,9 @@ class ResponseRuntime:
         self.store.close()
 
 
-def start_response(state: RunState, runtime: PlatformRuntime) -> ResponseRuntime:
+def start_response(
+    state: RunState, runtime: PlatformRuntime, *, notice: Notice | None = None
+) -> ResponseRuntime:
     """Open the action store beside the event store and build the engine over the local platform."""
     settings = state.settings
     assert state.store is not None
@@ -74,6 +80,11 @@ def start_response(state: RunState, runtime: PlatformRuntime) -> ResponseRuntime
     async def alert(kind: str, message: str, details: dict[str, Any]) -> None:
         alerts[kind] += 1
         log.warning("response alert [%s]: %s", kind, message)
+        if notice is not None:  # to the alert sinks (never blocks the decision: the outbox is durable)
+            try:
+                await notice(kind, message, details)
+            except Exception:
+                log.exception("response alert [%s] could not be queued for the sinks", kind)
 
     executor = Executor(store, ctx, runtime.audit)
     engine = ResponseEngine(store, executor, ctx, runtime.audit, settings.response, alert=alert)
