@@ -14,6 +14,7 @@ handles "the key version is disabled" the same way on both. The HTTP service map
     ├── LockedError         a storage lock denies the operation (423)
     ├── IntegrityError      stored ciphertext or metadata failed its authentication check (500)
     ├── UnavailableError    the change cannot be audited or recorded now: nothing changed (503)
+    ├── AttestationError    evidence or a token failed a check of the attestation service (403)
     └── ReleaseDeniedError  the attestation token does not verify or does not satisfy the policy (403)
 
 Messages never contain key material, tokens or secrets; they name the key, version, object or claim.
@@ -69,6 +70,16 @@ class UnavailableError(PlatformError):
     code = "unavailable"
 
 
+class AttestationError(PlatformError):
+    """Evidence or a token failed a check; ``reason`` names it (never a secret, never the token)."""
+
+    code = "attestation_failed"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"attestation failed: {reason}")
+
+
 class ReleaseDeniedError(PlatformError):
     """Release refused; ``reason`` says which check failed (signature, expiry, issuer, claim, recipient)."""
 
@@ -90,6 +101,7 @@ HTTP_STATUS: dict[type[PlatformError], int] = {
     LockedError: 423,
     IntegrityError: 500,
     ReleaseDeniedError: 403,
+    AttestationError: 403,
     UnavailableError: 503,
     PlatformError: 500,
 }

@@ -40,7 +40,7 @@ from vigil.events.normalize import Normalizer
 SCHEMA_PREFIX: Final = "vigil.platform/"
 SCHEMA_V1: Final = "vigil.platform/1"
 _KIND_RE: Final = re.compile(r"platform\.([a-z]+)\.[a-z_]+")
-_TYPES: Final = {"key": "vigil.key", "node": "vigil.node"}
+_TYPES: Final = {"key": "vigil.key", "node": "vigil.node", "attestation": "vigil.node"}
 
 
 class PlatformNormalizer(Normalizer):
