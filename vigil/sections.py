@@ -174,6 +174,16 @@ class PlatformSettings(Section):
         min_length=1,
         description="issuer (iss) of the local attestation service's tokens, trusted by the key vault",
     )
+    allowed_measurements: list[str] = Field(
+        default_factory=list, description="launch measurements (96 hex) the attestation service accepts"
+    )
+    min_tcb: dict[Literal["bootloader", "tee", "snp", "microcode"], int] = Field(
+        default_factory=dict, description="minimum TCB component versions, e.g. {snp: 22, microcode: 213}"
+    )
+    allow_debug: bool = Field(default=False, description="accept guests whose policy allows debugging")
+    tee_key_bits: int = Field(
+        default=4096, ge=2048, le=4096, description="RSA size of the software TEE's local ARK and ASK"
+    )
 
 
 class AuditSettings(Section):

@@ -28,11 +28,16 @@ test on a bare :class:`~fastapi.FastAPI`, see :func:`create_platform_app`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, FastAPI
 
 from vigil.platform.compute import Compute
 from vigil.platform.keyvault import KeyVault
+from vigil.platform.local.attestation import LocalAttestationService
 from vigil.platform.principals import PrincipalTokens
+from vigil.platform.service_attestation import add_attestation_routes
 from vigil.platform.service_base import PREFIX, route_class
 from vigil.platform.service_compute import add_compute_routes
 from vigil.platform.service_keys import add_key_routes
@@ -42,12 +47,21 @@ from vigil.platform.storage import Storage
 __all__ = ["PREFIX", "create_platform_app", "platform_router"]
 
 
-def platform_router(keys: KeyVault, storage: Storage, compute: Compute, tokens: PrincipalTokens) -> APIRouter:
-    """Every platform route under ``/platform/v1``, authenticated with ``tokens``."""
+def platform_router(
+    keys: KeyVault,
+    storage: Storage,
+    compute: Compute,
+    tokens: PrincipalTokens,
+    attestation: tuple[Callable[[], LocalAttestationService], dict[str, Any]] | None = None,
+) -> APIRouter:
+    """Every platform route under ``/platform/v1``, authenticated with ``tokens``; the attestation routes
+    when ``attestation`` (the service's factory and the token JWKS) is given."""
     router = APIRouter(prefix=PREFIX, tags=["platform"], route_class=route_class(tokens))
     add_key_routes(router, keys)
     add_storage_routes(router, storage)
     add_compute_routes(router, compute)
+    if attestation is not None:
+        add_attestation_routes(router, attestation[0], compute, attestation[1])
     return router
 
 

@@ -5,7 +5,8 @@ The daemon hands one :class:`PlatformFeed` to the key vault, the storage and the
 
 1. appends the change to the audit log (through the audit log's own observer), and
 2. normalises the change's record (``vigil.platform/1``) and accepts it into the store's event log, under the
-   source name ``platform``, then wakes the detect stage,
+   source name ``platform``, then wakes the detect stage (an attestation verdict is stored a second time as
+   an ``attestation`` event, so the attestation rules judge local nodes as they judge MAA results),
 
 both *before* the provider makes the change durable (the observer contract). Either failing raises, so the
 provider aborts: an unaudited change, or one Vigil would not see, does not happen. The audit comes first
@@ -25,9 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vigil.errors import NormalizeError, VigilError
+from vigil.events.normalizers.attestation import AttestationNormalizer
 from vigil.events.normalizers.platform import PlatformNormalizer
 from vigil.platform.errors import UnavailableError
 from vigil.platform.events import PlatformEvent, PlatformObserver
+from vigil.platform.local.attestation import EVENT_KIND as ATTESTATION_EVENT
+from vigil.platform.local.attestation import attestation_record
 from vigil.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class PlatformFeed:
         self._store = store
         self._wake = wake
         self._normalizer = PlatformNormalizer()
+        self._attestation = AttestationNormalizer()
         self._audit: PlatformObserver | None = None
         self._held: list[PlatformEvent] = []
         self.stats = FeedStats()
@@ -83,8 +88,10 @@ class PlatformFeed:
 
     def _accept(self, event: PlatformEvent) -> None:
         try:
-            canonical = self._normalizer.normalize(event.to_record())
+            events = [self._normalizer.normalize(event.to_record())]
+            if event.kind == ATTESTATION_EVENT:  # also as an attestation result, for the attestation rules
+                events.append(self._attestation.normalize(attestation_record(event)))
         except NormalizeError as exc:  # a provider bug, not input: make it loud, and refuse the change
             log.error("platform event %s cannot be normalised: %s", event.kind, exc)
             raise
-        self._store.accept([canonical], [], SOURCE)
+        self._store.accept(events, [], SOURCE)

@@ -58,7 +58,7 @@ class PlatformRuntime:
         if not self.serve:
             return None
         p = self.platform
-        return platform_router(p.vault, p.storage, p.compute, p.tokens)
+        return platform_router(p.vault, p.storage, p.compute, p.tokens, (p.attestation, p.issuer.jwks()))
 
     async def rules_loaded(self, ruleset: RuleSet, *, reason: str) -> None:
         """Audit a rule set taking effect (at start and at each reload); raises when it cannot."""

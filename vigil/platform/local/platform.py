@@ -10,6 +10,7 @@ the CLI and the tests build the same platform::
     {platform.dir}/compute.db              the node registry
     {platform.dir}/principals.json         SHA-256 of each principal's API token
     {platform.dir}/operator.token          the token of principal "vigil", for the CLI on this machine (0600)
+    {platform.dir}/tee/                    the software TEE's root of trust (ARK, ASK, VCEKs), sealed
 
 The principal ``vigil`` is the platform's own: the storage wraps data keys and the compute registry
 suspends nodes as ``vigil``, so it is always an admin, whatever ``platform.admins`` adds. The key vault
@@ -25,6 +26,7 @@ from typing import Final
 
 from vigil.fsutil import atomic_write
 from vigil.platform.events import PlatformObserver
+from vigil.platform.local.attestation import LocalAttestationService
 from vigil.platform.local.compute import LocalCompute
 from vigil.platform.local.keyvault import LocalKeyVault
 from vigil.platform.local.masterkey import MasterKey
@@ -32,10 +34,13 @@ from vigil.platform.local.storage import LocalStorage
 from vigil.platform.local.tokens import JwksTokenVerifier, TokenIssuer
 from vigil.platform.principals import PrincipalTokens
 from vigil.sections import PlatformSettings
+from vigil.training_node.evidence import SoftwareAmd
 
 log = logging.getLogger(__name__)
 
 SERVICE: Final = "vigil"
+#: the TCB components a minimum may name (the ones not named have minimum 0)
+TCB_PARTS: Final = ("bootloader", "tee", "snp", "microcode")
 OPERATOR_TOKEN: Final = "operator.token"
 
 
@@ -87,6 +92,26 @@ class LocalPlatform:
             raise
         self.tokens = PrincipalTokens(root / "principals.json")
         self.root = root
+        self._settings = settings
+        self._master = master
+        self._observer = observer
+        self._attestation: LocalAttestationService | None = None
+
+    def attestation(self) -> LocalAttestationService:
+        """The attestation service, made on first use: its software root of trust (the ARK and ASK in
+        ``{platform.dir}/tee``, RSA keys that take seconds to make) is created then, not at every start."""
+        if self._attestation is None:
+            settings = self._settings
+            amd = SoftwareAmd(self.root / "tee", key_bits=settings.tee_key_bits, master=self._master)
+            self._attestation = LocalAttestationService(
+                self.issuer,
+                root_pem=amd.ark_pem,
+                allowed_measurements=settings.allowed_measurements,
+                min_tcb={part: settings.min_tcb.get(part, 0) for part in TCB_PARTS},
+                allow_debug=settings.allow_debug,
+                observer=self._observer,
+            )
+        return self._attestation
 
     def operator_token(self) -> str:
         """The token of principal ``vigil`` in ``operator.token``; a new one if missing or stale."""
