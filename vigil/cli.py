@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_alert_parsers(sub)
 
+    from vigil.training_node.commands import add_parsers as add_node_parsers
+
+    add_node_parsers(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -131,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vigil.platform.commands import run as run_platform
 
             return run_platform(args)
+        if args.command == "node":
+            from vigil.training_node.commands import run as run_node
+
+            return run_node(args)
         if args.command == "alerts":
             from vigil.alerts.commands import run as run_alerts
 
