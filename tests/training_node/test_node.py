@@ -25,7 +25,8 @@ from vigil.platform.errors import ForbiddenError
 from vigil.platform.local.masterkey import MasterKey
 from vigil.training_node import commands, dataset
 from vigil.training_node.evidence import LaunchConfig, SoftwareTee
-from vigil.training_node.node import CHECKPOINT_MAGIC, TrainingNode, canonical, pss
+from vigil.training_node.node import CHECKPOINT_MAGIC, TrainingNode
+from vigil.training_node.telemetry import canonical, pss
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*NumPy.*")

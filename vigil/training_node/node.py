@@ -42,9 +42,7 @@ import asyncio
 import base64
 import contextlib
 import io
-import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -54,8 +52,8 @@ from typing import Any, Final
 
 import httpx
 import jwt
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vigil.platform.client import PlatformClient
@@ -66,6 +64,7 @@ from vigil.platform.local.release import unwrap_as_recipient
 from vigil.platform.service_base import PREFIX
 from vigil.training_node import dataset
 from vigil.training_node.evidence import Evidence, bind_report_data
+from vigil.training_node.telemetry import finite, sign
 
 with warnings.catch_warnings():  # torch warns at import when numpy is absent; nothing here uses numpy
     warnings.filterwarnings("ignore", message=".*NumPy.*")
@@ -91,16 +90,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     checkpoints: list[str] = field(default_factory=list)
     device: str = "cpu"
-
-
-def canonical(record: dict[str, Any]) -> bytes:
-    """The bytes a record's ``sig`` covers: the record without ``sig`` as canonical JSON."""
-    body = {k: v for k, v in record.items() if k != "sig"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def pss() -> padding.PSS:
-    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 
 
 class TrainingNode:
@@ -381,11 +370,8 @@ class TrainingNode:
         if self.measurement:
             record["measurement"] = self.measurement
         if metrics is not None:
-            record["metrics"] = {k: _finite(v) for k, v in metrics.items()}
-        if self._key is not None:
-            signature = self._key.sign(canonical(record), pss(), hashes.SHA256())
-            record["sig"] = base64.urlsafe_b64encode(signature).decode().rstrip("=")
-        return record
+            record["metrics"] = {k: finite(v) for k, v in metrics.items()}
+        return sign(record, self._key) if self._key is not None else record
 
     async def _send(self, records: list[dict[str, Any]]) -> None:
         try:
@@ -405,9 +391,3 @@ class TrainingNode:
         if not isinstance(doc, dict):
             raise PlatformError("malformed answer from the attestation service")
         return doc
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
