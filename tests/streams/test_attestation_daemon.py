@@ -24,6 +24,7 @@ from vigil.platform.keyvault import KeyKind, KeyOp
 from vigil.platform.local.masterkey import MasterKey
 from vigil.platform.local.release import unwrap_as_recipient
 from vigil.training_node.evidence import LaunchConfig, SoftwareTee, bind_report_data
+from vigil.training_node.telemetry import sign
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 MEASUREMENT = (
@@ -140,3 +141,32 @@ def test_an_attested_node_gets_its_key_and_a_debuggable_one_is_refused_and_seen(
     while "att.debuggable-guest" not in findings() and time.monotonic() < end:
         time.sleep(0.2)
     assert "att.debuggable-guest" in findings(), findings()
+
+
+def test_telemetry_signed_by_the_attested_key_passes_and_a_forged_record_is_a_finding(
+    daemon: Running,
+) -> None:
+    token = daemon.token_for("node-3")
+    answer, key = _attest(daemon, "node-3", token)
+    assert answer.status_code == 200, answer.text
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def record(seq: int) -> dict[str, Any]:
+        return {
+            "schema": "vigil.telemetry/1", "type": "train.step", "node_id": "node-3",
+            "time": "2026-11-26T04:00:00Z", "seq": seq, "attested": True, "metrics": {"step": seq, "loss": 0.4},
+        }  # fmt: skip
+
+    ingest = (daemon.work / "var" / "ingest.token").read_text().strip()
+    body = [sign(record(1), key), sign(record(2), forger)]
+    r = httpx.post(f"{daemon.base}/v1/events", json=body, headers={"Authorization": f"Bearer {ingest}"})
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+
+    def bad() -> list[dict[str, Any]]:
+        found = httpx.get(f"{daemon.base}/v1/findings", params={"rule": "tel.bad-signature"}).json()
+        return found["findings"]  # type: ignore[no-any-return]
+
+    end = time.monotonic() + 20
+    while not bad() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert len(bad()) == 1, bad()

@@ -173,12 +173,7 @@ def test_key_material_never_reaches_logs_audit_store_or_responses(daemon: Runnin
 
 def issue_node_token(daemon: Running) -> str:
     """A token for principal node-1, as an operator issues it with ``vigil platform principals add``."""
-    from tests.conftest import run_vigil
-
-    os.chdir(daemon.work)
-    result = run_vigil(
-        "platform", "--config", str(daemon.work / "profile.yaml"), "principals", "add", "node-1"
-    )
+    result = run_vigil("platform", "--config", "profile.yaml", "principals", "add", "node-1", cwd=daemon.work)
     assert result.returncode == 0, result.stderr
     return result.stdout.decode().strip()
 

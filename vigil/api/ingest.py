@@ -128,6 +128,8 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             if verdict:
                 return _reject(state, source, verdict)
         result = await asyncio.to_thread(_normalise, body, fmt, settings.ingest.max_record_bytes, limit)
+        if state.telemetry_check is not None and result.events:
+            result.events = state.telemetry_check(result.events)
         validation = _validation(result, source, request, auth)
         if validation is not None and not result.events:
             stats.bump(stats.controls, source, len(result.controls))

@@ -52,16 +52,17 @@ def platform_router(
     storage: Storage,
     compute: Compute,
     tokens: PrincipalTokens,
-    attestation: tuple[Callable[[], LocalAttestationService], dict[str, Any]] | None = None,
+    attestation: tuple[Callable[[], LocalAttestationService], dict[str, Any], Callable[[str, bytes], None]]
+    | None = None,
 ) -> APIRouter:
     """Every platform route under ``/platform/v1``, authenticated with ``tokens``; the attestation routes
-    when ``attestation`` (the service's factory and the token JWKS) is given."""
+    when ``attestation`` (the service's factory, the token JWKS, and where attested node keys go) is given."""
     router = APIRouter(prefix=PREFIX, tags=["platform"], route_class=route_class(tokens))
     add_key_routes(router, keys)
     add_storage_routes(router, storage)
     add_compute_routes(router, compute)
     if attestation is not None:
-        add_attestation_routes(router, attestation[0], compute, attestation[1])
+        add_attestation_routes(router, attestation[0], compute, attestation[1], attestation[2])
     return router
 
 

@@ -44,7 +44,11 @@ class AttestRequest(Body):
 
 
 def add_attestation_routes(
-    router: APIRouter, service: Callable[[], LocalAttestationService], compute: Compute, jwks: dict[str, Any]
+    router: APIRouter,
+    service: Callable[[], LocalAttestationService],
+    compute: Compute,
+    jwks: dict[str, Any],
+    on_attested: Callable[[str, bytes], None] | None = None,
 ) -> None:
     """Add the attestation routes to ``router`` (prefix ``/platform/v1``)."""
 
@@ -60,6 +64,8 @@ def add_attestation_routes(
         except (ValueError, TypeError) as exc:
             raise InvalidError(f"evidence: {exc}") from None
         token = await service().attest(bundle, body.nonce, public_key, node_id=body.node_id)
+        if on_attested is not None:  # the key its telemetry must be signed with from now on
+            on_attested(body.node_id, public_key)
         with contextlib.suppress(NotFoundError, ConflictError):  # unregistered, or not pending: token only
             node = await compute.get_node(SERVICE, body.node_id)
             if node.state is NodeState.PENDING:

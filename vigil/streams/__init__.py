@@ -120,6 +120,8 @@ class RunState:
     response: ResponseEngine | None = None
     #: alerts the response engine raised, by kind (blast_radius, dry_run, approval, failure ...)
     response_alerts: Counter[str] = field(default_factory=Counter)
+    #: checks node telemetry signatures against attested keys before HTTP-ingested events are stored
+    telemetry_check: Callable[[list[Event]], list[Event]] | None = None
     #: the alert sinks, their outbox and the alert stage; None until the runner started them
     alerting: AlertRuntime | None = None
 

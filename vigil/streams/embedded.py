@@ -51,6 +51,7 @@ from vigil.streams.platform_run import PlatformRuntime, start_platform
 from vigil.streams.reload import Reloader
 from vigil.streams.response_run import ResponseRuntime, start_response
 from vigil.streams.tail import FileTail
+from vigil.streams.telemetry_check import TelemetryCheck
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ async def _main(
         log.error("cannot open the local platform or the audit log: %s", exc)
         return 1
     state.platform = runtime
+    state.telemetry_check = TelemetryCheck(runtime.platform.node_keys)
     try:
         alerting = start_alerts(state, url_of(sock))
     except (VigilError, OSError, ValueError) as exc:

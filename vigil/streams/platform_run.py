@@ -58,7 +58,8 @@ class PlatformRuntime:
         if not self.serve:
             return None
         p = self.platform
-        return platform_router(p.vault, p.storage, p.compute, p.tokens, (p.attestation, p.issuer.jwks()))
+        attestation = (p.attestation, p.issuer.jwks(), p.node_keys.set)
+        return platform_router(p.vault, p.storage, p.compute, p.tokens, attestation)
 
     async def rules_loaded(self, ruleset: RuleSet, *, reason: str) -> None:
         """Audit a rule set taking effect (at start and at each reload); raises when it cannot."""

@@ -11,6 +11,7 @@ the CLI and the tests build the same platform::
     {platform.dir}/principals.json         SHA-256 of each principal's API token
     {platform.dir}/operator.token          the token of principal "vigil", for the CLI on this machine (0600)
     {platform.dir}/tee/                    the software TEE's root of trust (ARK, ASK, VCEKs), sealed
+    {platform.dir}/node-keys.json          each node's attested public key (its telemetry is checked with it)
 
 The principal ``vigil`` is the platform's own: the storage wraps data keys and the compute registry
 suspends nodes as ``vigil``, so it is always an admin, whatever ``platform.admins`` adds. The key vault
@@ -30,6 +31,7 @@ from vigil.platform.local.attestation import LocalAttestationService
 from vigil.platform.local.compute import LocalCompute
 from vigil.platform.local.keyvault import LocalKeyVault
 from vigil.platform.local.masterkey import MasterKey
+from vigil.platform.local.node_keys import NodeKeys
 from vigil.platform.local.storage import LocalStorage
 from vigil.platform.local.tokens import JwksTokenVerifier, TokenIssuer
 from vigil.platform.principals import PrincipalTokens
@@ -91,6 +93,7 @@ class LocalPlatform:
             self.vault.close()
             raise
         self.tokens = PrincipalTokens(root / "principals.json")
+        self.node_keys = NodeKeys(root / "node-keys.json")
         self.root = root
         self._settings = settings
         self._master = master
