@@ -35,20 +35,15 @@ from __future__ import annotations
 
 import builtins
 import enum
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
 
 from vigil.alerts.model import Alert
 from vigil.alerts.redact import redact_alert, redact_text
-from vigil.store.sqlite import StoreError
+from vigil.store.sidecar import SidecarTables
 from vigil.streams.crash import crash_point
 
 SCHEMA_VERSION: Final = 1
@@ -119,65 +114,14 @@ def _reason(text: str) -> str:
     return redact_text(text)[:MAX_ERROR]
 
 
-class Outbox:
+class Outbox(SidecarTables):
     """The outbox table in the SQLite database at ``path`` (see the module docstring). Methods are
     synchronous and short (one small transaction each); a lock lets threads share an instance."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.path = Path(path)
-        self._clock = clock
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            with self._tx():
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(stmt)
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_schema'").fetchone()
-                if row is None:
-                    self._db.execute("INSERT INTO meta VALUES ('outbox_schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise StoreError(f"{self.path}: outbox schema {row[0]} is newer than this Vigil")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{self.path}: cannot open the outbox: {exc}") from exc
-
-    def __repr__(self) -> str:
-        return f"Outbox({str(self.path)!r})"
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction under the lock; SQLite failures become StoreError."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                finally:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: outbox write failed: {exc}") from exc
-
-    def _read(self, sql: str, args: Iterable[Any] = ()) -> builtins.list[Any]:
-        try:
-            with self._lock:
-                return self._db.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: outbox read failed: {exc}") from exc
+    SCHEMA = _SCHEMA
+    SCHEMA_KEY = "outbox_schema"
+    SCHEMA_VERSION = SCHEMA_VERSION
+    WHAT = "outbox"
 
     def _update(self, sql: str, args: Iterable[Any]) -> bool:
         with self._tx() as db:

@@ -31,18 +31,14 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Final, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 import orjson
 
 from vigil.errors import VigilError
 from vigil.response.model import Action, ActionState
-from vigil.store.sqlite import StoreError
+from vigil.store.sidecar import SidecarTables
 
 S = ActionState
 SCHEMA_VERSION: Final = 1
@@ -117,64 +113,13 @@ def _action(row: tuple[Any, ...]) -> Action:
     return Action(**values)
 
 
-class ActionStore:
+class ActionStore(SidecarTables):
     """The actions and their timelines in the SQLite database at ``path`` (see the module docstring)."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.path = Path(path)
-        self._clock = clock
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            with self._tx():
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(stmt)
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'actions_schema'").fetchone()
-                if row is None:
-                    self._db.execute("INSERT INTO meta VALUES ('actions_schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise StoreError(f"{self.path}: actions schema {row[0]} is newer than this Vigil")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{self.path}: cannot open the action store: {exc}") from exc
-
-    def __repr__(self) -> str:
-        return f"ActionStore({str(self.path)!r})"
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction under the lock; SQLite failures become StoreError."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                finally:
-                    if self._db.in_transaction:  # an error above, or a failed COMMIT
-                        self._db.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: action store write failed: {exc}") from exc
-
-    def _read(self, sql: str, args: Iterable[Any] = ()) -> builtins.list[Any]:
-        try:
-            with self._lock:
-                return self._db.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: action store read failed: {exc}") from exc
+    SCHEMA = _SCHEMA
+    SCHEMA_KEY = "actions_schema"
+    SCHEMA_VERSION = SCHEMA_VERSION
+    WHAT = "action store"
 
     def _row(self, db: sqlite3.Connection, action_id: str) -> Action:
         row = db.execute(f"SELECT {_COLUMNS} FROM actions WHERE id = ?", (action_id,)).fetchone()
