@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,16 @@ def run_vigil(
         check=False,
         cwd=cwd,
     )
+
+
+def wait_until(check: Callable[[], object], what: str, *, deadline: float) -> None:
+    """Poll ``check`` every 0.1 s until it is true; fail the test naming ``what`` after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from tests.alerts.fakes import ROUTING_KEY, FakePagerDuty
+from tests.conftest import wait_until
 from tests.streams.test_embedded import COMMANDS, Daemon
 from vigil.alerts.model import dedup_key
 from vigil.platform.client import PlatformClient
@@ -104,13 +105,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             proc.stop()
 
 
-def _wait(check: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
+def _wait(check: Callable[[], object], what: str, deadline: float = 30.0) -> None:
+    wait_until(check, what, deadline=deadline)
 
 
 def _event(i: str, action: str, **fields: Any) -> dict[str, Any]:

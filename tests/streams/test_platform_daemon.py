@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import shutil
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import run_vigil
+from tests.conftest import run_vigil, wait_until
 from tests.streams.test_embedded import COMMANDS, Daemon
 from vigil.platform.client import PlatformClient
 from vigil.platform.compute import NodeState
@@ -96,13 +95,8 @@ def daemon(tmp_path: Path) -> Iterator[Running]:
         proc.stop()
 
 
-def _wait(check: Callable[[], bool], what: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+def _wait(check: Callable[[], object], what: str, deadline: float = 20.0) -> None:
+    wait_until(check, what, deadline=deadline)
 
 
 def _findings(base: str) -> list[dict[str, Any]]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import wait_until
 from tests.streams.test_embedded import COMMANDS, Daemon
 
 BURST = """\
@@ -75,13 +75,8 @@ def _post(base: str, token: str, records: list[dict[str, object]]) -> None:
     assert r.status_code == 200, r.text
 
 
-def _wait(check: object, what: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+def _wait(check: Callable[[], object], what: str, deadline: float = 20.0) -> None:
+    wait_until(check, what, deadline=deadline)
 
 
 def _findings(base: str, rule: str) -> list[dict[str, object]]:

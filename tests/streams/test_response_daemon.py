@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import run_vigil
+from tests.conftest import run_vigil, wait_until
 from tests.streams.test_embedded import COMMANDS, Daemon
 from vigil.platform.client import PlatformClient
 from vigil.platform.compute import NodeState
@@ -147,13 +147,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         proc.stop()
 
 
-def _wait(check: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
+def _wait(check: Callable[[], object], what: str, deadline: float = 30.0) -> None:
+    wait_until(check, what, deadline=deadline)
 
 
 def _event(i: str, action: str, **fields: Any) -> dict[str, Any]:
