@@ -60,6 +60,13 @@ class Protected:
     containers: frozenset[str] = frozenset()
     nodes: frozenset[str] = frozenset()
 
+    def covers(self, target_kind: str, target: str) -> bool:
+        """Whether ``target``, a ``key``, ``container`` or ``node``, is one of Vigil's own."""
+        guarded = {"key": self.keys, "container": self.containers, "node": self.nodes}.get(
+            target_kind, frozenset()
+        )
+        return target in guarded
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -133,6 +140,14 @@ class Remediator(ABC):
     reversible: ClassVar[bool] = False
     #: what a target is: ``key``, ``node`` or ``container`` (the fleet for blast-radius percentages)
     target_kind: ClassVar[str]
+
+    def refuse_protected(self, ctx: Context, target: str) -> None:
+        """RemediationError ``protected: ...`` when ``target`` is one of Vigil's own resources (checked in
+        ``check`` and again before every step, so a stored plan cannot act on a newly protected target)."""
+        if ctx.protected.covers(self.target_kind, target):
+            raise RemediationError(
+                f"protected: {self.name} refuses to touch Vigil's own {self.target_kind} {target!r}"
+            )
 
     def params(self, raw: dict[str, Any]) -> BaseModel:
         """The validated parameters (pydantic ValidationError on a bad or unknown key)."""

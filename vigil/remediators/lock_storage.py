@@ -55,7 +55,7 @@ class LockStorage(Remediator):
         return sorted(c.name for c in await ctx.storage.list_containers(ctx.principal))
 
     async def check(self, ctx: Context, target: str, params: BaseModel) -> dict[str, Any]:
-        _refuse_protected(ctx, target)
+        self.refuse_protected(ctx, target)
         return _state(await _container(ctx, target))
 
     def plan(self, target: str, params: BaseModel, state: dict[str, Any]) -> Plan:
@@ -70,7 +70,7 @@ class LockStorage(Remediator):
         return Plan(self.name, target, p.model_dump(mode="json"), tuple(steps), before, noop=not steps)
 
     async def apply_step(self, ctx: Context, plan: Plan, index: int) -> dict[str, Any]:
-        _refuse_protected(ctx, plan.target)
+        self.refuse_protected(ctx, plan.target)
         if not 0 <= index < len(plan.steps):
             raise RemediationError(f"lock_storage: the plan has no step {index}")
         step = plan.steps[index]
@@ -132,8 +132,3 @@ def _params(params: BaseModel) -> LockStorageParams:
     if isinstance(params, LockStorageParams):
         return params
     return LockStorageParams.model_validate(params.model_dump())
-
-
-def _refuse_protected(ctx: Context, target: str) -> None:
-    if target in ctx.protected.containers:
-        raise RemediationError(f"protected: lock_storage refuses to lock Vigil's own container {target!r}")

@@ -60,7 +60,7 @@ class QuarantineVm(Remediator):
         return sorted(node.id for node in await ctx.compute.list_nodes(ctx.principal))
 
     async def check(self, ctx: Context, target: str, params: BaseModel) -> dict[str, Any]:
-        _refuse_protected(ctx, target)
+        self.refuse_protected(ctx, target)
         return _state(await _node(ctx, target))
 
     def plan(self, target: str, params: BaseModel, state: dict[str, Any]) -> Plan:
@@ -90,7 +90,7 @@ class QuarantineVm(Remediator):
         return Plan(self.name, target, raw, steps, dict(state))
 
     async def apply_step(self, ctx: Context, plan: Plan, index: int) -> dict[str, Any]:
-        _refuse_protected(ctx, plan.target)
+        self.refuse_protected(ctx, plan.target)
         if not 0 <= index < len(plan.steps):
             raise RemediationError(f"quarantine_vm: the plan has no step {index}")
         step = plan.steps[index]
@@ -145,8 +145,3 @@ def _params(params: BaseModel) -> QuarantineVmParams:
     if isinstance(params, QuarantineVmParams):
         return params
     return QuarantineVmParams.model_validate(params.model_dump())
-
-
-def _refuse_protected(ctx: Context, target: str) -> None:
-    if target in ctx.protected.nodes:
-        raise RemediationError(f"protected: quarantine_vm refuses to quarantine Vigil's own node {target!r}")

@@ -81,7 +81,7 @@ class RevokeRelease(Remediator):
         return sorted(key.name for key in await ctx.vault.list_keys(ctx.principal))
 
     async def check(self, ctx: Context, target: str, params: BaseModel) -> dict[str, Any]:
-        _refuse_protected(ctx, target)
+        self.refuse_protected(ctx, target)
         info = await _key(ctx, target)
         if info.deleted is not None:
             raise RemediationError(f"revoke_release: key {target!r} is deleted")
@@ -104,7 +104,7 @@ class RevokeRelease(Remediator):
         return Plan(self.name, target, raw, (step,), before)
 
     async def apply_step(self, ctx: Context, plan: Plan, index: int) -> dict[str, Any]:
-        _refuse_protected(ctx, plan.target)
+        self.refuse_protected(ctx, plan.target)
         if not 0 <= index < len(plan.steps) or plan.steps[index].name != "set_release_policy":
             raise RemediationError(f"revoke_release: the plan has no step {index}")
         data = plan.steps[index].data
@@ -178,8 +178,3 @@ def _params(params: BaseModel) -> RevokeReleaseParams:
     if isinstance(params, RevokeReleaseParams):
         return params
     return RevokeReleaseParams.model_validate(params.model_dump())
-
-
-def _refuse_protected(ctx: Context, target: str) -> None:
-    if target in ctx.protected.keys:
-        raise RemediationError(f"protected: revoke_release refuses to change Vigil's own key {target!r}")

@@ -69,7 +69,7 @@ class RotateKey(Remediator):
         return sorted(key.name for key in await ctx.vault.list_keys(ctx.principal))
 
     async def check(self, ctx: Context, target: str, params: BaseModel) -> dict[str, Any]:
-        _refuse_protected(ctx, target)
+        self.refuse_protected(ctx, target)
         try:
             info = await ctx.vault.get_key(ctx.principal, target)
         except NotFoundError:
@@ -113,7 +113,7 @@ class RotateKey(Remediator):
         return Plan(self.name, target, p.model_dump(mode="json"), tuple(steps), before)
 
     async def apply_step(self, ctx: Context, plan: Plan, index: int) -> dict[str, Any]:
-        _refuse_protected(ctx, plan.target)
+        self.refuse_protected(ctx, plan.target)
         if not 0 <= index < len(plan.steps):
             raise RemediationError(f"rotate_key: the plan has no step {index}")
         step = plan.steps[index]
@@ -196,8 +196,3 @@ def _params(params: BaseModel) -> RotateKeyParams:
     if isinstance(params, RotateKeyParams):
         return params
     return RotateKeyParams.model_validate(params.model_dump())
-
-
-def _refuse_protected(ctx: Context, target: str) -> None:
-    if target in ctx.protected.keys:
-        raise RemediationError(f"protected: rotate_key refuses to rotate Vigil's own key {target!r}")

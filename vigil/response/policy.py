@@ -42,10 +42,8 @@ from vigil.sections import ResponseSettings
 
 Outcome = Literal["run", "approval", "dry_run", "refused"]
 
+
 #: which protected set guards which target kind
-_PROTECTED_KIND = {"key": "keys", "container": "containers", "node": "nodes"}
-
-
 @dataclass(frozen=True, slots=True)
 class Proposal:
     """One finding's request that ``action`` be applied to ``target`` (already resolved from its template).
@@ -94,9 +92,7 @@ def protection(
 
 def protected_reason(target: str, target_kind: str, protected: Protected) -> str | None:
     """``protected: ...`` when ``target`` is one of Vigil's own resources of that kind, else None."""
-    attr = _PROTECTED_KIND.get(target_kind)
-    guarded: frozenset[str] = getattr(protected, attr) if attr else frozenset()
-    if target in guarded:
+    if protected.covers(target_kind, target):
         return f"protected: {target_kind} {target} is one of Vigil's own resources"
     return None
 
