@@ -36,6 +36,7 @@ from vigil.alerts.model import Alert, AlertKind, dedup_key
 from vigil.alerts.router import Router, finding_alert, incident_alert, notice_alert
 from vigil.alerts.worker import AlertDispatcher
 from vigil.rules.model import RuleSet
+from vigil.store.sidecar import read_only
 from vigil.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,7 @@ class AlertStage:
         self.store = event_store
         self.rules = rules
         self.base_url = base_url
-        self._db = sqlite3.connect(f"file:{event_store.path}?mode=ro", uri=True, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = read_only(event_store.path)
         self.cursor = self._start(FINDINGS, "SELECT coalesce(max(rowid), 0) FROM findings")
         self.action_cursor = self._start(ACTIONS, "SELECT coalesce(max(seq), 0) FROM action_log")
         self.sent = 0

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from vigil.events.model import Event, event_from_mapping
 from vigil.response.engine import ResponseEngine
 from vigil.response.policy import Proposal
 from vigil.rules.model import RemediateAction, Rule, RuleSet
+from vigil.store.sidecar import read_only
 from vigil.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,7 @@ class ResponseStage:
         self.rules = rules
         self.batch_window = batch_window
         self._clock = clock
-        uri = event_store.path.resolve().as_uri() + "?mode=ro"  # as_uri escapes '?' and '#' in names
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = read_only(event_store.path)
         saved = event_store.offset(OFFSET)
         if saved is None:
             start = 0 if from_start else self._max_rowid()

@@ -89,3 +89,12 @@ class SidecarTables:
                 return self._db.execute(sql, tuple(args)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {self.WHAT} read failed: {exc}") from exc
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store at ``path`` for a stage that follows its tables (findings,
+    actions) after a cursor of its own; it waits for the writer rather than failing while one commits."""
+    uri = path.resolve().as_uri() + "?mode=ro"  # as_uri escapes '?' and '#' in file names
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
