@@ -18,10 +18,9 @@ from vigil.platform.local.envelope import (
     Encryptor,
     ObjectIdentity,
     new_data_key,
-    read_file,
     sealed_size,
-    write_file,
 )
+from vigil.platform.local.sealed_files import read_file, read_file_into, write_file
 
 C = MIN_CHUNK
 IDENT = ObjectIdentity("data", "shards/0001", "a" * 32)
@@ -219,3 +218,58 @@ def test_files_round_trip_and_leave_nothing_on_failure(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("size", [0, 1, C, 3 * C + 10, 4 * C])
+def test_whole_object_read_matches_the_stream(tmp_path: Path, size: int) -> None:
+    """read_file_into (one hop, decrypted in place) gives what the chunk stream gives; a wrong size in the
+    metadata and every kind of damage are IntegrityErrors naming the same chunk as the stream does."""
+    key, data = new_data_key(), os.urandom(size)
+    path = tmp_path / "obj"
+    asyncio.run(write_file(path, Encryptor(key, IDENT, chunk_size=C), data))
+    out = bytearray()
+    read_file_into(path, Decryptor(key, IDENT), size, out)
+    assert out == data
+    reused = bytearray(b"x" * (size + 100))  # a longer buffer keeps its tail
+    read_file_into(path, Decryptor(key, IDENT), size, reused)
+    assert reused[:size] == data and reused[size:] == b"x" * 100
+    for wrong in (size + 1, max(0, size - 1)):
+        if wrong != size:
+            with pytest.raises(IntegrityError, match="metadata says"):
+                read_file_into(path, Decryptor(key, IDENT), wrong, bytearray())
+    with pytest.raises(IntegrityError, match="missing"):
+        read_file_into(tmp_path / "absent", Decryptor(key, IDENT), size, bytearray())
+
+
+@pytest.mark.parametrize(
+    ("how", "chunk"),
+    [
+        ("byte", "chunk 1 "),
+        ("swap", "chunk 1 "),
+        ("drop_final", "chunk 3 "),
+        ("append", "chunk 3 "),
+        ("cut", "chunk 3 "),
+        ("extra_bytes", "chunk 3 "),
+    ],
+)
+def test_whole_object_read_detects_damage(tmp_path: Path, how: str, chunk: str) -> None:
+    key, data = new_data_key(), os.urandom(3 * C + 10)
+    sealed = seal(key, data)
+    header = len(Encryptor(key, IDENT, chunk_size=C).header)
+    path = tmp_path / "obj"
+    path.write_bytes(damage(sealed, header, how))
+    with pytest.raises(IntegrityError, match=chunk):
+        read_file_into(path, Decryptor(key, IDENT), len(data), bytearray())
+
+
+def test_update_into_refuses_an_output_too_small_only_after_authenticating() -> None:
+    key = new_data_key()
+    sealed = seal(key, os.urandom(2 * C + 1))
+    out = bytearray(C)
+    dec = Decryptor(key, IDENT)
+    with pytest.raises(ValueError, match="too small"):
+        dec.update_into(sealed, memoryview(out))
+    raw = bytearray(sealed)
+    raw[-(C + 1 + 2 * TAG_SIZE)] ^= 1  # inside chunk 1, the one that does not fit
+    with pytest.raises(IntegrityError, match="chunk 1 "):
+        Decryptor(key, IDENT).update_into(bytes(raw), memoryview(bytearray(C)))

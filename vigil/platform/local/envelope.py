@@ -31,29 +31,21 @@ without copying, except a chunk split across two fed blocks. Views returned poin
 buffers and are valid until the next call on the same object (:meth:`Decryptor.update_bytes` returns
 chunks to keep instead). ``bench/storage.py`` measures this against raw AES-GCM of the same chunks.
 
-:func:`write_file` and :func:`read_file` stream an envelope to and from a data file, the crypto in a worker
-thread several chunks per hop (:data:`BATCH_BYTES`), so the hand-off costs little and the event loop is
-never blocked for a whole object. cryptography holds the GIL during each AES call, so while a transfer
-runs the loop still waits for the GIL up to the interpreter's switch interval (5 ms by default) per wake-up;
-``bench/storage.py`` reports the longest stall it sees.
+Reading and writing envelopes to data files, off the event loop, is :mod:`.sealed_files`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
 import os
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Final, TypeAlias
+from typing import Final, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vigil.fsutil import fsync_dir
 from vigil.platform.errors import IntegrityError
 
 MAGIC: Final = b"VGLE"
@@ -67,6 +59,8 @@ DEFAULT_CHUNK: Final = 1024 * 1024
 BATCH_BYTES: Final = 8 * 1024 * 1024
 
 _FIXED: Final = struct.Struct(">4sBHI4s")  # magic, version, header length, chunk size, nonce prefix
+#: the bytes of a header that give its whole length (:func:`header_length`)
+FIXED_HEADER: Final = _FIXED.size
 _LEN: Final = struct.Struct(">H")
 
 #: what update() accepts: any contiguous bytes-like object
@@ -99,6 +93,11 @@ def encode_header(identity: ObjectIdentity, chunk_size: int, prefix: bytes) -> b
     """The header bytes for an object (see module docstring)."""
     ident = identity.encode()
     return _FIXED.pack(MAGIC, VERSION, _FIXED.size + len(ident), chunk_size, prefix) + ident
+
+
+def header_length(fixed: bytes) -> int:
+    """The whole header's length, from its first :data:`FIXED_HEADER` bytes (checked when opened)."""
+    return int(_FIXED.unpack(fixed[:FIXED_HEADER])[2])
 
 
 def sealed_size(size: int, chunk_size: int, header_size: int) -> int:
@@ -295,6 +294,27 @@ class Decryptor(_Cipher):
         self.size += len(views) * chunk
         return views
 
+    def update_into(self, data: Buffer, out: memoryview) -> int:
+        """As :meth:`update`, but the completed chunks are decrypted straight into ``out``, one after another
+        from its start; returns the bytes written. For a reader that wants the whole object in one buffer:
+        no copy after the decryption. A chunk that does not fit is still authenticated first (so damage is
+        reported as such), then ValueError."""
+        src = self._feed(data)
+        if src is None:
+            return 0
+        chunk = self.chunk_size
+        written = 0
+        for sealed in self._units.split(src):
+            if written + chunk > len(out):
+                if len(self._out) < chunk:
+                    self._out = bytearray(chunk)
+                self._open(sealed, False, memoryview(self._out)[:chunk])
+                raise ValueError("the output buffer is too small for the completed chunks")
+            self._open(sealed, False, out[written : written + chunk])
+            written += chunk
+        self.size += written
+        return written
+
     def update_bytes(self, data: Buffer) -> list[bytes]:
         """As :meth:`update`, but each chunk is fresh ``bytes`` the caller may keep (for consumers that hold
         chunks, such as a stream handed to another task: no copy out of a shared buffer)."""
@@ -315,84 +335,3 @@ class Decryptor(_Cipher):
         plain = self._open(self._units.rest(), True)
         self.size += len(plain)
         return plain
-
-
-# -- files -----------------------------------------------------------------------------------------------
-
-
-def _seal_blocks(out: IO[bytes], enc: Encryptor, blocks: Iterable[Buffer], install: Path | None) -> None:
-    """Seal ``blocks`` into ``out``; with ``install``, also the final chunk, fsync, close, rename to it."""
-    for block in blocks:
-        out.write(enc.update(block))
-    if install is not None:
-        out.write(enc.finish())
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        os.replace(out.name, install)
-        fsync_dir(install.parent)
-
-
-async def write_file(path: Path, enc: Encryptor, data: Buffer | AsyncIterator[bytes]) -> None:
-    """Seal ``data`` into ``path`` durably: a temporary file beside it, fsynced, renamed, directory fsynced;
-    nothing is left at the temporary path on failure. A stream's blocks are gathered on the loop until they
-    add up to :data:`BATCH_BYTES`, then sealed and written in a worker thread."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        with temp.open("wb") as out:
-            out.write(enc.header)
-            if isinstance(data, bytes | bytearray | memoryview):
-                view = memoryview(data)
-                parts = [view[i : i + BATCH_BYTES] for i in range(0, len(view), BATCH_BYTES)]
-                await asyncio.to_thread(_seal_blocks, out, enc, parts, path)
-            else:
-                blocks: list[bytes] = []
-                async for block in data:
-                    blocks.append(block)
-                    if sum(map(len, blocks)) >= BATCH_BYTES:
-                        await asyncio.to_thread(_seal_blocks, out, enc, blocks, None)
-                        blocks = []
-                await asyncio.to_thread(_seal_blocks, out, enc, blocks, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def _open_batch(src: io.FileIO, dec: Decryptor, buf: bytearray, last: bool, size: int) -> list[bytes]:
-    n = src.readinto(buf) or 0
-    chunks = dec.update_bytes(memoryview(buf)[:n])
-    if last:
-        final = dec.finish()
-        chunks += [final] if final else []
-        if dec.size != size:
-            raise IntegrityError(f"object {dec.identity.label}: {dec.size} bytes, its metadata says {size}")
-    elif n < len(buf):
-        raise IntegrityError(f"object {dec.identity.label}: the data file shrank while it was read")
-    return chunks
-
-
-async def read_file(path: Path, dec: Decryptor, size: int) -> AsyncIterator[bytes]:
-    """Stream the plaintext of ``path``'s envelope chunk by chunk, each authenticated first (``size``: the
-    plaintext size the caller's metadata records); chunks are fresh ``bytes`` the consumer may keep. The
-    file is opened at the first step, so a reader keeps the version it started with even if the object is
-    replaced meanwhile."""
-    try:
-        src = path.open("rb", buffering=0)
-    except FileNotFoundError:
-        raise IntegrityError(f"object {dec.identity.label}: the data file is missing") from None
-    with src:
-        left = os.fstat(src.fileno()).st_size
-        head = src.read(_FIXED.size)  # the header alone, so that every batch is whole records
-        if len(head) == _FIXED.size:
-            head += src.read(max(0, _FIXED.unpack(head)[2] - _FIXED.size))
-        dec.update(head)
-        left -= len(head)
-        records = max(1, BATCH_BYTES // dec.chunk_size) if dec.chunk_size else 1
-        buf = bytearray(max(1, min(left, records * (dec.chunk_size + TAG_SIZE))))
-        while True:
-            last = left <= len(buf)
-            for chunk in await asyncio.to_thread(_open_batch, src, dec, buf, last, size):
-                yield chunk
-            if last:
-                return
-            left -= len(buf)

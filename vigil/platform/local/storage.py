@@ -25,10 +25,10 @@ Events: every mutating operation awaits the observer *before* its commit (an exc
 row and no data file); a denial (forbidden or locked) is recorded with ``outcome="denied"`` on a best-effort
 basis, because refused access is what Vigil watches for.
 
-Concurrency: crypto and file I/O run in a worker thread, 8 MiB per hop (:func:`.envelope.write_file`,
-:func:`.envelope.read_file`). Metadata statements are short and run on the loop's thread, which owns the
-connection; an asyncio lock makes check, record and commit of each change atomic against other coroutines
-(one process per ``root``).
+Concurrency: crypto and file I/O run in worker threads (:mod:`.sealed_files`; 8 MiB per hop, or a whole
+object in one with :meth:`LocalStorage.read_into`). Metadata statements are short and run on the loop's
+thread, which owns the connection; an asyncio lock makes check, record and commit of each change atomic
+against other coroutines. Other processes may read (a loader's workers); one process changes a ``root``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ from vigil.platform.errors import (
 from vigil.platform.events import NullObserver, PlatformEvent, PlatformObserver
 from vigil.platform.keyvault import KeyVault, WrappedKey
 from vigil.platform.local import envelope
-from vigil.platform.local.envelope import Decryptor, Encryptor, ObjectIdentity, read_file, write_file
+from vigil.platform.local.envelope import Decryptor, Encryptor, ObjectIdentity
+from vigil.platform.local.sealed_files import read_file, read_file_into, remove_orphans, write_file
 from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
 
 log = logging.getLogger(__name__)
@@ -129,20 +130,7 @@ class LocalStorage:
         """Remove data files without a row (a put or delete cut short by a crash); warn of the reverse."""
         known = {f"{c}/{o}" for c, o in self._db.execute("SELECT container, object_id FROM objects")}
         containers = {name for (name,) in self._db.execute("SELECT name FROM containers")}
-        removed = 0
-        for file in self._objects.glob("*/*"):
-            key = f"{file.parent.name}/{file.name}"
-            if key not in known:
-                file.unlink()
-                removed += 1
-            known.discard(key)
-        for folder in self._objects.iterdir():
-            if folder.name not in containers:
-                shutil.rmtree(folder, ignore_errors=True)
-        if removed:
-            log.info("storage %s: removed %d orphan data files", self.root, removed)
-        if known:
-            log.warning("storage %s: %d objects have no data file (reads will fail)", self.root, len(known))
+        remove_orphans(self._objects, known, containers)
 
     # -- rights ------------------------------------------------------------------------------------------
 
@@ -342,18 +330,32 @@ class LocalStorage:
             (folder / old[7]).unlink(missing_ok=True)
         return ObjectInfo(container, name, enc.size, self._chunk_size, wrapped.version, created, meta)
 
-    async def get(self, principal: str, container: str, name: str) -> AsyncIterator[bytes]:
-        """Stream the object; rights, lock and data key are checked before the first chunk."""
+    async def _open(self, principal: str, container: str, name: str) -> tuple[Path, Decryptor, int]:
+        """Rights, lock and data key checked: the object's data file, its decryptor and its size."""
         await self._allow(principal, "get", f"{container}/{name}", container, StorageOp.READ)
         row = self._object(container, name)
         identity = ObjectIdentity(container, name, row[7])
         data_key = await self._data_key(self._container(container)[1], identity.label, row[8])
-        path, dec = self._objects / container / row[7], Decryptor(data_key, identity)
-        async for chunk in read_file(path, dec, row[2]):
+        return self._objects / container / row[7], Decryptor(data_key, identity), row[2]
+
+    async def get(self, principal: str, container: str, name: str) -> AsyncIterator[bytes]:
+        """Stream the object; rights, lock and data key are checked before the first chunk."""
+        path, dec, size = await self._open(principal, container, name)
+        async for chunk in read_file(path, dec, size):
             yield chunk
 
+    async def read_into(self, principal: str, container: str, name: str, out: bytearray | memoryview) -> int:
+        """Decrypt the whole object into ``out`` (a bytearray grows when shorter) in one worker-thread hop;
+        returns its size. The fast path for a reader that wants all of it and reuses its buffers, such as a
+        training loader's worker processes (``bench/training.py``)."""
+        path, dec, size = await self._open(principal, container, name)
+        await asyncio.to_thread(read_file_into, path, dec, size, out)
+        return size
+
     async def read(self, principal: str, container: str, name: str) -> bytes:
-        return b"".join([chunk async for chunk in self.get(principal, container, name)])
+        out = bytearray()
+        size = await self.read_into(principal, container, name, out)
+        return bytes(memoryview(out)[:size])
 
     async def head(self, principal: str, container: str, name: str) -> ObjectInfo:
         await self._allow(principal, "head", f"{container}/{name}", container, StorageOp.READ)
