@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Vigil needs Python >= 3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev,training]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev,training,azure,kafka]'
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install Vigil with its dev and training extras
+setup: $(STAMP)  ## create .venv and install Vigil with its dev, training, azure and kafka extras
 
 run: $(STAMP)  ## start the daemon on the embedded default profile (config/local.yaml)
 	$(BIN)/vigil run --config $(CONFIG)
