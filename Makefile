@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP_FLAGS ?= --disable-pip-version-check -q
 PYTEST_ARGS ?=
 CONFIG ?= config/local.yaml
+NODES  ?= 2
 
 .PHONY: help setup run test test-all lint bench clean
 
@@ -21,8 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv and install Vigil with its dev, training, azure and kafka extras
 
-run: $(STAMP)  ## start the daemon on the embedded default profile (config/local.yaml)
-	$(BIN)/vigil run --config $(CONFIG)
+run: $(STAMP)  ## start the daemon on the embedded default profile (config/local.yaml) with NODES training nodes
+	VIGIL_NODES__LOCAL=$(NODES) $(BIN)/vigil run --config $(CONFIG)
 
 test: $(STAMP)  ## run the default test suite (slow fault/soak tests excluded)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_node_parsers(sub)
 
+    from vigil.training_node.demo import add_parsers as add_demo_parsers
+
+    add_demo_parsers(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -139,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vigil.training_node.commands import run as run_node
 
             return run_node(args)
+        if args.command == "demo":
+            from vigil.training_node.demo import run as run_demo
+
+            return run_demo(args)
         if args.command == "alerts":
             from vigil.alerts.commands import run as run_alerts
 
@@ -173,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
     from vigil.streams.embedded import serve
 
     settings = load_settings(args.config)
-    return serve(settings)
+    return serve(settings, args.config)
 
 
 def _normalize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

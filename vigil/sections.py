@@ -21,6 +21,12 @@ def _duration(value: str) -> str:
 
 DurationText = Annotated[str, AfterValidator(_duration)]
 
+#: the launch measurement of the local training nodes' image (their software TEE reports it): allowed by
+#: default so the embedded platform's own nodes attest; rules/lists.yaml lists it too
+LOCAL_NODE_MEASUREMENT: Final = (
+    "3c9e7a15f2d84b60a9c1e3f5b7d9021468ace0f2b4d6089a1c3e5f7b9d0f2a4c6e8a0c2e4f6b8d0a2c4e6f8a0b2c4d6e"
+)
+
 #: stands for the data directory at the start of a path setting
 DATA_DIR_TOKEN: Final = "{data_dir}"
 
@@ -175,7 +181,8 @@ class PlatformSettings(Section):
         description="issuer (iss) of the local attestation service's tokens, trusted by the key vault",
     )
     allowed_measurements: list[str] = Field(
-        default_factory=list, description="launch measurements (96 hex) the attestation service accepts"
+        default_factory=lambda: [LOCAL_NODE_MEASUREMENT],
+        description="launch measurements (96 hex) the attestation service accepts",
     )
     min_tcb: dict[Literal["bootloader", "tee", "snp", "microcode"], int] = Field(
         default_factory=dict, description="minimum TCB component versions, e.g. {snp: 22, microcode: 213}"
@@ -287,3 +294,17 @@ class AlertSettings(Section):
     )
     retry_horizon: DurationText = Field(default="24h", description="after this, an undelivered alert is dead")
     base_url: str = Field(default="", description="Vigil's URL in alert links (default: the daemon's own)")
+
+
+class NodesSettings(Section):
+    """Local training nodes the daemon starts beside itself: the embedded platform's attested training."""
+
+    local: int = Field(
+        default=0, ge=0, le=16, description="training nodes to start (node-1 ... node-N); 0: none"
+    )
+    epochs: int = Field(default=60, ge=1, description="epochs of each training run")
+    restart_after: DurationText = Field(
+        default="30s", description="pause between a node's runs; a quarantined node is not restarted"
+    )
+    container: str = Field(default="training", min_length=3, description="the data set's container")
+    key: str = Field(default="data-key", min_length=1, description="the data key the nodes are released")

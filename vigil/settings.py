@@ -40,6 +40,7 @@ from vigil.sections import (
     EventGridAuth,
     HttpSettings,
     IngestSettings,
+    NodesSettings,
     OutputSettings,
     PlatformSettings,
     ResponseSettings,
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     response: ResponseSettings = Field(default_factory=ResponseSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    nodes: NodesSettings = Field(default_factory=NodesSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -336,6 +338,7 @@ __all__ = [
     "EventGridAuth",
     "HttpSettings",
     "IngestSettings",
+    "NodesSettings",
     "OutputSettings",
     "PlatformSettings",
     "ResponseSettings",

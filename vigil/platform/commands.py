@@ -59,11 +59,7 @@ def add_parsers(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="settings profile (default: config/local.yaml)")
-    p.add_argument("--url", help="platform API base URL (default: the daemon's http.host and http.port)")
-    p.add_argument("--token-file", metavar="FILE", help="act with this principal's token (default: operator)")
-    p.add_argument("--principal", default=SERVICE, help="the principal the token belongs to (default: vigil)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p, SERVICE, False)
     areas = p.add_subparsers(dest="area", metavar="AREA", required=True)
     _keys(areas.add_parser("keys", help="key vault: create, rotate, disable, release policy, grants"))
     _storage(areas.add_parser("storage", help="secure storage: containers, objects, locks, access"))
@@ -73,6 +69,42 @@ def add_parsers(sub: Any) -> None:
     ps.add_parser("list", help="principals that have a token")
     ps.add_parser("add", help="issue a token (replacing the old one) and print it once").add_argument("name")
     ps.add_parser("revoke", help="remove a principal's token").add_argument("name")
+    for area in areas.choices.values():  # the options also work after the command: `nodes list --config X`
+        for action in area._subparsers._group_actions if area._subparsers else ():
+            for leaf in getattr(action, "choices", {}).values():
+                _common(leaf, argparse.SUPPRESS, argparse.SUPPRESS)
+
+
+def _common(p: argparse.ArgumentParser, principal: str, json_default: object) -> None:
+    """The options every ``vigil platform`` command takes; on the leaves with SUPPRESS defaults, so a value
+    given before the command is not overwritten by the leaf's default (and not where a leaf has its own)."""
+    default = argparse.SUPPRESS if principal == argparse.SUPPRESS else None
+    options: list[tuple[str, dict[str, Any]]] = [
+        (
+            "--config",
+            {"metavar": "FILE", "default": default, "help": "settings profile (default: config/local.yaml)"},
+        ),
+        ("--url", {"default": default, "help": "platform API base URL (default: the running daemon's)"}),
+        (
+            "--token-file",
+            {
+                "metavar": "FILE",
+                "default": default,
+                "help": "act with this principal's token (default: operator)",
+            },
+        ),
+        (
+            "--principal",
+            {"default": principal, "help": "the principal the token belongs to (default: vigil)"},
+        ),
+        (
+            "--json",
+            {"action": "store_true", "default": json_default, "help": "print JSON instead of a table"},
+        ),
+    ]
+    for flag, kwargs in options:
+        if flag not in p._option_string_actions:
+            p.add_argument(flag, **kwargs)
 
 
 def _keys(p: argparse.ArgumentParser) -> None:

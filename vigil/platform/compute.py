@@ -10,9 +10,12 @@ returns the node to ``pending`` (it must attest again before it gets keys).
 
 Allowed transitions (anything else is :class:`~vigil.platform.errors.ConflictError`)::
 
-    pending ──attest──▶ attested ──run──▶ running ──stop──▶ stopped
-       ▲                    │                │
-       └──── release ◀── quarantined ◀───────┘  (quarantine from pending, attested or running)
+    pending ──attest──▶ attested ──run──▶ running ──stop──▶ stopped ──attest──▶ attested (its next run)
+       ▲                    │                │                 │
+       └──── release ◀── quarantined ◀───────┴─────────────────┘  (quarantine from any state)
+
+A stopped node is quarantined too: it can attest and run again, so what a quarantine cuts (key release,
+storage access) matters as much between runs as during one.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     ),
     NodeState.RUNNING: frozenset({NodeState.QUARANTINED, NodeState.STOPPED}),
     NodeState.QUARANTINED: frozenset({NodeState.PENDING}),
-    NodeState.STOPPED: frozenset({NodeState.PENDING}),
+    NodeState.STOPPED: frozenset({NodeState.PENDING, NodeState.ATTESTED, NodeState.QUARANTINED}),
 }
 
 

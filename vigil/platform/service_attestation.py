@@ -66,9 +66,9 @@ def add_attestation_routes(
         token = await service().attest(bundle, body.nonce, public_key, node_id=body.node_id)
         if on_attested is not None:  # the key its telemetry must be signed with from now on
             on_attested(body.node_id, public_key)
-        with contextlib.suppress(NotFoundError, ConflictError):  # unregistered, or not pending: token only
+        with contextlib.suppress(NotFoundError, ConflictError):  # unregistered, or busy: token only
             node = await compute.get_node(SERVICE, body.node_id)
-            if node.state is NodeState.PENDING:
+            if node.state in (NodeState.PENDING, NodeState.STOPPED):  # stopped: its next run
                 await compute.set_state(SERVICE, body.node_id, NodeState.ATTESTED)
         return {"token": token}
 

@@ -65,10 +65,6 @@ class QuarantineVm(Remediator):
 
     def plan(self, target: str, params: BaseModel, state: dict[str, Any]) -> Plan:
         p = _params(params)
-        if state["state"] == NodeState.STOPPED:
-            raise RemediationError(
-                f"quarantine_vm: node {target!r} is stopped; there is nothing to quarantine"
-            )
         raw = p.model_dump(mode="json")
         if state["state"] == NodeState.QUARANTINED:
             return Plan(self.name, target, raw, (), dict(state), noop=True)

@@ -52,14 +52,16 @@ from vigil.streams.reload import Reloader
 from vigil.streams.response_run import ResponseRuntime, start_response
 from vigil.streams.tail import FileTail
 from vigil.streams.telemetry_check import TelemetryCheck
+from vigil.training_node.fleet import NodeFleet
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def serve(settings: Settings) -> int:
-    """Run until SIGINT/SIGTERM; return the process exit status (0 after a clean shutdown)."""
+def serve(settings: Settings, profile: str | None = None) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit status (0 after a clean shutdown). ``profile`` is
+    the settings file named on the command line, handed to the training nodes the daemon starts."""
     configure_logging(settings.log_level, settings.log_format)
     ruleset = load_rules([settings.detect.rules])
     if not ruleset.ok:
@@ -133,7 +135,7 @@ def serve(settings: Settings) -> int:
         store.close()
         return 1
     try:
-        return asyncio.run(_main(state, watcher, stage, wake, sock))
+        return asyncio.run(_main(state, watcher, stage, wake, sock, profile))
     finally:
         sock.close()
         with contextlib.suppress(OSError):
@@ -199,7 +201,12 @@ class _Server(uvicorn.Server):
 
 
 async def _main(
-    state: RunState, watcher: DropFolder, stage: DetectStage, wake: _Wake, sock: socket.socket
+    state: RunState,
+    watcher: DropFolder,
+    stage: DetectStage,
+    wake: _Wake,
+    sock: socket.socket,
+    profile: str | None,
 ) -> int:
     settings = state.settings
     assert state.store is not None and state.ruleset is not None
@@ -227,7 +234,8 @@ async def _main(
     state.response = response.engine
     state.response_alerts = response.alerts
     try:
-        return await _serve(state, watcher, stage, wake, sock, runtime, response)
+        fleet = NodeFleet(settings, url_of(sock), profile) if runtime.serve else None
+        return await _serve(state, watcher, stage, wake, sock, runtime, response, fleet)
     finally:
         response.close()
         await alerting.close()
@@ -242,6 +250,7 @@ async def _serve(
     sock: socket.socket,
     runtime: PlatformRuntime,
     response: ResponseRuntime,
+    fleet: NodeFleet | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     settings = state.settings
@@ -295,6 +304,8 @@ async def _serve(
                 settings.ingest.drop_dir,
                 settings.output.events_file,
             )
+        fleet_stop = asyncio.Event()  # the nodes stop first, while the API still takes their telemetry
+        fleet_task = asyncio.create_task(fleet.run(fleet_stop), name="vigil.nodes") if fleet else None
         stop_wait = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait(
             {stop_wait, watcher_task, server_task, stage_task}, return_when=asyncio.FIRST_COMPLETED
@@ -305,6 +316,9 @@ async def _serve(
             names = [n for t, n in ((server_task, "HTTP listener"), (watcher_task, "watcher")) if t in done]
             names += ["detect stage"] if stage_task in done else []
             log.error("%s stopped unexpectedly; shutting down", ", ".join(names))
+        fleet_stop.set()
+        if fleet_task is not None:
+            await fleet_task
         watcher.stop()
         try:
             await watcher_task

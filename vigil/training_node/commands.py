@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from vigil.errors import ConfigError
 
 if TYPE_CHECKING:  # heavy imports (torch, the platform) load only when a command runs
+    from vigil.platform.storage import ObjectInfo
     from vigil.settings import Settings
     from vigil.training_node.node import TrainingNode
 
@@ -101,40 +102,49 @@ def _measurement(args: argparse.Namespace, settings: Settings) -> str:
 
 
 async def _seed(args: argparse.Namespace, settings: Settings, url: str, measurement: str) -> int:
-    from vigil.platform.client import PlatformClient
-    from vigil.platform.errors import AlreadyExistsError
-    from vigil.platform.keyvault import KeyKind, KeyOp
-    from vigil.platform.local.masterkey import write_new_file
     from vigil.platform.local.platform import read_operator_token
-    from vigil.platform.principals import PrincipalTokens
-    from vigil.platform.storage import StorageOp
-    from vigil.training_node import dataset
 
     operator = _read(args.token_file) if args.token_file else read_operator_token(settings.platform.dir)
-    policy = release_policy(settings.platform.attestation_issuer, measurement)
-    async with PlatformClient(url, operator) as client:
-        with contextlib.suppress(AlreadyExistsError):
-            await client.keys.create_key(
-                SERVICE, args.key, KeyKind.AES256, exportable=True, release_policy=policy
-            )
-        info = await dataset.seed(client, SERVICE, args.container, args.key)
-        token_file = node_token_path(settings, args.node_id)
-        if not token_file.exists():
-            token_file.parent.mkdir(parents=True, exist_ok=True)
-            token = PrincipalTokens(settings.platform.dir / "principals.json").issue(args.node_id)
-            write_new_file(token_file, (token + "\n").encode("ascii"))  # 0600, O_EXCL
-        with contextlib.suppress(AlreadyExistsError):
-            await client.compute.register(
-                SERVICE, args.node_id, node_principal=args.node_id, measurement=measurement
-            )
-        await client.keys.grant(SERVICE, args.node_id, args.key, {KeyOp.RELEASE})
-        ops = frozenset({StorageOp.READ, StorageOp.WRITE})
-        await client.storage.set_access(SERVICE, args.container, args.node_id, ops)
+    info, token_file = await seed_node(
+        settings, url, operator, args.node_id, measurement, container=args.container, key=args.key
+    )
     print(
         f"seeded {args.container}/{info.name} ({info.size} bytes) for node {args.node_id}; "
         f"token in {token_file}"
     )
     return 0
+
+
+async def seed_node(
+    settings: Settings, url: str, operator: str, node_id: str, measurement: str, *, container: str, key: str
+) -> tuple[ObjectInfo, Path]:
+    """The operator's set-up for one node (module docstring); returns the data set's object and the node's
+    token file. Safe to repeat."""
+    from vigil.platform.client import PlatformClient
+    from vigil.platform.errors import AlreadyExistsError
+    from vigil.platform.keyvault import KeyKind, KeyOp
+    from vigil.platform.local.masterkey import write_new_file
+    from vigil.platform.principals import PrincipalTokens
+    from vigil.platform.storage import StorageOp
+    from vigil.training_node import dataset
+
+    policy = release_policy(settings.platform.attestation_issuer, measurement)
+    async with PlatformClient(url, operator) as client:
+        with contextlib.suppress(AlreadyExistsError):
+            await client.keys.create_key(SERVICE, key, KeyKind.AES256, exportable=True, release_policy=policy)
+        info = await dataset.seed(client, SERVICE, container, key)
+        token_file = node_token_path(settings, node_id)
+        if not token_file.exists():
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token = PrincipalTokens(settings.platform.dir / "principals.json").issue(node_id)
+            write_new_file(token_file, (token + "\n").encode("ascii"))  # 0600, O_EXCL
+        with contextlib.suppress(AlreadyExistsError):
+            await client.compute.register(SERVICE, node_id, node_principal=node_id, measurement=measurement)
+        await client.keys.grant(SERVICE, node_id, key, {KeyOp.RELEASE})
+        await client.storage.set_access(
+            SERVICE, container, node_id, frozenset({StorageOp.READ, StorageOp.WRITE})
+        )
+    return info, token_file
 
 
 async def _node(args: argparse.Namespace, settings: Settings, url: str, measurement: str) -> int:
@@ -157,6 +167,32 @@ async def _node(args: argparse.Namespace, settings: Settings, url: str, measurem
 
 
 def _make_node(args: argparse.Namespace, settings: Settings, url: str, measurement: str) -> TrainingNode:
+    return make_node(
+        settings,
+        url,
+        args.node_id,
+        measurement,
+        container=args.container,
+        key=args.key,
+        epochs=getattr(args, "epochs", 1),
+        token_file=args.token_file,
+        ingest_token_file=getattr(args, "ingest_token_file", None),
+    )
+
+
+def make_node(
+    settings: Settings,
+    url: str,
+    node_id: str,
+    measurement: str,
+    *,
+    container: str,
+    key: str,
+    epochs: int,
+    token_file: str | None = None,
+    ingest_token_file: str | None = None,
+) -> TrainingNode:
+    """A node on this machine's software TEE, launched with ``measurement`` (module docstring)."""
     from vigil.api.auth import local_token
     from vigil.platform.local.masterkey import MasterKey
     from vigil.training_node.evidence import LaunchConfig, SoftwareTee
@@ -170,17 +206,16 @@ def _make_node(args: argparse.Namespace, settings: Settings, url: str, measureme
     tee = SoftwareTee.load_or_create(
         p.dir / "tee", LaunchConfig(bytes.fromhex(measurement)), key_bits=p.tee_key_bits, master=master
     )
-    token = _read(args.token_file) if args.token_file else _read(node_token_path(settings, args.node_id))
-    ingest_file = getattr(args, "ingest_token_file", None)
-    ingest = _read(ingest_file) if ingest_file else local_token(settings.data_dir)
+    token = _read(token_file) if token_file else _read(node_token_path(settings, node_id))
+    ingest = _read(ingest_token_file) if ingest_token_file else local_token(settings.data_dir)
     return TrainingNode(
         url,
         token,
-        args.node_id,
+        node_id,
         tee,
-        container=args.container,
-        key_name=args.key,
-        epochs=getattr(args, "epochs", 1),
+        container=container,
+        key_name=key,
+        epochs=epochs,
         ingest_url=url,
         ingest_token=ingest,
         measurement=measurement,

@@ -28,11 +28,9 @@ from typing import TYPE_CHECKING, Final
 from vigil.platform.errors import NotFoundError
 from vigil.platform.storage import ObjectInfo
 
-with warnings.catch_warnings():  # torch warns at import when numpy is absent; nothing here uses numpy
-    warnings.filterwarnings("ignore", message=".*NumPy.*")
+if TYPE_CHECKING:
     import torch
 
-if TYPE_CHECKING:
     from vigil.platform.client import PlatformClient
 
 IRIS_CSV: Final = Path(__file__).resolve().parent / "data" / "iris.csv"
@@ -57,6 +55,10 @@ def load(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
 
     ValueError for anything that is not the documented CSV, naming the first bad row.
     """
+    with warnings.catch_warnings():  # torch warns at import when numpy is absent; nothing here uses it
+        warnings.filterwarnings("ignore", message=".*NumPy.*")
+        import torch  # noqa: PLC0415  (seeding, in the daemon, must not pull in torch)
+
     if len(data) > MAX_BYTES:
         raise ValueError(f"data set is {len(data)} bytes, more than {MAX_BYTES}")
     try:

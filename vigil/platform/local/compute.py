@@ -170,8 +170,6 @@ class LocalCompute:
         node = self._load(node_id)
         if node.state == NodeState.QUARANTINED:
             return node  # idempotent: a retried remediation changes nothing
-        if node.state == NodeState.STOPPED:
-            raise ConflictError(f"node {node_id!r} is stopped; there is nothing to quarantine")
         record = {"reason": reason, "evidence": evidence, "at": time.time(), "by": principal,
                   "previous_state": node.state.value}  # fmt: skip
         new = _replace(node, state=NodeState.QUARANTINED, quarantine=record)
