@@ -1,0 +1,1 @@
+"""Tests of the Azure adapters against loopback fakes."""
