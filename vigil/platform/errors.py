@@ -76,8 +76,8 @@ class AttestationError(PlatformError):
     code = "attestation_failed"
 
     def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"attestation failed: {reason}")
+        self.reason = reason.removeprefix("attestation failed: ")  # rebuilt from its message by a client
+        super().__init__(f"attestation failed: {self.reason}")
 
 
 class ReleaseDeniedError(PlatformError):
@@ -86,8 +86,8 @@ class ReleaseDeniedError(PlatformError):
     code = "release_denied"
 
     def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"key release denied: {reason}")
+        self.reason = reason.removeprefix("key release denied: ")  # rebuilt from its message by a client
+        super().__init__(f"key release denied: {self.reason}")
 
 
 #: HTTP status for each error class, used by the platform service and its client
