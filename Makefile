@@ -45,6 +45,7 @@ bench: $(STAMP)  ## run the benchmarks in bench/
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/response.py
 	$(BIN)/python bench/training.py --repeats 2 --epochs 1
+	$(BIN)/python bench/kafka.py --events 2000
 
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_parsers(sub)
 
+    from vigil.streams.kafka_worker import add_parsers as add_worker_parsers
+
+    add_worker_parsers(sub)
+
     norm = sub.add_parser(
         "normalize",
         help="turn source records (Azure logs, Sentinel, Event Grid, attestation, telemetry) into events",
@@ -143,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vigil.training_node.commands import run as run_node
 
             return run_node(args)
+        if args.command == "worker":
+            from vigil.streams.kafka_worker import run_worker
+
+            return run_worker(args)
         if args.command == "demo":
             from vigil.training_node.demo import run as run_demo
 

@@ -49,6 +49,7 @@ from vigil.sections import (
     SourcesSettings,
     StoreSettings,
 )
+from vigil.sections_kafka import KafkaSettings
 from vigil.yamlio import YamlDocument, describe_type, line_of, read_profile
 
 ENV_PREFIX: Final = "VIGIL_"
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     response: ResponseSettings = Field(default_factory=ResponseSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     nodes: NodesSettings = Field(default_factory=NodesSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
