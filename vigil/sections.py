@@ -242,6 +242,10 @@ class ResponseSettings(Section):
     protected_nodes: list[str] = Field(
         default_factory=list, description="nodes no remediation may touch (the one Vigil runs on)"
     )
+    protected_storage_accounts: list[str] = Field(
+        default_factory=list,
+        description="Azure storage accounts no remediation may touch (the one holding Vigil's checkpoints)",
+    )
 
 
 class PagerDutySettings(Section):

@@ -49,6 +49,7 @@ from vigil.sections import (
     SourcesSettings,
     StoreSettings,
 )
+from vigil.sections_azure import AzureSettings
 from vigil.sections_kafka import KafkaSettings
 from vigil.yamlio import YamlDocument, describe_type, line_of, read_profile
 
@@ -57,7 +58,7 @@ ENV_DELIMITER: Final = "__"
 #: variables with the prefix that are not settings (the profile path itself)
 RESERVED_ENV: Final = frozenset({"VIGIL_CONFIG"})
 DEFAULT_PROFILE: Final = Path("config/local.yaml")
-_SECRET_WORDS: Final = ("secret", "token", "password", "passphrase", "key", "webhook")
+_SECRET_WORDS: Final = ("secret", "token", "password", "passphrase", "key", "webhook", "connection_string")
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -91,6 +92,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     nodes: NodesSettings = Field(default_factory=NodesSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -25,7 +25,9 @@ from vigil.sections import LOCAL_NODE_MEASUREMENT
 RULES = Path(__file__).resolve().parents[2] / "rules"
 EPOCHS = 25
 LOSS_BOUND = 0.5
-DONE = re.compile(r"\[(node-\d)\] node node-\d: completed after (\d+) epochs on \w+; last losses .*?([\d.]+); ")
+DONE = re.compile(
+    r"\[(node-\d)\] node node-\d: completed after (\d+) epochs on \w+; last losses .*?([\d.]+); "
+)
 
 
 class Fleet:

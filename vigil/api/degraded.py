@@ -58,6 +58,8 @@ def platform_metrics(state: RunState) -> list[Family]:
         families.append(("vigil_response_alerts_total", "counter", "Response alerts, by kind.", alerts))
     if state.alerting is not None:
         families += _alert_metrics(state.alerting.dispatcher.stats())
+    if state.azure is not None:
+        families += state.azure.metric_families()
     if state.platform is None:
         return families
     status = state.platform.audit.status()

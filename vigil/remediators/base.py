@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -59,13 +59,46 @@ class Protected:
     keys: frozenset[str] = frozenset()
     containers: frozenset[str] = frozenset()
     nodes: frozenset[str] = frozenset()
+    #: Azure storage accounts (the one holding Vigil's checkpoints): a name, ``<group>/<name>`` or an ARM id
+    storage_accounts: frozenset[str] = frozenset()
 
     def covers(self, target_kind: str, target: str) -> bool:
-        """Whether ``target``, a ``key``, ``container`` or ``node``, is one of Vigil's own."""
+        """Whether ``target`` (a ``key``, ``container``, ``node`` or ``storage_account``) is Vigil's own.
+
+        Storage accounts compare by account name, case-insensitively, whichever form the target and the
+        entry take: Azure account names are globally unique and lower case, and a rule's target is
+        usually the ARM id from ``resource.id`` while an operator writes the bare name."""
+        if target_kind == "storage_account":
+            names = {n for n in map(_account_name, self.storage_accounts) if n}
+            return _account_name(target) in names
         guarded = {"key": self.keys, "container": self.containers, "node": self.nodes}.get(
             target_kind, frozenset()
         )
         return target in guarded
+
+
+def _account_name(target: str) -> str:
+    """The storage account named by ``name``, ``<group>/<name>`` or an ARM id (of the account or of one of
+    its sub-resources), lower case; ``""`` for an empty target."""
+    parts = [p for p in target.strip().split("/") if p]
+    for i, part in enumerate(parts[:-1]):
+        if part.lower() == "storageaccounts":
+            return parts[i + 1].lower()
+    return parts[-1].lower() if parts else ""
+
+
+class StorageLockProvider(Protocol):
+    """Lockdown of a cloud storage account (:class:`vigil.platform.azure.storage_lock.AzureStorageLock`),
+    as the ``lock_storage_account`` remediator drives it. A protocol, so this module (and a deployment
+    without the Azure extra) never imports the Azure SDK."""
+
+    async def check(self, target: str) -> dict[str, Any]: ...
+
+    def plan_steps(self, state: dict[str, Any]) -> list[str]: ...
+
+    async def apply_step(self, target: str, step: str, before: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def rollback(self, target: str, before: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +110,8 @@ class Context:
     compute: Compute
     principal: str = "vigil"
     protected: Protected = field(default_factory=Protected)
+    #: the Azure storage-account lockdown, when Vigil is deployed with ARM access (else None)
+    storage_lock: StorageLockProvider | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +169,13 @@ class Remediator(ABC):
     summary: ClassVar[str]
     #: the parameter model (extra keys forbidden)
     Params: ClassVar[type[BaseModel]] = NoParams
-    #: platform permissions the acting principal needs, as ``area:operation`` (``keys:rotate``)
+    #: platform permissions the acting principal needs, as ``area:operation`` (``keys:rotate``; an Azure
+    #: remediator names its RBAC actions as ``azure:<action>``)
     permissions: ClassVar[tuple[str, ...]] = ()
     #: whether :meth:`rollback` exists
     reversible: ClassVar[bool] = False
-    #: what a target is: ``key``, ``node`` or ``container`` (the fleet for blast-radius percentages)
+    #: what a target is: ``key``, ``node``, ``container`` or ``storage_account`` (the fleet for blast-radius
+    #: percentages)
     target_kind: ClassVar[str]
 
     def refuse_protected(self, ctx: Context, target: str) -> None:
@@ -181,5 +218,5 @@ class Remediator(ABC):
 #: every remediator, by name (entry-point group ``vigil.remediators`` for third-party ones)
 remediators: Registry[type[Remediator]] = Registry("vigil.remediators")
 
-for _name in ("rotate_key", "quarantine_vm", "lock_storage", "revoke_release"):
+for _name in ("rotate_key", "quarantine_vm", "lock_storage", "revoke_release", "lock_storage_account"):
     remediators.add(_name, f"vigil.remediators.{_name}:{''.join(p.title() for p in _name.split('_'))}")

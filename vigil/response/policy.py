@@ -87,6 +87,7 @@ def protection(
         keys=base.keys | frozenset(settings.protected_keys) | always_keys,
         containers=base.containers | frozenset(settings.protected_containers),
         nodes=base.nodes | frozenset(settings.protected_nodes),
+        storage_accounts=base.storage_accounts | frozenset(settings.protected_storage_accounts),
     )
 
 

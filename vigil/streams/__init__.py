@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vigil.rules.model import RuleSet
     from vigil.store.sqlite import Store
     from vigil.streams.alert_run import AlertRuntime
+    from vigil.streams.azure_run import AzureRuntime
     from vigil.streams.pipeline import DetectStats
     from vigil.streams.platform_run import PlatformRuntime
     from vigil.streams.reload import Reloader
@@ -116,6 +117,8 @@ class RunState:
     reloader: Reloader | None = None
     #: the local platform, the audit log and the platform feed; None until the runner opened them
     platform: PlatformRuntime | None = None
+    #: the Azure providers and sources (``azure.enabled``); None otherwise
+    azure: AzureRuntime | None = None
     #: the response engine (actions, approvals); None until the runner started it
     response: ResponseEngine | None = None
     #: alerts the response engine raised, by kind (blast_radius, dry_run, approval, failure ...)

@@ -45,6 +45,7 @@ from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
 from vigil.streams.alert_run import start_alerts
+from vigil.streams.azure_run import start_azure
 from vigil.streams.dropfolder import DropFolder, OutputError
 from vigil.streams.pipeline import DetectStage
 from vigil.streams.platform_run import PlatformRuntime, start_platform
@@ -225,9 +226,19 @@ async def _main(
         return 1
     state.alerting = alerting
     try:
-        response = start_response(state, runtime, notice=alerting.stage.notice)
+        azure = await start_azure(settings, state, wake.set_threadsafe)
+    except Exception as exc:  # the SDKs raise their own types for bad settings
+        log.error("cannot start the Azure providers and sources (check the azure settings): %s", exc)
+        await alerting.close()
+        await runtime.close()
+        return 1
+    state.azure = azure
+    try:
+        response = start_response(state, runtime, notice=alerting.stage.notice, azure=azure)
     except (VigilError, OSError) as exc:
         log.error("cannot open the response engine: %s", exc)
+        if azure is not None:
+            await azure.close()
         await alerting.close()
         await runtime.close()
         return 1
@@ -238,6 +249,8 @@ async def _main(
         return await _serve(state, watcher, stage, wake, sock, runtime, response, fleet)
     finally:
         response.close()
+        if azure is not None:
+            await azure.close()
         await alerting.close()
         await runtime.close()
 
@@ -279,6 +292,8 @@ async def _serve(
     assert state.alerting is not None
     alert_task = asyncio.create_task(state.alerting.run(stage_stop), name="vigil.alerts")
     reload_task = asyncio.create_task(reloader.watch(stage_stop), name="vigil.rules-reload")
+    azure = state.azure
+    azure_task = asyncio.create_task(azure.run_sources(stage_stop), name="vigil.azure") if azure else None
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="vigil.http")
     status = 0
     try:
@@ -334,6 +349,8 @@ async def _serve(
                 log.exception("file tail failed")
         stage_stop.set()  # after the watcher: the last file's events are processed, then a snapshot
         try:
+            if azure_task is not None:
+                await azure_task
             await reload_task
             await checkpoint_task
             await response_task

@@ -30,6 +30,7 @@ from vigil.response.stage import ResponseStage
 from vigil.response.store import ActionStore
 from vigil.rules.model import RuleSet
 from vigil.streams import RunState
+from vigil.streams.azure_run import AzureRuntime
 from vigil.streams.platform_run import PlatformRuntime
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,23 @@ class ResponseRuntime:
 
 
 def start_response(
-    state: RunState, runtime: PlatformRuntime, *, notice: Notice | None = None
+    state: RunState,
+    runtime: PlatformRuntime,
+    *,
+    notice: Notice | None = None,
+    azure: AzureRuntime | None = None,
 ) -> ResponseRuntime:
-    """Open the action store beside the event store and build the engine over the local platform."""
+    """Open the action store beside the event store and build the engine over the local platform, or over
+    the Azure providers where ``azure`` has them (:mod:`vigil.streams.azure_run`)."""
     settings = state.settings
     assert state.store is not None
     platform = runtime.platform
     # the remediators check the context's list themselves: it holds the settings' names and the audit keys
     protected = protection(settings.response, Protected(), always_keys=frozenset({SIGNING_KEY, HMAC_KEY}))
-    ctx = Context(platform.vault, platform.storage, platform.compute, "vigil", protected)
+    vault = azure.vault if azure is not None and azure.vault is not None else platform.vault
+    compute = azure.compute if azure is not None and azure.compute is not None else platform.compute
+    lock = azure.storage_lock if azure is not None else None
+    ctx = Context(vault, platform.storage, compute, "vigil", protected, storage_lock=lock)
     store = ActionStore(settings.store.path, synchronous=settings.store.synchronous)
     alerts: Counter[str] = Counter()
 
