@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Monitor and Sentinel webhooks), the drop folder and followed JSONL files, all into a durable store; "
         "every rule of detect.rules over the stored events (findings and incidents exactly once, hot reload "
         "of the rules); the read API (/v1/findings, /v1/incidents, /v1/rules) and /healthz, /readyz, "
-        "/metrics. Send events with the token in {data_dir}/ingest.token; see docs/daemon.md.",
+        "/metrics; the local platform with its attestation service, the response engine and the alert sinks; "
+        "with nodes.local, that many attested training nodes (make run starts two); with azure.enabled, the "
+        "Azure providers and the Event Hubs and Sentinel sources (docs/azure.md). Send events with the token "
+        "in {data_dir}/ingest.token; see docs/daemon.md.",
     )
     run.add_argument(
         "--config",
