@@ -11,8 +11,9 @@ Steps:
 1. ``collect_evidence`` re-reads the node and returns what it finds (state, principal, measurement,
    labels, the last update) with the *snapshot reference* planned for it. The result goes to the audit
    log, which is where evidence is kept. Locally there is no disk to snapshot, so the reference
-   ``local-snapshot:<node>:<updated>`` names the node record as of the plan; on Azure this step takes the
-   disk snapshot under the same deterministic name, so a re-run finds it rather than taking a second one.
+   ``local-snapshot:<node>:<updated>`` names the node record as of the plan. On Azure the OS-disk
+   snapshot is taken inside ``Compute.quarantine`` (step 2), under a deterministic name a re-run finds,
+   and its name is in the quarantined node's ``quarantine["snapshot"]``.
    Collecting before quarantining matters: the quarantine changes the state being recorded.
 2. ``quarantine`` calls :meth:`Compute.quarantine` with the reason and the evidence references (the
    planned ``before``, the snapshot reference and the ``evidence`` parameter: finding, incident, last

@@ -351,3 +351,11 @@ def test_rotate_key_remediator_dry_run_issues_only_gets_then_applies(
     assert len(key.versions) == 3
     assert [v.enabled for v in key.versions] == [False, False, True]
     assert len(fake.requests("rotate")) == 1
+
+
+def test_a_key_is_named_by_its_name_or_its_identifier_uri() -> None:
+    from vigil.platform.azure.keyvault import key_name
+
+    assert key_name("data-key") == "data-key"
+    assert key_name("https://v.vault.azure.net/keys/data-key") == "data-key"
+    assert key_name("https://v.vault.azure.net/keys/data-key/0123abcd") == "data-key"

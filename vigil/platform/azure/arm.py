@@ -116,13 +116,15 @@ class ArmConfig:
 
 _ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<group>[^/]+)/providers/(?P<provider>[^/]+)"
-    r"/(?P<kind>[^/]+)/(?P<name>[^/]+)$",
+    r"/(?P<kind>[^/]+)/(?P<name>[^/]+)(?:/.*)?$",
     re.IGNORECASE,
 )
 
 
 def parse_id(resource_id: str) -> tuple[str, str, str, str, str]:
-    """``(subscription, group, provider, kind, name)`` of a top-level ARM resource id (else InvalidError)."""
+    """``(subscription, group, provider, kind, name)`` of the top-level resource an ARM id names (else
+    InvalidError). A sub-resource's id names its parent: ``.../storageAccounts/acct/blobServices/default``
+    (what storage resource logs carry) is the account ``acct``."""
     match = _ID.match(resource_id.rstrip("/"))
     if match is None:
         raise InvalidError(f"not an ARM resource id: {resource_id!r}")

@@ -144,6 +144,7 @@ class AzureKeyVault:
     # --- reading ------------------------------------------------------------------------------------------
 
     async def get_key(self, principal: str, name: str) -> KeyInfo:
+        name = key_name(name)
         versions = await self._versions(name)
         current = current_version(versions)
         bundle = None
@@ -172,6 +173,7 @@ class AzureKeyVault:
 
     async def get_rotation_policy(self, principal: str, name: str) -> dict[str, Any]:
         """The key's rotation policy in Key Vault's wire form (``lifetimeActions``, ``attributes``)."""
+        name = key_name(name)
         policy = await self._call(
             f"get rotation policy of {name!r}", lambda: self._client.get_key_rotation_policy(name)
         )
@@ -225,6 +227,7 @@ class AzureKeyVault:
         return await self.get_key(principal, name)
 
     async def rotate_key(self, principal: str, name: str) -> KeyVersion:
+        name = key_name(name)
         before = await self._versions(name)
         known = {v.version for v in before}
 
@@ -243,6 +246,7 @@ class AzureKeyVault:
         return new
 
     async def set_version_enabled(self, principal: str, name: str, version: str, enabled: bool) -> KeyVersion:
+        name = key_name(name)
         if not version:
             raise InvalidError("name the version to enable or disable")
         key = await self._call(
@@ -253,6 +257,7 @@ class AzureKeyVault:
         return version_of(name, key.properties)
 
     async def set_release_policy(self, principal: str, name: str, policy: dict[str, Any] | None) -> KeyInfo:
+        name = key_name(name)
         info = await self.get_key(principal, name)
         if info.current is None:
             raise DisabledError(f"key {name!r} has no enabled version to set a release policy on")
@@ -280,6 +285,7 @@ class AzureKeyVault:
         expires_in: str | None = None,
     ) -> dict[str, Any]:
         """Set auto-rotation (ISO 8601 durations, e.g. ``P30D``); ``expires_in`` must be ≥ 28 days (Azure)."""
+        name = key_name(name)
         policy = build_rotation_policy(rotate_after_create, notify_before_expiry, expires_in)
         result = await self._call(
             f"set rotation policy of {name!r}", lambda: self._client.update_key_rotation_policy(name, policy)
@@ -299,6 +305,7 @@ class AzureKeyVault:
     # --- cryptography ---------------------------------------------------------------------------------------
 
     async def wrap(self, principal: str, name: str, data_key: bytes) -> WrappedKey:
+        name = key_name(name)
         if not 16 <= len(data_key) <= 1024 or len(data_key) % 8:
             raise InvalidError("A256KW wraps data keys of 16 to 1024 bytes, a multiple of 8")
         info = await self.get_key(principal, name)
@@ -319,6 +326,7 @@ class AzureKeyVault:
     async def release(
         self, principal: str, name: str, attestation_token: str, recipient_public_key: bytes
     ) -> ReleasedKey:
+        name = key_name(name)
         if self._verifier is not None:
             claims = self._verifier.verify(attestation_token).claims
         else:
@@ -414,3 +422,11 @@ def _checked(policy: dict[str, Any]) -> dict[str, Any]:
 
 def _unsupported(what: str, instead: str) -> InvalidError:
     return InvalidError(f"{what} is not supported by the Azure Key Vault adapter: {instead}")
+
+
+def key_name(target: str) -> str:
+    """A key's name from its name or its identifier URI (``https://VAULT.vault.azure.net/keys/NAME[/VERSION]``,
+    what Key Vault logs carry): the rules' targets may be either."""
+    if target.startswith("https://") and "/keys/" in target:
+        return target.split("/keys/", 1)[1].split("/", 1)[0]
+    return target

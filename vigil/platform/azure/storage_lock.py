@@ -75,7 +75,8 @@ class AzureStorageLock:
         keep_network_rules: bool = False,
     ) -> None:
         self._arm = arm
-        self._protected = frozenset(a.lower() for a in protected_accounts)
+        # by account name, whichever form an entry has (name, <group>/<name>, an ARM id or a sub-resource's)
+        self._protected = frozenset(_account_name(a).lower() for a in protected_accounts)
         self._lock_name = lock_name
         self._revoke_delegation = revoke_user_delegation
         self._keep_rules = keep_network_rules
@@ -258,3 +259,10 @@ class AzureStorageLock:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def _account_name(entry: str) -> str:
+    try:
+        return parse_id(entry)[4]
+    except InvalidError:
+        return entry.rstrip("/").rsplit("/", 1)[-1]
