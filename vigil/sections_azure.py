@@ -146,6 +146,12 @@ class AzureSettings(Section):
     def _check(self) -> AzureSettings:
         if self.enabled and not self.subscription_id:
             raise ValueError("azure.subscription_id is required when azure.enabled is true")
+        eh = self.eventhubs
+        if eh.stall_after < 2 * eh.max_wait_time:
+            raise ValueError(
+                f"azure.eventhubs.stall_after ({eh.stall_after:g} s) must be at least twice max_wait_time "
+                f"({eh.max_wait_time:g} s), or quiet partitions look stalled"
+            )
         if self.eventhubs.hubs and not (
             self.eventhubs.checkpoint_account_url or self.eventhubs.checkpoint_connection_string
         ):

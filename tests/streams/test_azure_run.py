@@ -101,3 +101,5 @@ def test_disabled_builds_nothing_and_bad_settings_are_named(tmp_path: Path) -> N
         load_settings(None, env={"VIGIL_AZURE__ENABLED": "true"})
     with pytest.raises(Exception, match="checkpoint store"):
         _settings(tmp_path, eventhubs__checkpoint_connection_string="")
+    with pytest.raises(Exception, match="at least twice max_wait_time"):
+        _settings(tmp_path, eventhubs__stall_after="15")
