@@ -246,6 +246,9 @@ class ResponseSettings(Section):
         default_factory=list,
         description="Azure storage accounts no remediation may touch (the one holding Vigil's checkpoints)",
     )
+    protected_vaults: list[str] = Field(
+        default_factory=list, description="Azure key vaults lockdown_vault never touches (the one Vigil uses)"
+    )
 
 
 class PagerDutySettings(Section):

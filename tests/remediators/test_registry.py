@@ -17,7 +17,7 @@ def test_every_rule_remediation_has_a_remediator(name: str) -> None:
     assert inspect.isclass(cls) and issubclass(cls, Remediator) and not inspect.isabstract(cls)
     assert cls.name == name
     assert cls.summary and cls.__doc__ and inspect.getmodule(cls).__doc__
-    assert cls.target_kind in {"key", "node", "container", "storage_account"}
+    assert cls.target_kind in {"key", "node", "container", "storage_account", "vault"}
     assert cls.permissions and all(":" in p for p in cls.permissions)
     assert issubclass(cls.Params, BaseModel) and cls.Params.model_config.get("extra") == "forbid"
     cls.Params.model_validate({})  # every parameter has a default: a rule may name the remediation alone

@@ -17,6 +17,7 @@ import pytest
 
 from vigil.platform.azure.compute import AzureCompute
 from vigil.platform.azure.keyvault import AzureKeyVault
+from vigil.platform.azure.keyvault_lockdown import AzureVaultLockdown
 from vigil.platform.azure.storage_lock import AzureStorageLock
 from vigil.settings import load_settings
 from vigil.store.sqlite import Store
@@ -38,6 +39,8 @@ def _settings(tmp_path: Path, **azure: Any) -> Any:
         "subscription_id": SUB,
         "resource_groups": '["rg-train"]',
         "keyvault__vault_url": "https://vigil-test.vault.azure.net",
+        "keyvault__resource_group": "rg-sec",
+        "keyvault__vault_name": "vigil-test",
         "attestation__maa_issuers": '["https://sharedweu.weu.attest.azure.net"]',
         "eventhubs__hubs": '[{"name": "activity", "namespace": "ns.servicebus.windows.net", "eventhub": "insights-activity-logs"}]',
         "eventhubs__checkpoint_connection_string": AZURITE,
@@ -59,6 +62,7 @@ def test_enabled_builds_every_provider_and_source(tmp_path: Path) -> None:
             assert isinstance(runtime.compute, AzureCompute)
             assert isinstance(runtime.storage_lock, AzureStorageLock)
             assert isinstance(runtime.vault, AzureKeyVault)
+            assert isinstance(runtime.vault_lock, AzureVaultLockdown)
             assert [h.spec.name for h in runtime.hubs] == ["activity"]
             assert runtime.hubs[0].spec.starting_position == "-1"  # never silently skip retained events
             assert sorted(p.table.table for p in runtime.pollers) == ["SecurityAlert", "SecurityIncident"]
@@ -77,6 +81,7 @@ def test_without_resource_groups_or_a_vault_the_local_platform_keeps_those_roles
         tmp_path,
         resource_groups="[]",
         keyvault__vault_url="",
+        keyvault__vault_name="",
         eventhubs__hubs="[]",
         loganalytics__workspace_id="",
     )
@@ -86,7 +91,7 @@ def test_without_resource_groups_or_a_vault_the_local_platform_keeps_those_roles
     async def scenario() -> None:
         runtime = await start_azure(settings, state, lambda: None)
         assert runtime is not None
-        assert runtime.compute is None and runtime.vault is None
+        assert runtime.compute is None and runtime.vault is None and runtime.vault_lock is None
         assert runtime.hubs == [] and runtime.pollers == []
         await runtime.close()
 

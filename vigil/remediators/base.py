@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -61,28 +62,34 @@ class Protected:
     nodes: frozenset[str] = frozenset()
     #: Azure storage accounts (the one holding Vigil's checkpoints): a name, ``<group>/<name>`` or an ARM id
     storage_accounts: frozenset[str] = frozenset()
+    #: Azure key vaults (one holding Vigil's own keys): a name, ``<group>/<name>`` or an ARM id
+    vaults: frozenset[str] = frozenset()
 
     def covers(self, target_kind: str, target: str) -> bool:
-        """Whether ``target`` (a ``key``, ``container``, ``node`` or ``storage_account``) is Vigil's own.
+        """Whether ``target`` (a ``key``, ``container``, ``node``, ``storage_account`` or ``vault``) is
+        Vigil's own.
 
-        Storage accounts compare by account name, case-insensitively, whichever form the target and the
-        entry take: Azure account names are globally unique and lower case, and a rule's target is
-        usually the ARM id from ``resource.id`` while an operator writes the bare name."""
-        if target_kind == "storage_account":
-            names = {n for n in map(_account_name, self.storage_accounts) if n}
-            return _account_name(target) in names
+        Storage accounts and vaults compare by resource name, case-insensitively, whichever form the target
+        and the entry take: Azure account and vault names are globally unique and case-insensitive, and a
+        rule's target is usually the ARM id from ``resource.id`` while an operator writes the bare name."""
+        segment = {"storage_account": "storageaccounts", "vault": "vaults"}.get(target_kind)
+        if segment is not None:
+            entries = self.storage_accounts if target_kind == "storage_account" else self.vaults
+            names = {n for n in (resource_name(e, segment) for e in entries) if n}
+            return resource_name(target, segment) in names
         guarded = {"key": self.keys, "container": self.containers, "node": self.nodes}.get(
             target_kind, frozenset()
         )
         return target in guarded
 
 
-def _account_name(target: str) -> str:
-    """The storage account named by ``name``, ``<group>/<name>`` or an ARM id (of the account or of one of
-    its sub-resources), lower case; ``""`` for an empty target."""
+def resource_name(target: str, segment: str) -> str:
+    """The resource named by ``name``, ``<group>/<name>`` or an ARM id (of the resource or of one of its
+    sub-resources) whose type segment is ``segment`` (lower case: ``storageaccounts``, ``vaults``), lower
+    case; ``""`` for an empty target."""
     parts = [p for p in target.strip().split("/") if p]
     for i, part in enumerate(parts[:-1]):
-        if part.lower() == "storageaccounts":
+        if part.lower() == segment:
             return parts[i + 1].lower()
     return parts[-1].lower() if parts else ""
 
@@ -101,6 +108,36 @@ class StorageLockProvider(Protocol):
     async def rollback(self, target: str, before: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class VaultState(Protocol):
+    """A vault lockdown's record of a vault (:class:`vigil.platform.azure.keyvault_lockdown.VaultSnapshot`):
+    what a rollback restores, and JSON for ``plan.before``."""
+
+    @property
+    def vault_id(self) -> str: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self: ...
+
+
+class VaultLockProvider(Protocol):
+    """Lockdown of one Azure key vault (:class:`vigil.platform.azure.keyvault_lockdown.AzureVaultLockdown`,
+    bound to its vault when built), as the ``lockdown_vault`` remediator drives it. A protocol, so this
+    module never imports the Azure SDK. ``restore`` takes a snapshot of the provider's own type, which this
+    module cannot name: the remediator makes one with ``type(await snapshot()).from_json(...)``."""
+
+    async def snapshot(self) -> VaultState: ...
+
+    async def lock_network(self, *, bypass: str = ..., ip_rules: Sequence[str] = ...) -> bool: ...
+
+    async def remove_access_policy(self, object_id: str) -> dict[str, Any] | None: ...
+
+    async def restore(
+        self, snapshot: Any, *, object_ids: Sequence[str] = ..., network: bool = ...
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a remediator acts through: the platform, as ``principal``."""
@@ -112,6 +149,8 @@ class Context:
     protected: Protected = field(default_factory=Protected)
     #: the Azure storage-account lockdown, when Vigil is deployed with ARM access (else None)
     storage_lock: StorageLockProvider | None = None
+    #: the Azure key vault lockdown of the configured vault, when Vigil is deployed with ARM access
+    vault_lock: VaultLockProvider | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +213,8 @@ class Remediator(ABC):
     permissions: ClassVar[tuple[str, ...]] = ()
     #: whether :meth:`rollback` exists
     reversible: ClassVar[bool] = False
-    #: what a target is: ``key``, ``node``, ``container`` or ``storage_account`` (the fleet for blast-radius
-    #: percentages)
+    #: what a target is: ``key``, ``node``, ``container``, ``storage_account`` or ``vault`` (the fleet for
+    #: blast-radius percentages)
     target_kind: ClassVar[str]
 
     def refuse_protected(self, ctx: Context, target: str) -> None:
@@ -218,5 +257,12 @@ class Remediator(ABC):
 #: every remediator, by name (entry-point group ``vigil.remediators`` for third-party ones)
 remediators: Registry[type[Remediator]] = Registry("vigil.remediators")
 
-for _name in ("rotate_key", "quarantine_vm", "lock_storage", "revoke_release", "lock_storage_account"):
+for _name in (
+    "rotate_key",
+    "quarantine_vm",
+    "lock_storage",
+    "revoke_release",
+    "lock_storage_account",
+    "lockdown_vault",
+):
     remediators.add(_name, f"vigil.remediators.{_name}:{''.join(p.title() for p in _name.split('_'))}")

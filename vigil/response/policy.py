@@ -88,6 +88,7 @@ def protection(
         containers=base.containers | frozenset(settings.protected_containers),
         nodes=base.nodes | frozenset(settings.protected_nodes),
         storage_accounts=base.storage_accounts | frozenset(settings.protected_storage_accounts),
+        vaults=base.vaults | frozenset(settings.protected_vaults),
     )
 
 

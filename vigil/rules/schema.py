@@ -45,7 +45,9 @@ from vigil.rules.model import SEVERITY_SCORE
 from vigil.rules.schema_forms import Duration, FlatlineSpec, SequenceSpec, ThresholdSpec, parse_duration
 
 Sink = Literal["pagerduty", "teams", "slack", "webhook", "console"]
-Remediation = Literal["rotate_key", "quarantine_vm", "lock_storage", "lock_storage_account", "revoke_release"]
+Remediation = Literal[
+    "rotate_key", "quarantine_vm", "lock_storage", "lock_storage_account", "lockdown_vault", "revoke_release"
+]
 #: alert sinks and remediations known to this release (anything else is E132)
 SINKS: Final = frozenset(get_args(Sink))
 REMEDIATIONS: Final = frozenset(get_args(Remediation))

@@ -7,7 +7,8 @@ production; nothing secret is configured). What it builds:
 - **providers** for the response engine's :class:`~vigil.remediators.base.Context`: :class:`AzureCompute`
   (the VMs of ``azure.resource_groups`` are the nodes ``quarantine_vm`` acts on; without resource groups it
   keeps acting on the local node registry), :class:`AzureStorageLock`
-  (``lock_storage_account``), and, with ``azure.keyvault.vault_url``, :class:`AzureKeyVault` for
+  (``lock_storage_account``), with ``azure.keyvault.resource_group`` and ``vault_name`` the vault lockdown
+  (``lockdown_vault``), and, with ``azure.keyvault.vault_url``, :class:`AzureKeyVault` for
   ``rotate_key`` and ``revoke_release`` (its releases checked by the MAA verifier when
   ``azure.attestation.maa_issuers`` is set). Without a vault URL the key remediations keep acting on the
   local vault;
@@ -34,6 +35,7 @@ from vigil.rules.schema_forms import parse_duration
 if TYPE_CHECKING:
     from vigil.platform.azure.compute import AzureCompute
     from vigil.platform.azure.keyvault import AzureKeyVault
+    from vigil.platform.azure.keyvault_lockdown import AzureVaultLockdown
     from vigil.platform.azure.storage_lock import AzureStorageLock
     from vigil.settings import Settings
     from vigil.streams import RunState
@@ -66,6 +68,7 @@ class AzureRuntime:
     storage_lock: AzureStorageLock
     compute: AzureCompute | None = None
     vault: AzureKeyVault | None = None
+    vault_lock: AzureVaultLockdown | None = None
     hubs: list[HubConsumer] = field(default_factory=list)
     pollers: list[LogsPoller] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list, repr=False)
@@ -139,8 +142,23 @@ async def start_azure(settings: Settings, state: RunState, wake: Callable[[], No
             admins=settings.platform.admins,
         )
         runtime._closers.append(runtime.compute.close)
-    if a.keyvault.vault_url:
+    kv = a.keyvault
+    if kv.vault_url:
         runtime.vault = await _vault(settings, credential, runtime)
+    if kv.resource_group and kv.vault_name:  # lockdown_vault
+        from vigil.platform.azure.keyvault_lockdown import AzureVaultLockdown  # noqa: PLC0415
+        from vigil.platform.azure.keyvault_retry import RetrySettings  # noqa: PLC0415
+
+        runtime.vault_lock = AzureVaultLockdown.connect(
+            credential,
+            a.subscription_id,
+            kv.resource_group,
+            kv.vault_name,
+            endpoint=a.arm_endpoint,
+            connection_verify=a.ca_bundle or None,
+            retry=RetrySettings(attempts=kv.attempts, backoff=kv.backoff, max_retry_after=kv.max_retry_after),
+        )
+        runtime._closers.append(runtime.vault_lock.close)
     assert state.store is not None
     _hubs(settings, state, wake, credential, runtime)
     _pollers(settings, state, wake, credential, runtime)

@@ -82,7 +82,10 @@ def start_response(
     vault = azure.vault if azure is not None and azure.vault is not None else platform.vault
     compute = azure.compute if azure is not None and azure.compute is not None else platform.compute
     lock = azure.storage_lock if azure is not None else None
-    ctx = Context(vault, platform.storage, compute, "vigil", protected, storage_lock=lock)
+    vault_lock = azure.vault_lock if azure is not None else None
+    ctx = Context(
+        vault, platform.storage, compute, "vigil", protected, storage_lock=lock, vault_lock=vault_lock
+    )
     store = ActionStore(settings.store.path, synchronous=settings.store.synchronous)
     alerts: Counter[str] = Counter()
 
