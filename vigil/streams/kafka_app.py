@@ -22,6 +22,7 @@ action idempotency keys (the response engine creates one action per key), alert 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 import faust
 import msgspec
 import orjson
+from aiokafka.partitioner import DefaultPartitioner, murmur2  # type: ignore[import-untyped]
 
 from vigil.alerts.model import Alert
 from vigil.detectors.finding import Finding
@@ -80,6 +82,8 @@ class Counters:
     alerts: int = 0
     dead_letters: int = 0
     saves: int = 0
+    #: messages the producer could not deliver
+    failed: int = 0
     sent: dict[str, int] = field(default_factory=dict)
 
 
@@ -124,6 +128,10 @@ class KafkaApp:
             # batch what the agents produce: a broker fetch returns one record batch per partition,
             # so one-record batches would cap a downstream agent at one event per fetch
             producer_linger=0.005,
+            # one record batch holds what a step produces for a partition: fewer produce requests, and a
+            # broker that returns one batch per partition per fetch (librdkafka's mock) hands over more
+            producer_max_batch_size=512 * 1024,
+            producer_partitioner=CachedPartitioner(),
         )
         self.topics = {
             name: app.topic(
@@ -134,6 +142,7 @@ class KafkaApp:
             )
             for name in TOPICS
         }
+        self._names = {name: settings.topic(name) for name in TOPICS}
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
         self.state = app.Table(
             STATE_TABLE,
@@ -166,11 +175,14 @@ class KafkaApp:
 
         @app.agent(topics["raw"], name="vigil.normalise")
         async def normalise(stream: Any) -> AsyncIterator[int]:
-            async for event in stream.events():
-                msg = event.message
-                source = f"kafka:{msg.topic}/{msg.partition}@{msg.offset}"
-                out = self.normaliser.run(_bytes(event.value), source)
-                self.counters.raw += 1
+            # a batch at a time: acknowledged (by take) only after its events were handed to the producer
+            async for batch in stream.take_events(s.batch, within=s.batch_within):
+                out: list[Out] = []
+                for event in batch:
+                    msg = event.message
+                    source = f"kafka:{msg.topic}/{msg.partition}@{msg.offset}"
+                    out += self.normaliser.run(_bytes(event.value), source)
+                self.counters.raw += len(batch)
                 await self.send(out)
                 yield len(out)
 
@@ -279,19 +291,49 @@ class KafkaApp:
         return bytes(value) if value is not None else None
 
     async def send(self, out: Sequence[Out]) -> None:
-        """Produce ``out`` (through the hook when one replaces the producer)."""
+        """Produce ``out`` (through the hook when one replaces the producer).
+
+        Straight into the producer's batches rather than through ``Topic.send_soon``: faust's send buffer
+        publishes one message at a time, several event-loop turns each, and capped the worker. Nothing is
+        lost by it: faust flushes the producer (its buffer and aiokafka's batches) before it commits the
+        offsets these messages came from, and the events are acknowledged only after this returns."""
         sent = self.counters.sent
         for message in out:
             sent[message.topic] = sent.get(message.topic, 0) + 1
             if message.topic == "deadletter":
                 self.counters.dead_letters += 1
-            if self.hooks.send is not None:
+        if not out:
+            return
+        if self.hooks.send is not None:
+            for message in out:
                 await self.hooks.send(self.settings.topic(message.topic), message)
-            else:
-                # buffered: faust flushes the producer before it commits the offsets these came from
-                self.topics[message.topic].send_soon(key=message.key, value=message.value)
-        if out:
-            await asyncio.sleep(0)
+            return
+        producer = await self.app.maybe_start_producer()
+        names = self._names
+        for message in out:
+            pending = await producer.send(names[message.topic], message.key, message.value, None, None, None)
+            pending.add_done_callback(self._delivered)
+        await asyncio.sleep(0)
+
+    def _delivered(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.counters.failed += 1
+            log.error("a message could not be produced: %s", fut.exception())
+
+
+class CachedPartitioner:
+    """aiokafka's default partitioner (murmur2 of the key, as Java clients do) with the hashes of recent
+    keys cached: aiokafka's murmur2 is pure Python (~60 µs a message), and the keys repeat (resource ids,
+    dedup keys, targets). The partition a key maps to is unchanged."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._hash = functools.lru_cache(maxsize=size)(murmur2)
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._default(key, all_partitions, available))
+        return all_partitions[(int(self._hash(key)) & 0x7FFFFFFF) % len(all_partitions)]
 
 
 def _bytes(value: Any) -> bytes:
