@@ -37,7 +37,7 @@ from typing import Final
 
 from vigil.detectors.clock import from_ms
 from vigil.detectors.finding import Finding, field_getter, finding, group_from_key, key_function
-from vigil.detectors.state import KeyedState, Packed
+from vigil.detectors.state import SHARDS, KeyedState, Packed
 from vigil.events.model import Event
 from vigil.rules.model import Rule
 
@@ -45,6 +45,7 @@ M24: Final = (1 << 24) - 1
 NO_TIMER: Final = 1 << 62
 _SUM: Final = struct.Struct("<qdd")
 _DIST: Final = struct.Struct("<qII")
+_SHARD_MASK: Final = SHARDS - 1
 
 
 def value_hash(value: object) -> bytes:
@@ -199,57 +200,78 @@ class ThresholdDetector:
     # -- distinct ------------------------------------------------------------------------------------
 
     def _distinct(self, event: Event, t: int, out: list[Finding]) -> None:
+        # Hot path (a share of every event): the state's shard is used directly and the helpers
+        # (put, _arm, _crossed, _has of an empty bucket) are inlined; the logic is that of the other forms.
         assert self._raw_get is not None
         v = self._raw_get(event)
         if v is None:
             return
-        h = value_hash(v)
+        h = _text_hash(v if type(v) is str else repr(v))
         key = self.key_of(event)
         w = self.w
         b = t // w
-        st = self.state.get(key)
+        high = self.high
+        shard = self.state.shards[hash(key) & _SHARD_MASK]
+        st = shard.get(key)
         if st is None:
             kb, cur, prev, only = b, b"", b"", 0
         else:
             assert type(st) is bytes
             kb, ncur, only = _DIST.unpack_from(st)
-            cur, prev = st[16 : 16 + 8 * ncur], st[16 + 8 * ncur :]
+            split = 16 + 8 * ncur
+            cur, prev = st[16:split], st[split:]
             if b > kb:
-                if self.high is not None:
+                if high is not None:
                     self._judge(key, kb, ncur, out)
                 prev = cur if b == kb + 1 else b""
                 cur, kb, only = b"", b, len(prev) // 8 if b == kb + 1 else 0
-            elif b < kb - 1 and self.high is None:
+            elif b < kb - 1 and high is None:
                 self.stale += 1
                 return
+        if st is None:
+            state = self.state
+            if state.size >= state.limit:  # a new key past the limit (as KeyedState.put)
+                state.limited += 1
+                return
         if (
-            b < kb and self.high is None
+            b < kb and high is None
         ):  # late into the previous bucket: kept there, and all of it is in the window
-            if _has(prev, h) or _has(cur, h):
+            if (prev and _has(prev, h)) or (cur and _has(cur, h)):
                 return
             late_before = len(cur) // 8 + only
             if len(prev) // 8 < self.cap:
                 prev += h
                 only += 1
-            if not self.state.put(key, _DIST.pack(kb, len(cur) // 8, only) + cur + prev):
-                return
-            if self._crossed(late_before, late_before + 1):
+            if st is None:
+                self.state.size += 1
+            shard[key] = _DIST.pack(kb, len(cur) // 8, only) + cur + prev
+            low = self.low
+            if low is not None and late_before < low <= late_before + 1:
                 group = group_from_key(self.fields, key)
                 out.append(finding(self.rule, (event.id,), event.time, group, late_before + 1))
             return
-        if _has(cur, h):
+        if cur and _has(cur, h):
             return
-        before: float = len(cur) // 8 + only * (1 - (t - kb * w) / w)
-        in_prev = _has(prev, h)
-        if len(cur) // 8 < self.cap:
+        ncur = len(cur) // 8
+        frac = 1 - (t - kb * w) / w
+        before: float = ncur + only * frac
+        if ncur < self.cap:
+            if prev and _has(prev, h):
+                only -= 1
             cur += h
-            only -= in_prev
-        after = len(cur) // 8 + only * (1 - (t - kb * w) / w)
-        if not self.state.put(key, _DIST.pack(kb, len(cur) // 8, only) + cur + prev):
-            return
-        self._arm(kb)
-        if self._crossed(before, after):
-            out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), after))
+            ncur += 1
+        after = ncur + only * frac
+        if st is None:
+            self.state.size += 1
+        shard[key] = _DIST.pack(kb, ncur, only) + cur + prev
+        if high is not None:
+            self.next_due = min(self.next_due, (kb + 1) * w)
+        else:
+            low = self.low
+            if low is not None and before < low <= after:
+                out.append(
+                    finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), after)
+                )
 
     # -- timers and expiry ---------------------------------------------------------------------------
 

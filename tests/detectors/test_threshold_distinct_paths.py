@@ -1,0 +1,56 @@
+"""Paths of ``distinct`` thresholds the property tests do not reach: the key limit, late events into the
+previous bucket, and the ``at_most`` timer (``_distinct`` inlines the state's put and these checks)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from tests.detectors.stateful_helpers import at, ev, feed, rule_doc, rules
+from vigil.detectors.clock import to_ms
+from vigil.detectors.engine import Detector
+from vigil.events.model import Event
+
+LOGIN = 'kind: generic\nmatch: action == "login"\n'
+
+
+def distinct(tmp_path: Path, spec: str, max_keys: int = 1000) -> Detector:
+    doc = rule_doc("t.ips", LOGIN + f"threshold: {spec}\n")
+    return Detector(rules(tmp_path, doc), lateness=timedelta(minutes=10), max_keys=max_keys)
+
+
+def test_distinct_key_limit_counts_and_does_not_grow(tmp_path: Path) -> None:
+    det = distinct(
+        tmp_path, "{distinct: actor.ip, at_least: 2, window: 5m, group_by: [actor.id]}", max_keys=2
+    )
+    events = [ev(f"e{i}-{who}", i, ip=f"ip{i}", actor_id=who) for i in range(3) for who in "abcd"]
+    found = feed(det, events)
+    stats = det.stats()["rules"]["t.ips"]  # type: ignore[index]
+    assert stats["keys"] == 2
+    assert stats["key_limit_hits"] == 6  # c and d, three events each
+    assert sorted(dict(f.group)["actor.id"] for f in found) == ["a", "b"]
+
+
+def test_distinct_late_event_into_previous_bucket_counts_whole(tmp_path: Path) -> None:
+    det = distinct(tmp_path, "{distinct: actor.ip, at_least: 3, window: 5m, group_by: [actor.id]}")
+
+    def u(eid: str, s: float, ip: str) -> Event:
+        return ev(eid, s, ip=ip, actor_id="u1")
+
+    assert feed(det, [u("1", 200, "ip1"), u("2", 310, "ip2")]) == []  # buckets 0 and 1
+    # late into bucket 0: values already kept in either bucket add nothing
+    assert det.process(u("3", 250, "ip1")) == []
+    assert det.process(u("4", 260, "ip2")) == []
+    # a new value: the previous bucket counts whole while late, so 1 (current) + 2 (previous) = 3
+    found = det.process(u("5", 270, "ip3"))
+    assert [(f.event_ids, f.value) for f in found] == [(("5",), 3.0)]
+    assert det.process(u("6", 280, "ip4")) == []  # fires once per crossing
+
+
+def test_distinct_at_most_arms_the_timer(tmp_path: Path) -> None:
+    det = distinct(tmp_path, "{distinct: actor.ip, at_most: 2, window: 5m, group_by: [actor.id]}")
+    (ips,) = det.thresholds.values()
+    feed(det, [ev("1", 10, ip="a", actor_id="u"), ev("2", 20, ip="b", actor_id="u")])
+    assert ips.next_due == (to_ms(at(20)) // ips.w + 1) * ips.w  # the end of the group's bucket
+    found = det.advance(timedelta(minutes=20))
+    assert [(f.value, dict(f.group)) for f in found] == [(2, {"actor.id": "u"})]
