@@ -24,6 +24,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vigil.platform.errors import ConflictError, ForbiddenError
+
 
 class NodeState(enum.StrEnum):
     PENDING = "pending"
@@ -57,6 +59,29 @@ class Node:
     #: the reason given for the last quarantine, and the evidence references kept with it
     quarantine: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+
+
+#: the states a node may report about itself (every other change is an admin's or the platform's)
+SELF_REPORTS: frozenset[NodeState] = frozenset({NodeState.RUNNING, NodeState.STOPPED})
+
+
+def check_state_change(node: Node, principal: str, state: NodeState, admins: frozenset[str]) -> bool:
+    """Whether ``principal`` moving ``node`` to ``state`` changes anything: False when it is there already,
+    True when allowed; ForbiddenError or ConflictError otherwise. One rule for every Compute provider."""
+    if principal not in admins:
+        if principal != node.principal:
+            raise ForbiddenError(f"principal {principal!r} may not change node {node.id!r}")
+        if state not in SELF_REPORTS:
+            raise ForbiddenError(f"a node may report only running or stopped, not {state.value}")
+    if state == NodeState.QUARANTINED:
+        raise ConflictError("use quarantine to quarantine a node (it cuts its access first)")
+    if node.state == NodeState.QUARANTINED:
+        raise ConflictError(f"node {node.id!r} is quarantined; only a release changes its state")
+    if state == node.state:
+        return False
+    if state not in TRANSITIONS[node.state]:
+        raise ConflictError(f"node {node.id!r} cannot go from {node.state.value} to {state.value}")
+    return True
 
 
 class Compute(Protocol):

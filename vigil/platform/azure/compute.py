@@ -40,7 +40,7 @@ from vigil.platform.azure.arm import ArmConfig, arm_errors, parse_id
 from vigil.platform.azure.lro import LroStore
 from vigil.platform.azure.network import NetworkIsolation
 from vigil.platform.azure.quarantine import TAG_DONE, TAG_ID, TAG_PRE_STATE, VmQuarantine, power_state
-from vigil.platform.compute import TRANSITIONS, Node, NodeState
+from vigil.platform.compute import Node, NodeState, check_state_change
 from vigil.platform.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -58,7 +58,6 @@ TAG_CONTROL: Final = "vigil-control-url"
 TAG_STATE: Final = "vigil-state"
 REGISTRY_TAGS: Final = (TAG_PRINCIPAL, TAG_MEASUREMENT, TAG_CONTROL, TAG_STATE)
 STOPPED_POWER: Final = frozenset({"stopped", "stopping", "deallocated", "deallocating"})
-SELF_REPORTS: Final = frozenset({NodeState.RUNNING, NodeState.STOPPED})
 
 #: what Vigil's identity needs for this provider (least privilege, for docs/azure.md)
 RBAC_ACTIONS: Final = quarantine.RBAC_ACTIONS + network.RBAC_ACTIONS
@@ -161,19 +160,8 @@ class AzureCompute:
     async def set_state(self, principal: str, node_id: str, state: NodeState) -> Node:
         (group, vm), node = await self._load(node_id)
         state = NodeState(state)
-        if principal not in self._admins:
-            if principal != node.principal:
-                raise ForbiddenError(f"principal {principal!r} may not change node {node_id!r}")
-            if state not in SELF_REPORTS:
-                raise ForbiddenError(f"a node may report only running or stopped, not {state.value}")
-        if state == NodeState.QUARANTINED:
-            raise ConflictError("use quarantine to quarantine a node (it cuts its access first)")
-        if node.state == NodeState.QUARANTINED:
-            raise ConflictError(f"node {node_id!r} is quarantined; only a release changes its state")
-        if state == node.state:
+        if not check_state_change(node, principal, state, self._admins):
             return node
-        if state not in TRANSITIONS[node.state]:
-            raise ConflictError(f"node {node_id!r} cannot go from {node.state.value} to {state.value}")
         await self._record("state", principal, node.id, {"from": node.state.value, "to": state.value})
         await self._q.set_tags(group, str(vm.name), {**(vm.tags or {}), TAG_STATE: state.value})
         return (await self._load(node_id))[1]

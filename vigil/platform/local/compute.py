@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import orjson
 
-from vigil.platform.compute import TRANSITIONS, Node, NodeState
+from vigil.platform.compute import Node, NodeState, check_state_change
 from vigil.platform.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS nodes (
 """
 
 #: states a node may report about itself
-SELF_REPORTS = frozenset({NodeState.RUNNING, NodeState.STOPPED})
 STOP_TIMEOUT = 2.0
 
 
@@ -145,19 +144,8 @@ class LocalCompute:
     async def set_state(self, principal: str, node_id: str, state: NodeState) -> Node:
         node = self._load(node_id)
         state = NodeState(state)
-        if principal not in self._admins:
-            if principal != node.principal:
-                raise ForbiddenError(f"principal {principal!r} may not change node {node_id!r}")
-            if state not in SELF_REPORTS:
-                raise ForbiddenError(f"a node may report only running or stopped, not {state.value}")
-        if state == NodeState.QUARANTINED:
-            raise ConflictError("use quarantine to quarantine a node (it cuts its access first)")
-        if node.state == NodeState.QUARANTINED:
-            raise ConflictError(f"node {node_id!r} is quarantined; only a release changes its state")
-        if state == node.state:
+        if not check_state_change(node, principal, state, self._admins):
             return node
-        if state not in TRANSITIONS[node.state]:
-            raise ConflictError(f"node {node_id!r} cannot go from {node.state.value} to {state.value}")
         new = _replace(node, state=state)
         await self._record("state", principal, new, {"from": node.state.value, "to": state.value})
         self._store(new)
