@@ -29,6 +29,7 @@ from tests.conftest import wait_until
 from tests.detectors.stateful_helpers import ev, load
 from tests.kafka_mock import MockKafka
 from tests.response.test_engine import Env
+from tests.streams.test_kafka_agents import RULES as AGENT_RULES
 from vigil.detectors.engine import Detector
 from vigil.detectors.finding import finding_id
 from vigil.events.model import Event, encode_event
@@ -39,26 +40,9 @@ from vigil.streams.kafka_app import TOPICS
 from vigil.streams.pipeline import DetectStage
 
 PARTITIONS = 3
-RULES = """\
-id: t.burst
-title: three reads of one resource
-status: test
-severity: high
-kind: generic
-match: action == "read"
-threshold: {count: 3, window: 10m, group_by: [resource.id]}
----
-id: t.delete
-title: a delete
-status: stable
-severity: high
-author: alice
-kind: generic
-match: action == "delete"
-actions:
-  - remediate: lock_storage
-    target: "{{ resource.id }}"
-    approval: required
+RULES = (
+    AGENT_RULES
+    + """\
 ---
 id: t.deny
 title: denied, once an hour per resource
@@ -68,6 +52,7 @@ kind: generic
 match: outcome == "failure"
 suppress: 1h
 """
+)
 
 
 def events(n: int = 60, resources: int = 15) -> list[Event]:
