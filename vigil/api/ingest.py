@@ -108,8 +108,7 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             return _error(413, f"body of {length} bytes is over the {limit}-byte limit (http.max_body_bytes)")
         if state.store is None:
             return _error(503, "the store is not open")
-        # (in a thread: the store lock may be held by a commit's fsync, and the loop must keep serving)
-        backlog = await asyncio.to_thread(state.backlog) if state.backlog is not None else 0
+        backlog = state.backlog() if state.backlog is not None else 0  # (from memory: no store query)
         if backlog > settings.http.max_backlog:
             stats.bump(stats.throttled, source)
             return _error(429, f"{backlog} events wait for detection; retry shortly", {"Retry-After": "1"})

@@ -52,40 +52,42 @@ class IncidentError(ValueError):
 
 def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> None:
     """File each new finding into an incident (call inside the detection transaction). Batched: one look-up
-    per (rule, group) in the batch, then one statement per kind of write."""
+    for every (rule, group) of the batch, then one statement per kind of write; an incident opened here is
+    written once, with its final count."""
     now = int(time.time() * 1000)
     by_group: dict[tuple[str, str], list[NewFinding]] = {}
     for item in found:
         by_group.setdefault((item[1], item[3]), []).append(item)
-    new_incidents: list[tuple[Any, ...]] = []
-    counts: dict[str, list[int]] = {}  # incident -> [findings added, newest time]
+    current = _open_incidents(db, list(by_group))
+    opened: dict[str, list[Any]] = {}  # incident -> its row, findings and last_ms final
+    counts: dict[str, list[int]] = {}  # existing incident -> [findings added, newest time]
     timeline: list[tuple[Any, ...]] = []
-    for (rule, gkey), items in by_group.items():
+    for group, items in by_group.items():
+        rule, gkey = group
         items.sort(key=lambda f: f[4])
-        row = db.execute(
-            "SELECT id, last_ms FROM incidents WHERE rule = ? AND group_key = ? AND state != 'resolved' "
-            "ORDER BY last_ms DESC LIMIT 1",
-            (rule, gkey),
-        ).fetchone()
-        current, last = (row[0], int(row[1])) if row is not None else (None, None)
+        iid, last = current.get(group, (None, None))
         for fid, _, severity, _, t, body in items:
-            if current is None or last is None or t - last > window_ms:
+            if iid is None or last is None or t - last > window_ms:
                 data = orjson.loads(body)
-                current = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
-                title = data.get("title", rule)
-                group = orjson.dumps(data.get("group", {}))
-                new_incidents.append((current, rule, gkey, severity, title, group, t, t))
-                timeline.append((current, now, "opened", "system", orjson.dumps({"finding": fid})))
+                iid = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
+                grp = orjson.dumps(data.get("group", {}))
+                opened[iid] = [iid, rule, gkey, severity, data.get("title", rule), grp, t, t, 0]
+                timeline.append((iid, now, "opened", "system", orjson.dumps({"finding": fid})))
                 last = t
             last = max(last, t)
-            entry = counts.setdefault(current, [0, t])
-            entry[0] += 1
-            entry[1] = max(entry[1], t)
+            row = opened.get(iid)
+            if row is not None:
+                row[7] = max(row[7], t)
+                row[8] += 1
+            else:
+                entry = counts.setdefault(iid, [0, t])
+                entry[0] += 1
+                entry[1] = max(entry[1], t)
             timeline.append(
-                (current, now, "finding", f"rule:{rule}", orjson.dumps({"finding": fid, "time_ms": t}))
+                (iid, now, "finding", f"rule:{rule}", orjson.dumps({"finding": fid, "time_ms": t}))
             )
     db.executemany(
-        "INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, 0)", new_incidents
+        "INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)", list(opened.values())
     )
     db.executemany(
         "UPDATE incidents SET findings = findings + ?, last_ms = max(last_ms, ?) WHERE id = ?",
@@ -95,6 +97,25 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
         "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail) VALUES (?, ?, ?, ?, ?)",
         timeline,
     )
+
+
+def _open_incidents(db: sqlite3.Connection, groups: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """(rule, group key) -> (id, last_ms) of its newest incident that is not resolved, for those that have
+    one; in statements of up to 250 groups (the index on rule, group key, state serves each pair)."""
+    out: dict[tuple[str, str], Any] = {}
+    for i in range(0, len(groups), 250):
+        part = groups[i : i + 250]
+        pairs = ",".join("(?, ?)" for _ in part)
+        rows = db.execute(
+            "SELECT rule, group_key, id, last_ms FROM incidents WHERE state != 'resolved' AND "
+            f"(rule, group_key) IN (VALUES {pairs})",
+            [v for pair in part for v in pair],
+        )
+        for rule, gkey, iid, last in rows:
+            known = out.get((rule, gkey))
+            if known is None or int(last) > known[1]:
+                out[(rule, gkey)] = (iid, int(last))
+    return out
 
 
 def transition(db: sqlite3.Connection, iid: str, to: State, actor: str, note: str = "") -> dict[str, Any]:

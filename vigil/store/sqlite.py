@@ -106,6 +106,10 @@ class Store:
                     raise StoreError(
                         f"{self.path}: store schema {row[0]} is newer than this Vigil ({SCHEMA_VERSION})"
                     )
+            #: the newest sequence in the event log, kept here after each commit: the backlog check of
+            #: every request and ``/metrics`` read it without waiting for the lock a commit holds
+            self._last_seq = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            self._cursors: dict[str, int] = {}
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
 
@@ -197,7 +201,7 @@ class Store:
         letters, in order, and record the token as published. Returns the number of events published."""
         now = int(time.time() * 1000)
 
-        def move() -> int:
+        def move() -> tuple[int, int]:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) "
                 "SELECT id, ?, time_ms, ?, body FROM staged WHERE token = ? AND kind = 'e' ORDER BY n",
@@ -211,10 +215,11 @@ class Store:
             )
             self._db.execute("DELETE FROM staged WHERE token = ?", (token,))
             self._set_offset(f"published:{token}", str(now))
-            return count
+            return count, int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
-        published: int = self._write(move)
-        return published
+        published, last = self._write(move)
+        self._last_seq = max(self._last_seq, last)
+        return int(published)
 
     def published(self, token: str) -> bool:
         return self.offset(f"published:{token}") is not None
@@ -265,6 +270,7 @@ class Store:
             return seqs
 
         result: list[int] = self._write(insert)
+        self._last_seq = max(self._last_seq, max(result, default=0))
         return result
 
     def read_events(self, after: int, limit: int = 1000) -> list[StoredEvent]:
@@ -273,7 +279,8 @@ class Store:
         return [StoredEvent(seq, event_from_mapping(orjson.loads(body))) for seq, body in rows]
 
     def last_seq(self) -> int:
-        return int(self._read("SELECT max(seq) FROM events")[0][0] or 0)
+        """The newest sequence number in the event log (from memory: no query, no lock)."""
+        return self._last_seq
 
     def count_events(self) -> int:
         return int(self._read("SELECT count(*) FROM events")[0][0])
@@ -335,10 +342,15 @@ class Store:
             return new
 
         new: int = self._write(write)
+        self._cursors[name] = cursor
         return new
 
     def cursor(self, name: str = "detector") -> int:
-        """The last event sequence the named detector has committed."""
+        """The last event sequence the named detector has committed (from memory once this store object
+        committed it: ``/metrics`` must not wait for the lock a commit holds)."""
+        known = self._cursors.get(name)
+        if known is not None:
+            return known
         value = self.offset(f"cursor:{name}")
         return int(value) if value is not None else 0
 

@@ -58,6 +58,18 @@ class DetectStats:
     commit_failures: int = 0
 
 
+@dataclass
+class _Batch:
+    """One step's work between detection and its commit."""
+
+    stored: list[StoredEvent]
+    found: list[tuple[int, Finding]]
+    last: int
+    snapshot: bytes | None
+    new: int = 0
+    pruned: int = 0
+
+
 class DetectStage:
     """Store log -> detector -> findings in the store (see module docstring)."""
 
@@ -145,6 +157,23 @@ class DetectStage:
 
     def step(self, *, force_snapshot: bool = False) -> int:
         """Process one batch of the log after the position; the number of events processed."""
+        work = self._detect(force_snapshot)
+        if work is None:
+            return 0
+        self._commit(work)
+        return self._done(work)
+
+    async def astep(self) -> int:
+        """:meth:`step` for the event loop: the commit (its fsync) runs in a worker thread, so requests
+        keep being served meanwhile; detection itself stays on the loop, which owns the detector."""
+        work = self._detect(False)
+        if work is None:
+            return 0
+        await asyncio.to_thread(self._commit, work)
+        return self._done(work)
+
+    def _detect(self, force_snapshot: bool) -> _Batch | None:
+        """Run the next batch through the detector: what to commit, or None when there is nothing."""
         stored = self._next()
         found: list[tuple[int, Finding]] = []
         process = self.detector.process
@@ -158,25 +187,31 @@ class DetectStage:
             found += [(last, f) for f in self.detector.tick()]
         force = force_snapshot or self.force_snapshot
         if not stored and not found and not force:
-            return 0
+            return None
         due = force or time.monotonic() - self._last_snapshot >= self.snapshot_every
-        body = snapshot(self.detector) if due else None
+        return _Batch(stored, found, last, snapshot(self.detector) if due else None)
+
+    def _commit(self, work: _Batch) -> None:
         crash_point("detect.before_commit")
-        new = self.store.commit_detection(found, last, body, self.name)
+        work.new = self.store.commit_detection(work.found, work.last, work.snapshot, self.name)
         crash_point("detect.after_commit")
-        if body is not None:
+        if work.snapshot is not None and self.retention_ms is not None:
+            # only up to the snapshot's cursor, where a restart resumes: nothing it re-reads is gone
+            cut = int(time.time() * 1000) - self.retention_ms
+            work.pruned = self.store.prune_events(cut, processed_through=work.last)
+
+    def _done(self, work: _Batch) -> int:
+        if work.snapshot is not None:
             self.force_snapshot = False
             self._last_snapshot = time.monotonic()
             self.stats.snapshots += 1
-            if self.retention_ms is not None:
-                # only up to the snapshot's cursor, where a restart resumes: nothing it re-reads is gone
-                cut = int(time.time() * 1000) - self.retention_ms
-                self.stats.pruned += self.store.prune_events(cut, processed_through=last)
+            self.stats.pruned += work.pruned
+        stored = work.stored
         self.stats.replayed += sum(1 for s in stored if s.seq <= self._committed)
         self.stats.events += len(stored)
-        self.stats.findings += len(found)
-        self.stats.new_findings += new
-        self.position = last
+        self.stats.findings += len(work.found)
+        self.stats.new_findings += work.new
+        self.position = work.last
         return len(stored)
 
     def backlog(self) -> int:
@@ -195,7 +230,7 @@ class DetectStage:
         ``tick`` seconds, and take a last snapshot when ``stopping`` is set."""
         while not stopping.is_set():
             try:
-                if self.step() >= self.batch:
+                if await self.astep() >= self.batch:
                     await asyncio.sleep(0)  # more waiting: let the sources and the API run in between
                     continue
             except StoreError as exc:
