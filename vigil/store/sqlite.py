@@ -38,6 +38,8 @@ from vigil.events.model import Event, encode_event, encode_json, event_from_mapp
 from vigil.store import incidents as book
 
 SCHEMA_VERSION: Final = 1
+#: SQLite page size of a new store (docs/daemon.md, "Performance")
+PAGE_SIZE: Final = 65536
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +95,10 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            # (a new database only: an existing one keeps its page size) Events are about 2 KB, so with
+            # 4 KB pages each one takes a page of its own, and every page costs WAL frame and checkpoint
+            # system calls; 64 KB pages hold about 30 and made durable ingestion about 1.5x faster here
+            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
