@@ -147,3 +147,26 @@ def test_offered_events_the_stage_already_read_are_not_kept(tmp_path: Path) -> N
     stage.drain()  # read from the store before the source handed them over
     stage.offer(seqs, events)
     assert stage._handed == {}
+
+
+def test_a_snapshot_asked_for_while_a_commit_runs_is_taken_next(tmp_path: Path) -> None:
+    """The loop keeps serving while a batch commits in a worker thread; a hot reload in that time asks for
+    a snapshot of the new rules, and the commit of the batch before it must not swallow that request."""
+    ruleset = rules(tmp_path, BURST, EACH)
+    store = Store(tmp_path / "vigil.db")
+    store.append_events(_events(20), "test")
+    stage = _stage(store, ruleset, batch=10, snapshot_every=3600.0)
+    stage.force_snapshot = True
+
+    async def scenario() -> None:
+        step = asyncio.create_task(stage.astep())
+        await asyncio.sleep(0)  # the step detected its batch and waits for the commit thread
+        assert not step.done()
+        stage.force_snapshot = True  # (what Reloader does after swapping the rules)
+        assert await step == 10
+
+    asyncio.run(scenario())
+    assert stage.stats.snapshots == 1 and stage.force_snapshot
+    assert stage.step() == 10
+    assert stage.stats.snapshots == 2 and not stage.force_snapshot
+    assert store.snapshot() is not None and store.snapshot()[0] == 20  # type: ignore[index]

@@ -111,7 +111,8 @@ class AlertStage:
                 sent += await self._send(out)
             self.cursor = rowid
         if rows:
-            self.store.set_offset(FINDINGS, str(self.cursor))
+            # (in a thread: an ingestion commit may hold the store's lock, and the loop must not wait)
+            await asyncio.to_thread(self.store.set_offset, FINDINGS, str(self.cursor))
         return sent
 
     async def _verified(self) -> int:
@@ -138,7 +139,7 @@ class AlertStage:
                     sent += await self._send(out)
             self.action_cursor = seq
         if rows:
-            self.store.set_offset(ACTIONS, str(self.action_cursor))
+            await asyncio.to_thread(self.store.set_offset, ACTIONS, str(self.action_cursor))
         return sent
 
     async def incident_changed(self, incident: dict[str, Any], to: str, note: str) -> None:

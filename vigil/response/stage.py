@@ -167,7 +167,8 @@ class ResponseStage:
                 del self._pending[rule_id]
         done = min((b.low for b in self._pending.values()), default=self._read + 1) - 1
         if done > self.cursor:
-            self.event_store.set_offset(OFFSET, str(done))
+            # (in a thread: an ingestion commit may hold the store's lock, and the loop must not wait)
+            await asyncio.to_thread(self.event_store.set_offset, OFFSET, str(done))
             self.cursor = done
         return submitted
 

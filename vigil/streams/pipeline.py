@@ -66,6 +66,7 @@ class _Batch:
     found: list[tuple[int, Finding]]
     last: int
     snapshot: bytes | None
+    forced: bool = False
     new: int = 0
     pruned: int = 0
 
@@ -160,7 +161,11 @@ class DetectStage:
         work = self._detect(force_snapshot)
         if work is None:
             return 0
-        self._commit(work)
+        try:
+            self._commit(work)
+        except StoreError:
+            self.force_snapshot |= work.forced
+            raise
         return self._done(work)
 
     async def astep(self) -> int:
@@ -169,7 +174,11 @@ class DetectStage:
         work = self._detect(False)
         if work is None:
             return 0
-        await asyncio.to_thread(self._commit, work)
+        try:
+            await asyncio.to_thread(self._commit, work)
+        except StoreError:
+            self.force_snapshot |= work.forced
+            raise
         return self._done(work)
 
     def _detect(self, force_snapshot: bool) -> _Batch | None:
@@ -189,7 +198,10 @@ class DetectStage:
         if not stored and not found and not force:
             return None
         due = force or time.monotonic() - self._last_snapshot >= self.snapshot_every
-        return _Batch(stored, found, last, snapshot(self.detector) if due else None)
+        # cleared now, not after the commit: a hot reload while the commit runs asks for a snapshot of the
+        # new rules, and that request must survive (a failed commit restores it)
+        self.force_snapshot = False
+        return _Batch(stored, found, last, snapshot(self.detector) if due else None, forced=force)
 
     def _commit(self, work: _Batch) -> None:
         crash_point("detect.before_commit")
@@ -202,7 +214,6 @@ class DetectStage:
 
     def _done(self, work: _Batch) -> int:
         if work.snapshot is not None:
-            self.force_snapshot = False
             self._last_snapshot = time.monotonic()
             self.stats.snapshots += 1
             self.stats.pruned += work.pruned
