@@ -54,6 +54,21 @@ def test_duplicates_are_recognised_by_event_id(tmp_path: Path) -> None:
     assert [s.event.id for s in store.read_events(0)] == ["a", "b", "c"]
 
 
+def test_a_batch_is_one_statement_whatever_its_ids(tmp_path: Path) -> None:
+    """A batch goes in as one statement (ids and offsets as JSON, the bodies as one blob): ids with quotes,
+    escapes and non-ASCII, and bodies of any length, come back exactly, in order, with consecutive seqs."""
+    store = Store(tmp_path / "vigil.db")
+    odd = ['quote"and\\back', "tab\tnew\nline", "ünï©ødé 🛡", "x" * 300]
+    events = [ev(f"{name}#{i}", i, raw={"i": i, "s": "é" * 100 * i}) for i, name in enumerate(odd)]
+    assert store.accept(events, (), "http") == [1, 2, 3, 4]
+    again = [ev("new", 5), events[0], ev("newer", 6), ev("new", 5)]  # a duplicate of the log, one inside
+    seqs = store.accept(again, (), "http")
+    assert seqs[1] == seqs[3] == 0 and 4 < seqs[0] < seqs[2]  # (an ignored row may use up a number)
+    back = store.read_events(0, limit=10)
+    assert [s.event for s in back] == [*events, again[0], again[2]]
+    assert [s.seq for s in back][-2:] == [seqs[0], seqs[2]] and store.last_seq() == seqs[2]
+
+
 def test_findings_are_kept_once_by_identity(tmp_path: Path) -> None:
     store = Store(tmp_path / "vigil.db")
     a, b = _finding(eid="e1"), _finding(eid="e2")

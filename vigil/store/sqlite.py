@@ -19,6 +19,7 @@ hand the store to a worker thread); SQLite's own locking makes a second process 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -69,6 +70,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 class StoreError(VigilError):
     """The store cannot be opened or written (disk full, locked, corrupt, newer schema)."""
+
+
+#: the event log's batch insert (see Store._insert_events): ?1 JSON [[id, time_ms, offset, length], ...],
+#: ?2 source, ?3 received ms, ?4 the bodies one after another (offsets count from 1, as substr does)
+_INSERT_BATCH: Final = (
+    "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) "
+    "SELECT value ->> 0, ?2, value ->> 1, ?3, substr(?4, value ->> 2, value ->> 3) FROM json_each(?1)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +184,30 @@ class Store:
         """Insert (inside a transaction) the events whose id the log does not hold yet; their sequence
         numbers, aligned with ``events``, 0 for a duplicate. Event ids are stable per source record, so a
         re-delivery (an HTTP retry after a lost answer, Event Grid's at-least-once) is recognised here and
-        never reaches detection twice, as long as the first copy is within the retention."""
-        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
-        before = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-        self._db.executemany(
-            "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
-        new = dict(self._db.execute("SELECT id, seq FROM events WHERE seq > ?", (before,)).fetchall())
+        never reaches detection twice, as long as the first copy is within the retention.
+
+        One statement for the whole batch (:data:`_INSERT_BATCH`): the bodies go in as one blob, cut up by
+        SQLite from a JSON list of (id, time, offset, length). The driver releases the GIL around every step
+        of a statement and must win it back after each, so ``executemany`` over 500 rows waited behind the
+        event loop's detection up to 500 times per request (about 10x slower under load here); this waits
+        once. The sequence numbers come from the statement's row count and last row id: inserted rows
+        number consecutively (the transaction holds the write lock), and only a batch with duplicates needs
+        a look-up."""
+        bodies = [encode_event(e) for e in events]
+        starts = itertools.accumulate((len(b) for b in bodies), initial=1)  # (one more than bodies)
+        # (the bodies encoded, the ids are valid UTF-8: JSON carries them)
+        rows = [(e.id, to_ms(e.time), at, len(b)) for e, b, at in zip(events, bodies, starts, strict=False)]
+        meta = orjson.dumps(rows)
+        cur = self._db.execute(_INSERT_BATCH, (meta, source, now, b"".join(bodies)))
+        added, last = cur.rowcount, int(cur.lastrowid or 0)
+        if added == len(events):
+            return list(range(last - added + 1, last + 1))
+        if not added:
+            return [0] * len(events)
+        # Some were duplicates, and an ignored row may still have used up a sequence number: the new rows
+        # are the ``added`` newest of the log (the write lock is held), gaps or not.
+        newest = self._db.execute("SELECT id, seq FROM events ORDER BY seq DESC LIMIT ?", (added,))
+        new: dict[str, int] = dict(newest.fetchall())
         return [new.pop(e.id, 0) for e in events]
 
     # -- staging: a source's unit of work becomes visible all at once -------------------------------
