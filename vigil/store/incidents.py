@@ -20,6 +20,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from vigil.store.bulk import insert_many
+
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, group_key TEXT NOT NULL, state TEXT NOT NULL,
@@ -71,14 +73,14 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
                 data = orjson.loads(body)
                 iid = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
                 grp = orjson.dumps(data.get("group", {}))
-                opened[iid] = [iid, rule, gkey, severity, data.get("title", rule), grp, t, t, 0]
+                opened[iid] = [iid, rule, gkey, "open", severity, data.get("title", rule), grp, t, t, 0]
                 timeline.append((iid, now, "opened", "system", orjson.dumps({"finding": fid})))
                 last = t
             last = max(last, t)
             row = opened.get(iid)
             if row is not None:
-                row[7] = max(row[7], t)
-                row[8] += 1
+                row[8] = max(row[8], t)
+                row[9] += 1
             else:
                 entry = counts.setdefault(iid, [0, t])
                 entry[0] += 1
@@ -86,17 +88,13 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
             timeline.append(
                 (iid, now, "finding", f"rule:{rule}", orjson.dumps({"finding": fid, "time_ms": t}))
             )
-    db.executemany(
-        "INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)", list(opened.values())
-    )
+    # (one statement each for the many rows, see vigil/store/bulk.py; the updates are few)
+    insert_many(db, "INSERT OR IGNORE INTO incidents", list(opened.values()), blob=6)
     db.executemany(
         "UPDATE incidents SET findings = findings + ?, last_ms = max(last_ms, ?) WHERE id = ?",
         [(n, t, iid) for iid, (n, t) in counts.items()],
     )
-    db.executemany(
-        "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail) VALUES (?, ?, ?, ?, ?)",
-        timeline,
-    )
+    insert_many(db, "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail)", timeline, blob=4)
 
 
 def _open_incidents(db: sqlite3.Connection, groups: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:

@@ -19,7 +19,6 @@ hand the store to a worker thread); SQLite's own locking makes a second process 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import sqlite3
 import threading
 import time
@@ -37,8 +36,10 @@ from vigil.errors import VigilError
 from vigil.events.deadletter import DeadLetter
 from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
 from vigil.store import incidents as book
+from vigil.store.bulk import insert_many
 
 SCHEMA_VERSION: Final = 1
+_INSERT_EVENTS: Final = "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body)"
 #: SQLite page size of a new store (docs/daemon.md, "Performance")
 PAGE_SIZE: Final = 65536
 
@@ -70,14 +71,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 class StoreError(VigilError):
     """The store cannot be opened or written (disk full, locked, corrupt, newer schema)."""
-
-
-#: the event log's batch insert (see Store._insert_events): ?1 JSON [[id, time_ms, offset, length], ...],
-#: ?2 source, ?3 received ms, ?4 the bodies one after another (offsets count from 1, as substr does)
-_INSERT_BATCH: Final = (
-    "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) "
-    "SELECT value ->> 0, ?2, value ->> 1, ?3, substr(?4, value ->> 2, value ->> 3) FROM json_each(?1)"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,20 +179,13 @@ class Store:
         re-delivery (an HTTP retry after a lost answer, Event Grid's at-least-once) is recognised here and
         never reaches detection twice, as long as the first copy is within the retention.
 
-        One statement for the whole batch (:data:`_INSERT_BATCH`): the bodies go in as one blob, cut up by
-        SQLite from a JSON list of (id, time, offset, length). The driver releases the GIL around every step
-        of a statement and must win it back after each, so ``executemany`` over 500 rows waited behind the
-        event loop's detection up to 500 times per request (about 10x slower under load here); this waits
-        once. The sequence numbers come from the statement's row count and last row id: inserted rows
-        number consecutively (the transaction holds the write lock), and only a batch with duplicates needs
-        a look-up."""
-        bodies = [encode_event(e) for e in events]
-        starts = itertools.accumulate((len(b) for b in bodies), initial=1)  # (one more than bodies)
-        # (the bodies encoded, the ids are valid UTF-8: JSON carries them)
-        rows = [(e.id, to_ms(e.time), at, len(b)) for e, b, at in zip(events, bodies, starts, strict=False)]
-        meta = orjson.dumps(rows)
-        cur = self._db.execute(_INSERT_BATCH, (meta, source, now, b"".join(bodies)))
-        added, last = cur.rowcount, int(cur.lastrowid or 0)
+        One statement for the whole batch (:func:`~vigil.store.bulk.insert_many`, which says why). The
+        sequence numbers come from its row count and last row id: with no duplicate, the inserted rows
+        number consecutively (the transaction holds the write lock); only a batch with duplicates needs a
+        look-up."""
+        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
+        cur = insert_many(self._db, _INSERT_EVENTS, rows, blob=4)
+        added, last = (cur.rowcount, int(cur.lastrowid or 0)) if cur is not None else (0, 0)
         if added == len(events):
             return list(range(last - added + 1, last + 1))
         if not added:
@@ -358,7 +344,7 @@ class Store:
                 if row[0] not in seen:
                     seen.add(row[0])
                     fresh.append(row)
-            self._db.executemany("INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
+            insert_many(self._db, "INSERT INTO findings", fresh, blob=6)
             new_rows: list[book.NewFinding] = [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in fresh]
             book.attach(self._db, new_rows, self.incident_window_ms)
             new = len(new_rows)

@@ -40,7 +40,7 @@ from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
-from vigil.runtime import tune_gc
+from vigil.runtime import tune_gc, tune_threads
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
@@ -124,6 +124,7 @@ def serve(settings: Settings, profile: str | None = None) -> int:
     except OSError as exc:
         log.warning("cannot write %s (vigil platform and vigil actions need --url): %s", url_file, exc)
     tune_gc()  # the compiled rule set and the restored state are frozen out of the collector's way
+    tune_threads()
     state = RunState(settings=settings, ingest=watcher.stats, store=store, ruleset=ruleset, detector=detector)
     state.detect = stage.stats
     state.wake = wake.set_threadsafe
