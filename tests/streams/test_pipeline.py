@@ -170,3 +170,40 @@ def test_a_snapshot_asked_for_while_a_commit_runs_is_taken_next(tmp_path: Path) 
     assert stage.step() == 10
     assert stage.stats.snapshots == 2 and not stage.force_snapshot
     assert store.snapshot() is not None and store.snapshot()[0] == 20  # type: ignore[index]
+
+
+def test_run_detects_the_next_batch_while_one_commits_and_survives_a_failed_commit(tmp_path: Path) -> None:
+    """``run`` pipelines: full batches are detected while the previous one commits (the detector reads
+    ahead of the committed position); when a commit fails, the batch detected meanwhile is dropped with
+    the rest of the state and rebuilt from the store: every finding is stored exactly once."""
+    ruleset = rules(tmp_path, BURST, EACH)
+    store = Store(tmp_path / "vigil.db")
+    events = _events(60)
+    store.append_events(events, "test")
+    stage = _stage(store, ruleset, batch=10, snapshot_every=0.0)
+    real = store.commit_detection
+    seen: list[tuple[int, int]] = []  # (the batch's cursor, the detector's read position) at each commit
+
+    def flaky(*args: object, **kw: object) -> int:
+        time.sleep(0.05)  # (a slow commit: the loop is free meanwhile)
+        seen.append((int(args[1]), stage.read_to))  # type: ignore[call-overload]
+        if len(seen) == 3:
+            raise StoreError("database or disk is full")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    store.commit_detection = flaky  # type: ignore[method-assign]
+
+    async def main() -> None:
+        wake, stopping = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(stage.run(wake, stopping, tick=0.05))
+        deadline = time.monotonic() + 20
+        while store.cursor() < 60 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    assert stage.stats.commit_failures == 1 and store.cursor() == 60
+    assert all(read > cursor for cursor, read in seen[:4])  # the next batch was detected meanwhile
+    stored = [(f["rule"], tuple(f["event_ids"])) for f in store.findings(limit=1000)]
+    assert len(stored) == len(set(stored)) and set(stored) == _reference(ruleset, events)

@@ -92,7 +92,10 @@ class DetectStage:
         #: raw events older than this (received) and already detected are pruned after each snapshot
         self.retention_ms = int(parse_duration(retention).total_seconds() * 1000) if retention else None
         self.stats = DetectStats()
+        #: the last sequence committed (findings and cursor) ...
         self.position = 0
+        #: ... and the last one the detector has seen: ahead of it while a batch commits (see :meth:`run`)
+        self.read_to = 0
         #: events a source handed over right after committing them (seq -> event): read from memory
         #: instead of decoding them back from the store; anything missing is read from the store
         self._handed: dict[int, Event] = {}
@@ -129,6 +132,7 @@ class DetectStage:
             self.position = committed if not self.detector.stateful else 0
         self._committed = committed
         self._last_snapshot = time.monotonic()
+        self.read_to = self.position
         return self.position
 
     def offer(self, seqs: Sequence[int], events: Sequence[Event]) -> None:
@@ -139,7 +143,7 @@ class DetectStage:
             if len(self._handed) + len(events) > MAX_HANDED:
                 return
             for seq, event in zip(seqs, events, strict=True):
-                if seq > self.position:  # 0: a duplicate; <= position: the stage read it from the store
+                if seq > self.read_to:  # 0: a duplicate; <= read_to: the stage read it from the store
                     self._handed[seq] = event
 
     def _next(self) -> list[StoredEvent]:
@@ -147,14 +151,14 @@ class DetectStage:
         with self._handed_lock:
             handed = self._handed
             out: list[StoredEvent] = []
-            seq = self.position + 1
+            seq = self.read_to + 1
             while len(out) < self.batch and seq in handed:
                 out.append(StoredEvent(seq, handed.pop(seq)))
                 seq += 1
             if len(handed) > MAX_HANDED // 2:  # stale entries (below the position after a restart)
-                for old in [k for k in handed if k <= self.position]:
+                for old in [k for k in handed if k <= self.read_to]:
                     del handed[old]
-        return out or self.store.read_events(self.position, self.batch)
+        return out or self.store.read_events(self.read_to, self.batch)
 
     def step(self, *, force_snapshot: bool = False) -> int:
         """Process one batch of the log after the position; the number of events processed."""
@@ -189,7 +193,7 @@ class DetectStage:
         for item in stored:
             for f in process(item.event):
                 found.append((item.seq, f))
-        last = stored[-1].seq if stored else self.position
+        last = stored[-1].seq if stored else self.read_to
         # live timers only once past what the previous run committed: re-processing must not meet a
         # different watermark than the first pass did
         if self.detector.clock.live and last >= self._committed:
@@ -201,6 +205,9 @@ class DetectStage:
         # cleared now, not after the commit: a hot reload while the commit runs asks for a snapshot of the
         # new rules, and that request must survive (a failed commit restores it)
         self.force_snapshot = False
+        if due:
+            self._last_snapshot = time.monotonic()
+        self.read_to = last
         return _Batch(stored, found, last, snapshot(self.detector) if due else None, forced=force)
 
     def _commit(self, work: _Batch) -> None:
@@ -214,7 +221,6 @@ class DetectStage:
 
     def _done(self, work: _Batch) -> int:
         if work.snapshot is not None:
-            self._last_snapshot = time.monotonic()
             self.stats.snapshots += 1
             self.stats.pruned += work.pruned
         stored = work.stored
@@ -238,17 +244,34 @@ class DetectStage:
 
     async def run(self, wake: asyncio.Event, stopping: asyncio.Event, tick: float = 1.0) -> None:
         """Process as events arrive (``wake`` is set by sources after they append), tick timers every
-        ``tick`` seconds, and take a last snapshot when ``stopping`` is set."""
+        ``tick`` seconds, and take a last snapshot when ``stopping`` is set.
+
+        Pipelined: while one batch commits in a worker thread (mostly outside the GIL), the loop detects the
+        next one. Commits stay in order, one at a time, each with the snapshot taken right after its own
+        batch; if one fails, the batch detected meanwhile is dropped with the rest of the state and
+        :meth:`recover` rebuilds from the store."""
+        pending: tuple[_Batch, asyncio.Future[None]] | None = None
         while not stopping.is_set():
+            work: _Batch | None = None
             try:
-                if await self.astep() >= self.batch:
-                    await asyncio.sleep(0)  # more waiting: let the sources and the API run in between
-                    continue
+                work = self._detect(False)
+                if pending is not None:
+                    await self._finish(*pending)
+                    pending = None
+                if work is not None:
+                    pending = (work, asyncio.ensure_future(asyncio.to_thread(self._commit, work)))
+                    if len(work.stored) >= self.batch:
+                        await asyncio.sleep(0)  # more waiting: let the sources and the API run in between
+                        continue
+                    await self._finish(*pending)  # (caught up: findings and cursor out before idling)
+                    pending = None
             except StoreError as exc:
                 # Nothing of the batch was committed, but the detector has seen it: rebuild its state from
                 # the store (snapshot, then the events after it) rather than count them twice.
                 log.error("detection could not commit (%s); retrying from the last snapshot in 5 s", exc)
                 self.stats.commit_failures += 1
+                self.force_snapshot |= bool(work and work.forced) or bool(pending and pending[0].forced)
+                pending = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=5.0)
                 self.recover()
@@ -259,5 +282,11 @@ class DetectStage:
             await asyncio.wait({waiter, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stop.cancel()
+        if pending is not None:
+            await self._finish(*pending)
         self.drain()
         self.step(force_snapshot=True)
+
+    async def _finish(self, work: _Batch, commit: asyncio.Future[None]) -> None:
+        await commit
+        self._done(work)
