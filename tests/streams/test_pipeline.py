@@ -35,6 +35,15 @@ def _stage(store: Store, ruleset: tuple[Rule, ...], **kw: object) -> DetectStage
     return stage
 
 
+def _logged(tmp_path: Path, n: int) -> tuple[tuple[Rule, ...], Store, list, DetectStage]:
+    """Rules, a store holding ``n`` events, and a stage over them (batches of 10, a snapshot each)."""
+    ruleset = rules(tmp_path, BURST, EACH)
+    store = Store(tmp_path / "vigil.db")
+    events = _events(n)
+    store.append_events(events, "test")
+    return ruleset, store, events, _stage(store, ruleset, batch=10, snapshot_every=0.0)
+
+
 def _reference(ruleset: tuple[Rule, ...], events: list) -> set[tuple[str, tuple[str, ...]]]:
     det = Detector(ruleset)
     return {(f.rule, f.event_ids) for e in events for f in det.process(e)}
@@ -113,11 +122,7 @@ def test_retention_prunes_detected_events_only(tmp_path: Path) -> None:
 
 
 def test_a_failed_commit_rebuilds_the_state_and_counts_nothing_twice(tmp_path: Path) -> None:
-    ruleset = rules(tmp_path, BURST, EACH)
-    store = Store(tmp_path / "vigil.db")
-    events = _events(40)
-    store.append_events(events, "test")
-    stage = _stage(store, ruleset, batch=10, snapshot_every=0.0)
+    ruleset, store, events, stage = _logged(tmp_path, 40)
     real = store.commit_detection
     calls = [0]
 
@@ -176,11 +181,7 @@ def test_run_detects_the_next_batch_while_one_commits_and_survives_a_failed_comm
     """``run`` pipelines: full batches are detected while the previous one commits (the detector reads
     ahead of the committed position); when a commit fails, the batch detected meanwhile is dropped with
     the rest of the state and rebuilt from the store: every finding is stored exactly once."""
-    ruleset = rules(tmp_path, BURST, EACH)
-    store = Store(tmp_path / "vigil.db")
-    events = _events(60)
-    store.append_events(events, "test")
-    stage = _stage(store, ruleset, batch=10, snapshot_every=0.0)
+    ruleset, store, events, stage = _logged(tmp_path, 60)
     real = store.commit_detection
     seen: list[tuple[int, int]] = []  # (the batch's cursor, the detector's read position) at each commit
 
