@@ -31,10 +31,11 @@ import msgspec
 import orjson
 
 from vigil.detectors.clock import to_ms
-from vigil.detectors.finding import Finding, finding_id, group_key
+from vigil.detectors.finding import Finding
 from vigil.errors import VigilError
 from vigil.events.deadletter import DeadLetter
-from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
+from vigil.events.model import Event, encode_event, event_from_mapping
+from vigil.store import findings as found
 from vigil.store import incidents as book
 from vigil.store.bulk import insert_many
 
@@ -50,11 +51,6 @@ CREATE TABLE IF NOT EXISTS events (
     time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
 CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
-CREATE TABLE IF NOT EXISTS findings (
-    id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, group_key TEXT NOT NULL,
-    time_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS findings_time ON findings(time_ms);
-CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule, time_ms);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL,
     received_ms INTEGER NOT NULL, body BLOB NOT NULL);
@@ -105,7 +101,7 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
-                for stmt in filter(str.strip, (_SCHEMA + book.SCHEMA).split(";")):
+                for stmt in filter(str.strip, (_SCHEMA + found.SCHEMA + book.SCHEMA).split(";")):
                     self._db.execute(stmt)
                 row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None:
@@ -326,26 +322,10 @@ class Store:
     ) -> int:
         """In one transaction: insert the findings (those already present are skipped), move the detector's
         cursor to ``cursor`` and, when given, replace its snapshot. Returns how many findings were new."""
-        rows = [
-            (finding_id(f), f.rule, f.severity, group_key(f.group), to_ms(f.time), seq, encode_json(f))
-            for seq, f in findings
-        ]
+        batch = found.rows(findings)
 
         def write() -> int:
-            # new ones only: those already stored (a replay after a crash) and repeats inside the batch
-            seen: set[str] = set()
-            for i in range(0, len(rows), 500):
-                ids = [r[0] for r in rows[i : i + 500]]
-                marks = ",".join("?" * len(ids))
-                found = self._db.execute(f"SELECT id FROM findings WHERE id IN ({marks})", ids)
-                seen.update(r[0] for r in found)
-            fresh = []
-            for row in rows:
-                if row[0] not in seen:
-                    seen.add(row[0])
-                    fresh.append(row)
-            insert_many(self._db, "INSERT INTO findings", fresh, blob=6)
-            new_rows: list[book.NewFinding] = [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in fresh]
+            new_rows = found.insert_new(self._db, batch)
             book.attach(self._db, new_rows, self.incident_window_ms)
             new = len(new_rows)
             now = int(time.time() * 1000)
@@ -380,13 +360,7 @@ class Store:
         self, *, rule: str | None = None, since_ms: int = 0, limit: int = 100
     ) -> list[dict[str, Any]]:
         """The newest findings first (as JSON objects with their ``id``)."""
-        sql = "SELECT id, body FROM findings WHERE time_ms >= ?"
-        args: list[Any] = [since_ms]
-        if rule is not None:
-            sql += " AND rule = ?"
-            args.append(rule)
-        sql += " ORDER BY time_ms DESC, id LIMIT ?"
-        args.append(limit)
+        sql, args = found.query(rule, since_ms, limit)
         return [{"id": fid, **orjson.loads(body)} for fid, body in self._read(sql, args)]
 
     def count_findings(self) -> int:

@@ -1,0 +1,70 @@
+"""Findings in the store: their table, and how a batch of them is written exactly once.
+
+A finding's row key is its identity (:func:`~vigil.detectors.finding.finding_id`: rule, group, form, time,
+events), so the detect stage can process the same events again after a crash and insert nothing twice:
+:func:`insert_new` keeps only the findings the table does not hold yet (and the first of repeats inside
+one batch) and returns those, for the incidents (``incidents.attach``). Called inside the detection
+transaction (:meth:`~vigil.store.sqlite.Store.commit_detection`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, Final
+
+from vigil.detectors.clock import to_ms
+from vigil.detectors.finding import Finding, finding_id, group_key
+from vigil.events.model import encode_json
+from vigil.store.bulk import insert_many
+from vigil.store.incidents import NewFinding
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS findings (
+    id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, group_key TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_time ON findings(time_ms);
+CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule, time_ms);
+"""
+#: ids looked up per statement
+_LOOKUP: Final = 500
+
+#: (id, rule, severity, group key, time ms, event seq, body JSON)
+Row = tuple[str, str, str, str, int, int, bytes]
+
+
+def rows(findings: Iterable[tuple[int, Finding]]) -> list[Row]:
+    """The table rows of (event seq, finding) pairs (computed before the transaction: hashing and encoding
+    need no lock)."""
+    return [
+        (finding_id(f), f.rule, f.severity, group_key(f.group), to_ms(f.time), seq, encode_json(f))
+        for seq, f in findings
+    ]
+
+
+def insert_new(db: sqlite3.Connection, batch: list[Row]) -> list[NewFinding]:
+    """Insert the rows whose finding the table does not hold yet; those inserted, for the incidents."""
+    seen: set[str] = set()
+    for i in range(0, len(batch), _LOOKUP):
+        ids = [r[0] for r in batch[i : i + _LOOKUP]]
+        marks = ",".join("?" * len(ids))
+        seen.update(r[0] for r in db.execute(f"SELECT id FROM findings WHERE id IN ({marks})", ids))
+    fresh = []
+    for row in batch:
+        if row[0] not in seen:
+            seen.add(row[0])
+            fresh.append(row)
+    insert_many(db, "INSERT INTO findings", fresh, blob=6)
+    return [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in fresh]
+
+
+def query(rule: str | None, since_ms: int, limit: int) -> tuple[str, list[Any]]:
+    """SQL and arguments of a listing, newest first: ``SELECT id, body`` of the findings."""
+    sql = "SELECT id, body FROM findings WHERE time_ms >= ?"
+    args: list[Any] = [since_ms]
+    if rule is not None:
+        sql += " AND rule = ?"
+        args.append(rule)
+    sql += " ORDER BY time_ms DESC, id LIMIT ?"
+    args.append(limit)
+    return sql, args
