@@ -79,7 +79,8 @@ def test_two_nodes_attest_train_below_the_bound_and_report_signed_telemetry(flee
     assert fleet.metric("vigil_ingest_events_total") > 2 * EPOCHS * 5
     assert fleet.metric("vigil_ingest_dead_letters_total") == 0
     findings = httpx.get(f"{fleet.base}/v1/findings", params={"limit": 500}).json()["findings"]
-    assert not [f for f in findings if f["rule"] in ("tel.bad-signature", "tel.unsigned-record")]
+    # healthy nodes raise nothing: signed records, reads inside their dataset, losses in bounds
+    assert not [f["rule"] for f in findings if f["rule"].startswith("tel.")]
 
 
 def test_a_tampered_node_is_refused_alerted_quarantined_and_not_restarted(fleet: Fleet) -> None:

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from vigil.platform.client import PlatformClient
 
 IRIS_CSV: Final = Path(__file__).resolve().parent / "data" / "iris.csv"
-#: the object name of the training set inside its container
-OBJECT: Final = "iris/train.csv"
+#: the object name of the training set inside its container (under a prefix the shipped rules' list
+#: ``dataset_prefixes`` names, so the demo nodes' reads are not "outside their dataset")
+OBJECT: Final = "datasets/iris/train.csv"
 HEADER: Final = "sepal_length,sepal_width,petal_length,petal_width,species"
 CLASSES: Final = ("setosa", "versicolor", "virginica")
 FEATURES: Final = 4
