@@ -155,22 +155,24 @@ def test_offered_events_the_stage_already_read_are_not_kept(tmp_path: Path) -> N
 
 
 def test_a_snapshot_asked_for_while_a_commit_runs_is_taken_next(tmp_path: Path) -> None:
-    """The loop keeps serving while a batch commits in a worker thread; a hot reload in that time asks for
-    a snapshot of the new rules, and the commit of the batch before it must not swallow that request."""
+    """The loop keeps serving while a batch commits in a worker thread (``run``); a hot reload in that time
+    asks for a snapshot of the new rules, and the commit of the batch before it must not swallow that
+    request."""
     ruleset = rules(tmp_path, BURST, EACH)
     store = Store(tmp_path / "vigil.db")
     store.append_events(_events(20), "test")
     stage = _stage(store, ruleset, batch=10, snapshot_every=3600.0)
     stage.force_snapshot = True
 
-    async def scenario() -> None:
-        step = asyncio.create_task(stage.astep())
-        await asyncio.sleep(0)  # the step detected its batch and waits for the commit thread
-        assert not step.done()
-        stage.force_snapshot = True  # (what Reloader does after swapping the rules)
-        assert await step == 10
+    real = store.commit_detection
 
-    asyncio.run(scenario())
+    def commit_during_a_reload(*args: object, **kw: object) -> int:
+        stage.force_snapshot = True  # (what Reloader does, on the loop, while a commit runs in its thread)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    store.commit_detection = commit_during_a_reload  # type: ignore[method-assign]
+    assert stage.step() == 10
+    store.commit_detection = real  # type: ignore[method-assign]
     assert stage.stats.snapshots == 1 and stage.force_snapshot
     assert stage.step() == 10
     assert stage.stats.snapshots == 2 and not stage.force_snapshot

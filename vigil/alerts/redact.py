@@ -240,13 +240,12 @@ def _has_needle(text: str, low: str) -> bool:
 
 def _redact(text: str) -> str:
     low = text.lower()
-    if not _has_needle(text, low):
-        return text if len(text) < _LONG_B64_MIN else _LONG_B64.sub(_long_blob, text)
-    for (pattern, replacement), (needles, lower) in zip(_PATTERNS, _NEEDLES, strict=True):
-        if any(n in text for n in needles) or any(n in low for n in lower):
-            changed = pattern.sub(replacement, text)
-            if changed != text:
-                text, low = changed, changed.lower()
+    if _has_needle(text, low):
+        for (pattern, replacement), (needles, lower) in zip(_PATTERNS, _NEEDLES, strict=True):
+            if any(n in text for n in needles) or any(n in low for n in lower):
+                changed = pattern.sub(replacement, text)
+                if changed != text:
+                    text, low = changed, changed.lower()
     return text if len(text) < _LONG_B64_MIN else _LONG_B64.sub(_long_blob, text)
 
 

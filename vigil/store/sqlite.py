@@ -112,7 +112,7 @@ class Store:
                     )
             #: the newest sequence in the event log, kept here after each commit: the backlog check of
             #: every request and ``/metrics`` read it without waiting for the lock a commit holds
-            self._last_seq = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            self._last_seq = self._max_seq()
             self._cursors: dict[str, int] = {}
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
@@ -142,6 +142,9 @@ class Store:
                     raise
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
+
+    def _max_seq(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
     def _tx(self) -> Store._Tx:
         return Store._Tx(self._db)
@@ -228,7 +231,7 @@ class Store:
             )
             self._db.execute("DELETE FROM staged WHERE token = ?", (token,))
             self._set_offset(f"published:{token}", str(now))
-            return count, int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            return count, self._max_seq()
 
         published, last = self._write(move)
         self._last_seq = max(self._last_seq, last)

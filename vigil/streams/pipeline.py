@@ -177,19 +177,6 @@ class DetectStage:
             raise
         return self._done(work)
 
-    async def astep(self) -> int:
-        """:meth:`step` for the event loop: the commit (its fsync) runs in a worker thread, so requests
-        keep being served meanwhile; detection itself stays on the loop, which owns the detector."""
-        work = self._detect(False)
-        if work is None:
-            return 0
-        try:
-            await asyncio.to_thread(self._commit, work)
-        except StoreError:
-            self.force_snapshot |= work.forced
-            raise
-        return self._done(work)
-
     def _detect(self, force_snapshot: bool) -> _Batch | None:
         """Run the next batch through the detector: what to commit, or None when there is nothing."""
         stored = self._next()

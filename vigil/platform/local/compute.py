@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 
-#: states a node may report about itself
 STOP_TIMEOUT = 2.0
 
 
