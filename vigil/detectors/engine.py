@@ -27,7 +27,8 @@ from datetime import timedelta
 from typing import Final, Protocol
 
 from vigil.detectors.clock import EventClock, to_ms
-from vigil.detectors.finding import Finding, finding, group_from_key, group_of, single
+from vigil.detectors.fastpath import Update, count_update
+from vigil.detectors.finding import Finding, group_of, single
 from vigil.detectors.flatline import FlatlineDetector
 from vigil.detectors.match import Matcher
 from vigil.detectors.sequence import SequenceDetector
@@ -39,14 +40,7 @@ from vigil.rules.model import Rule
 
 #: events between two incremental expiry sweep steps (each visits one shard of one rule's state)
 SWEEP_EVERY: Final = 32
-_M24: Final = (1 << 24) - 1
 NO_TIMER: Final = 1 << 62
-
-
-#: (detector, shards, window ms, at_least, group_by fields, key function) of a plain count rule
-_FastCount = tuple[
-    ThresholdDetector, list[dict[str, Packed]], int, float, tuple[str, ...], Callable[[Event], str]
-]
 
 
 class Stateful(Protocol):
@@ -115,9 +109,7 @@ class Detector:
         self._timed += [s for s in self.sequences if s.absent]
         self._timed += [d for d in self.thresholds.values() if d.high is not None]
         #: id(rule) -> its state update, for the threshold and flatline filters the matcher returns
-        self._updates = {k: d.on_event for k, d in self.thresholds.items()}
-        self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
-        self._counts: dict[int, _FastCount] = {}
+        self._updates: dict[int, Update] = {}
         self._sweepable: list[tuple[KeyedState, Stateful | Suppressor]] = []
         self._sweep_next = 0
         self._bind_states()
@@ -152,39 +144,8 @@ class Detector:
         steps: dict[int, tuple[SequenceDetector, list[int]]] | None = None
         group: Mapping[str, str] | None = None
         updates = self._updates
-        counts = self._counts
-        keys: dict[tuple[str, ...], str] = {}  # group keys of this event, shared by rules that group alike
         for rule in matched:
             key = id(rule)
-            fast = counts.get(key)
-            if fast is not None:
-                # The common case inlined: a plain count rule, a new group or one in its current bucket.
-                det, shards, w, low, fields, key_of = fast
-                gk = keys.get(fields)
-                if gk is None:
-                    gk = keys[fields] = key_of(event)
-                shard = shards[hash(gk) & 255]
-                st = shard.get(gk)
-                b = t // w
-                if st is None:  # a new group: its first event
-                    state = det.state
-                    if state.size >= state.limit:
-                        state.limited += 1
-                        continue
-                    state.size += 1
-                    shard[gk] = (b << 48) | (1 << 24)
-                    before: float = 0
-                elif type(st) is int and st >> 48 == b:  # the group's current bucket
-                    cur, prev = (st >> 24) & _M24, st & _M24
-                    before = cur + prev * (1 - (t - b * w) / w) if prev else cur
-                    if cur < _M24:
-                        shard[gk] = st + (1 << 24)
-                else:  # a new bucket, or a late event: the general path
-                    det.on_event(event, t, out)
-                    continue
-                if before < low <= before + 1:
-                    out.append(finding(rule, (event.id,), event.time, group_from_key(fields, gk), before + 1))
-                continue
             update = updates.get(key)
             if update is not None:
                 update(event, t, out)
@@ -287,13 +248,11 @@ class Detector:
         return out
 
     def _bind_states(self) -> None:
-        """(Re)build what caches a reference to a rule's state: the inlined count path and the sweep."""
-        #: id(rule) -> what the inlined same-bucket update of a plain count threshold needs
-        self._counts = {}
-        for k, det in self.thresholds.items():
-            fast = det.fast_count
-            if fast is not None:
-                self._counts[k] = (det, *fast, det.fields, det.key_of)
+        """(Re)build what caches a reference to a rule's state: the state updates and the sweep."""
+        # A plain count rule's update is generated with its state bound in (fastpath.py), so it is made
+        # anew here whenever a state object is replaced.
+        self._updates = {k: count_update(d) or d.on_event for k, d in self.thresholds.items()}
+        self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
         #: every keyed state with its owner, visited round robin by the sweep
         self._sweepable = [(d.state, d) for d in self.stateful]
         self._sweepable += [(s.state, s) for s in self.suppressors.values()]

@@ -1,0 +1,104 @@
+"""The generated update of plain count rules: which rules get one, what it reads, and that it agrees with the
+general path on keys, limits, missing fields and state adopted by a hot reload."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.detectors.stateful_helpers import ev, rule_doc, rules
+from vigil.detectors.engine import Detector
+from vigil.detectors.fastpath import attribute_path, count_update
+from vigil.detectors.threshold import ThresholdDetector
+
+LOGIN = 'kind: generic\nmatch: action == "login"\n'
+
+
+def doc(rule_id: str, spec: str) -> str:
+    return rule_doc(rule_id, LOGIN + f"threshold: {spec}\n")
+
+
+def th(det: Detector, rule_id: str) -> ThresholdDetector:
+    return next(t for t in det.thresholds.values() if t.rule.id == rule_id)
+
+
+@pytest.mark.parametrize(
+    ("field", "path"),
+    [
+        ("actor.ip", "e.actor.ip"),
+        ("resource.id", "e.resource.id"),
+        ("action", "e.action"),
+        ("labels.team", None),
+        ("raw.properties.x", None),
+        ("actor.nope", None),
+        ("time", None),  # not a string field
+        ("actor.ip.x", None),
+    ],
+)
+def test_attribute_path_only_for_string_fields_of_the_structs(field: str, path: str | None) -> None:
+    assert attribute_path(field) == path
+
+
+def test_only_plain_count_rules_get_a_generated_update(tmp_path: Path) -> None:
+    det = Detector(
+        rules(
+            tmp_path,
+            doc("t.count", "{count: 3, window: 5m, group_by: [actor.ip]}"),
+            doc("t.most", "{count: true, at_most: 5, window: 5m, group_by: [actor.ip]}"),
+            doc("t.distinct", "{distinct: actor.id, at_least: 2, window: 5m, group_by: [actor.ip]}"),
+        )
+    )
+    assert count_update(th(det, "t.count")) is not None
+    assert count_update(th(det, "t.most")) is None
+    assert count_update(th(det, "t.distinct")) is None
+
+
+def test_bound_of_one_fires_on_the_first_event_and_once(tmp_path: Path) -> None:
+    det = Detector(rules(tmp_path, doc("t.one", "{count: 1, window: 5m, group_by: [actor.ip]}")))
+    first = det.process(ev("e1", 0, ip="192.0.2.1"))
+    assert [(f.rule, f.value, dict(f.group)) for f in first] == [("t.one", 1, {"actor.ip": "192.0.2.1"})]
+    assert det.process(ev("e2", 1, ip="192.0.2.1")) == []
+
+
+def test_key_limit_is_counted_and_existing_groups_still_count(tmp_path: Path) -> None:
+    det = Detector(rules(tmp_path, doc("t.c", "{count: 2, window: 5m, group_by: [actor.ip]}")), max_keys=2)
+    for i, ip in enumerate(["a", "b", "c", "d"]):
+        det.process(ev(f"e{i}", i, ip=ip))
+    state = th(det, "t.c").state
+    assert state.size == 2 and state.limited == 2
+    fired = det.process(ev("e9", 9, ip="a"))
+    assert [f.rule for f in fired] == ["t.c"]
+
+
+def test_missing_field_and_multi_field_and_label_keys(tmp_path: Path) -> None:
+    det = Detector(
+        rules(
+            tmp_path,
+            doc("t.ip", "{count: 2, window: 5m, group_by: [actor.ip]}"),
+            doc("t.two", "{count: 2, window: 5m, group_by: [actor.ip, actor.id]}"),
+            doc("t.label", "{count: 2, window: 5m, group_by: [labels.team]}"),
+        )
+    )
+    out = det.process(ev("e1", 0, actor_id="u1", labels={"team": "red"}))
+    out += det.process(ev("e2", 1, actor_id="u1", labels={"team": "red"}))
+    groups = {f.rule: dict(f.group) for f in out}
+    assert groups == {
+        "t.ip": {"actor.ip": ""},  # a missing field groups as ""
+        "t.two": {"actor.ip": "", "actor.id": "u1"},
+        "t.label": {"labels.team": "red"},
+    }
+
+
+def test_a_hot_reload_rebinds_the_update_to_the_adopted_state(tmp_path: Path) -> None:
+    text = doc("t.c", "{count: 3, window: 5m, group_by: [actor.ip]}")
+    old = Detector(rules(tmp_path, text), lateness=timedelta(minutes=5))
+    old.process(ev("e1", 0, ip="x"))
+    old.process(ev("e2", 1, ip="x"))
+    new = Detector(rules(tmp_path, text), lateness=timedelta(minutes=5))
+    assert new.adopt(old) == ["t.c"]
+    assert th(new, "t.c").state is th(old, "t.c").state
+    fired = new.process(ev("e3", 2, ip="x"))
+    assert [(f.rule, f.value) for f in fired] == [("t.c", 3)]
+    assert th(new, "t.c").state.size == 1
