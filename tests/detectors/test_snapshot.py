@@ -3,7 +3,9 @@ reported; a corrupt snapshot is a VigilError; writes are atomic."""
 
 from __future__ import annotations
 
+import base64
 import os
+import struct
 from datetime import timedelta
 from pathlib import Path
 
@@ -150,6 +152,37 @@ def test_round_trip_count_threshold(tmp_path: Path) -> None:
         assert split_run(rules, events, k, tmp_path / "snap.json") == expected, k
 
 
+def _as_version_1(data: bytes) -> bytes:
+    """A version-2 snapshot as version 1 wrote it: ``distinct`` states laid out header + current + previous."""
+    doc = orjson.loads(data)
+    doc["version"] = 1
+    for entry in doc["states"].get("t.distinct", {}).get("entries", []):
+        st = base64.b64decode(entry[2])
+        kb, nprev, only = struct.unpack_from("<qII", st)
+        prev, cur = st[16 : 16 + 8 * nprev], st[16 + 8 * nprev :]
+        entry[2] = base64.b64encode(struct.pack("<qII", kb, len(cur) // 8, only) + cur + prev).decode()
+    return orjson.dumps(doc)
+
+
+def test_a_version_1_snapshot_is_read_and_its_distinct_states_converted(tmp_path: Path) -> None:
+    rules = load(tmp_path, *FORMS_WITHOUT_INT_OVERFLOW, SUPPRESSED).rules
+    events = stream()
+    expected = uninterrupted(rules, events)
+    converted = 0
+    for k in range(3, len(events) + 1, 6):
+        first, found = run(rules, events[:k])
+        old = _as_version_1(snapshot.snapshot(first))
+        second = Detector(rules, lateness=timedelta(minutes=2))
+        report = snapshot.restore(second, old)
+        assert report.dropped == []
+        for name, (_, state) in second.states().items():
+            assert dict(state.items()) == dict(first.states()[name][1].items()), name
+        converted += second.states()["t.distinct"][1].size
+        found += feed(second, events[k:])
+        assert found + second.advance(timedelta(hours=1)) == expected, k
+    assert converted  # distinct states were there to convert
+
+
 def test_round_trip_suppression(tmp_path: Path) -> None:
     rules = load(tmp_path, SUPPRESSED).rules
     events = stream()
@@ -189,7 +222,7 @@ def test_changed_rule_is_dropped_and_reported(tmp_path: Path) -> None:
         b"garbage",
         b'{"version": 1, "states": {',
         b"[1, 2]",
-        b'{"version": 2, "states": {}}',
+        b'{"version": 99, "states": {}}',
         b'{"states": {}}',
     ],
     ids=["empty", "garbage", "truncated", "not-an-object", "other-version", "no-version"],

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.detectors.stateful_helpers import BASE_MS, at, ev, feed, load, rule_doc, rules
 from vigil.detectors.clock import from_ms, to_ms
 from vigil.detectors.engine import Detector
-from vigil.detectors.threshold import M24, ThresholdDetector, value_hash
+from vigil.detectors.threshold import M24, ThresholdDetector, distinct_parts, value_hash
 from vigil.events.model import Event
 from vigil.rules.model import Rule
 
@@ -572,10 +572,11 @@ def check_distinct_stream(rules: tuple[Rule, ...], steps: Steps) -> Counter[str]
             raw = d.state.get(g)
             assert type(raw) is bytes
             kb = int.from_bytes(raw[:8], "little", signed=True)
-            ncur, d_only = (int.from_bytes(raw[k : k + 4], "little") for k in (8, 12))
-            assert (kb, ncur, d_only) == (b, len(cur), only), (i, n)
-            assert raw[16 : 16 + 8 * ncur] == b"".join(value_hash(v) for v in cur)
-            assert raw[16 + 8 * ncur :] == b"".join(value_hash(v) for v in prev)
+            nprev, d_only = (int.from_bytes(raw[k : k + 4], "little") for k in (8, 12))
+            assert (kb, nprev, d_only) == (b, len(prev), only), (i, n)
+            assert raw[16 : 16 + 8 * nprev] == b"".join(value_hash(v) for v in prev)
+            assert raw[16 + 8 * nprev :] == b"".join(value_hash(v) for v in cur)
+            assert distinct_parts(raw) == (kb, raw[16 : 16 + 8 * nprev], raw[16 + 8 * nprev :], only)
             # the exact distinct count over (t - W, t] lies between the two (when nothing was capped)
             exact = len({v for x, v in events[g] if t - W < x <= t})
             if len(cur) < n and len(prev) < n:

@@ -1,14 +1,20 @@
 """Paths of ``distinct`` thresholds the property tests do not reach: the key limit, late events into the
-previous bucket, and the ``at_most`` timer (``_distinct`` inlines the state's put and these checks)."""
+previous bucket, and the ``at_most`` timer (``_distinct`` inlines the state's put and these checks); the
+value hash and the state layout that snapshots keep."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from tests.detectors.stateful_helpers import at, ev, feed, rule_doc, rules
 from vigil.detectors.clock import to_ms
 from vigil.detectors.engine import Detector
+from vigil.detectors.threshold import distinct_from_v1, distinct_parts, value_hash
 from vigil.events.model import Event
 
 LOGIN = 'kind: generic\nmatch: action == "login"\n'
@@ -54,3 +60,20 @@ def test_distinct_at_most_arms_the_timer(tmp_path: Path) -> None:
     assert ips.next_due == (to_ms(at(20)) // ips.w + 1) * ips.w  # the end of the group's bucket
     found = det.advance(timedelta(minutes=20))
     assert [(f.value, dict(f.group)) for f in found] == [(2, {"actor.id": "u"})]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1", "", "ü\udcff", 3, 2.5, True])
+def test_value_hash_is_stable_blake2b_of_the_text(value: object) -> None:
+    """Snapshots keep these hashes: they must not change between versions or processes."""
+    text = value if type(value) is str else repr(value)
+    expected = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    assert value_hash(value) == expected
+    assert value_hash(value) == expected  # (memoised)
+
+
+def test_distinct_parts_and_the_version_1_layout() -> None:
+    prev, cur = b"P" * 8 + b"Q" * 8, b"C" * 8
+    st = struct.pack("<qII", 7, 2, 1) + prev + cur
+    assert distinct_parts(st) == (7, prev, cur, 1)
+    old = struct.pack("<qII", 7, 1, 1) + cur + prev  # version 1: header counts the current bucket
+    assert distinct_from_v1(old) == st

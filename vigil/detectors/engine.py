@@ -41,6 +41,8 @@ from vigil.rules.model import Rule
 #: events between two incremental expiry sweep steps (each visits one shard of one rule's state)
 SWEEP_EVERY: Final = 32
 NO_TIMER: Final = 1 << 62
+#: the state name of a rule's suppression: ``<rule id>!suppress`` (see :meth:`Detector.states`)
+SUPPRESS_SUFFIX: Final = "!suppress"
 
 
 class Stateful(Protocol):
@@ -244,7 +246,7 @@ class Detector:
     def states(self) -> dict[str, tuple[Rule, KeyedState]]:
         """Every keyed state by a stable name (for snapshots): ``<rule id>`` and ``<rule id>!suppress``."""
         out = {d.rule.id: (d.rule, d.state) for d in self.stateful}
-        out |= {f"{rid}!suppress": (s.rule, s.state) for rid, s in self.suppressors.items()}
+        out |= {rid + SUPPRESS_SUFFIX: (s.rule, s.state) for rid, s in self.suppressors.items()}
         return out
 
     def _bind_states(self) -> None:
@@ -271,7 +273,7 @@ class Detector:
                 det.state = prev[1]
                 kept.append(det.rule.id)
         for rid, sup in self.suppressors.items():
-            prev = previous.get(f"{rid}!suppress")
+            prev = previous.get(rid + SUPPRESS_SUFFIX)
             if prev is not None and prev[0].content_hash == sup.rule.content_hash:
                 sup.state = prev[1]
         self.clock = old.clock

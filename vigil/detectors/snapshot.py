@@ -19,11 +19,14 @@ from typing import Any, Final
 
 import orjson
 
-from vigil.detectors.engine import Detector
+from vigil.detectors.engine import SUPPRESS_SUFFIX, Detector
+from vigil.detectors.threshold import distinct_from_v1
 from vigil.errors import VigilError
 from vigil.fsutil import atomic_write
 
-VERSION: Final = 1
+VERSION: Final = 2
+#: versions :func:`restore` reads: 1 laid ``distinct`` states out as current + previous bucket (converted)
+READS: Final = frozenset({1, 2})
 
 
 @dataclass
@@ -75,10 +78,10 @@ def restore(detector: Detector, data: bytes, *, exact_clock: bool = False) -> Re
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise VigilError(f"detector snapshot is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+    if not isinstance(doc, dict) or doc.get("version") not in READS:
         raise VigilError(
             f"detector snapshot version {doc.get('version') if isinstance(doc, dict) else '?'}"
-            f" is not {VERSION}"
+            f" is not one of {sorted(READS)}"
         )
     try:
         loaded = _read(detector, doc, exact_clock)
@@ -102,12 +105,19 @@ def _read(detector: Detector, doc: dict[str, Any], exact_clock: bool = False) ->
         if target is None or target[0].content_hash != saved.get("hash"):
             report.dropped.append(name)
             continue
+        spec = target[0].threshold
+        convert = doc["version"] == 1 and spec is not None and spec.measure == "distinct"
         entries = []
         for entry in saved.get("entries", ()):
             key, tag, value = entry
             if type(key) is not str:
                 raise ValueError(f"{name}: key is not a string")
-            entries.append((key, _decode(tag, value)))
+            packed = _decode(tag, value)
+            if convert and not name.endswith(SUPPRESS_SUFFIX):
+                if type(packed) is not bytes:
+                    raise ValueError(f"{name}: a distinct state is not bytes")
+                packed = distinct_from_v1(packed)
+            entries.append((key, packed))
         staged.append((target[1], entries))
     clock = doc.get("clock", {})
     if not isinstance(clock, dict) or not all(type(v) is int for v in clock.values()):

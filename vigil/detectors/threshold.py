@@ -44,6 +44,8 @@ from vigil.rules.model import Rule
 M24: Final = (1 << 24) - 1
 NO_TIMER: Final = 1 << 62
 _SUM: Final = struct.Struct("<qdd")
+#: header of a ``distinct`` state: bucket, number of previous-bucket hashes, how many of those are not in
+#: the current bucket (see :func:`distinct_parts`)
 _DIST: Final = struct.Struct("<qII")
 _SHARD_MASK: Final = SHARDS - 1
 
@@ -53,20 +55,42 @@ def value_hash(value: object) -> bytes:
     return _text_hash(value if type(value) is str else repr(value))
 
 
+_BLAKE2B_8: Final = hashlib.blake2b(digest_size=8)
+
+
 @functools.lru_cache(maxsize=65536)
 def _text_hash(text: str) -> bytes:
     """Memoised (LRU, evicted one entry at a time): several distinct rules usually count the same field
-    of an event, and busy values repeat."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    of an event, and busy values repeat. A copy of a ready hash object costs about half a new one."""
+    h = _BLAKE2B_8.copy()
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()
 
 
-def _has(blob: bytes, h: bytes) -> bool:
-    i = blob.find(h)
+def _has(blob: bytes, h: bytes, lo: int, hi: int | None = None) -> bool:
+    """Whether 8-byte hash ``h`` is one of the hashes in ``blob[lo:hi]`` (``lo`` a multiple of 8)."""
+    i = blob.find(h, lo, hi)
     while i >= 0:
         if i % 8 == 0:
             return True
-        i = blob.find(h, i + 1)
+        i = blob.find(h, i + 1, hi)
     return False
+
+
+def distinct_parts(st: bytes) -> tuple[int, bytes, bytes, int]:
+    """(bucket, previous bucket's hashes, current bucket's hashes, how many previous ones are not in the
+    current bucket) of a ``distinct`` state: ``<q bucket><I n previous><I only> + previous + current``."""
+    kb, nprev, only = _DIST.unpack_from(st)
+    split = 16 + 8 * nprev
+    return kb, st[16:split], st[split:], only
+
+
+def distinct_from_v1(st: bytes) -> bytes:
+    """A ``distinct`` state as snapshot version 1 laid it out (``<q bucket><I n current><I only> + current +
+    previous``) in today's layout."""
+    kb, ncur, only = _DIST.unpack_from(st)
+    split = 16 + 8 * ncur
+    return _DIST.pack(kb, (len(st) - split) >> 3, only) + st[split:] + st[16:split]
 
 
 class ThresholdDetector:
@@ -200,8 +224,9 @@ class ThresholdDetector:
     # -- distinct ------------------------------------------------------------------------------------
 
     def _distinct(self, event: Event, t: int, out: list[Finding]) -> None:
-        # Hot path (a share of every event): the state's shard is used directly and the helpers
-        # (put, _arm, _crossed, _has of an empty bucket) are inlined; the logic is that of the other forms.
+        # Hot path (a share of every event): the state's shard is used directly and the helpers (put, _arm,
+        # _crossed) are inlined. The value is ``header + prev + cur`` (see :func:`distinct_parts`), so a new
+        # value of the current bucket is one concatenation, ``st + h``, the header unchanged.
         assert self._raw_get is not None
         v = self._raw_get(event)
         if v is None:
@@ -213,65 +238,69 @@ class ThresholdDetector:
         high = self.high
         shard = self.state.shards[hash(key) & _SHARD_MASK]
         st = shard.get(key)
-        if st is None:
-            kb, cur, prev, only = b, b"", b"", 0
-        else:
-            assert type(st) is bytes
-            kb, ncur, only = _DIST.unpack_from(st)
-            split = 16 + 8 * ncur
-            cur, prev = st[16:split], st[split:]
-            if b > kb:
-                if high is not None:
-                    self._judge(key, kb, ncur, out)
-                prev = cur if b == kb + 1 else b""
-                cur, kb, only = b"", b, len(prev) // 8 if b == kb + 1 else 0
-            elif b < kb - 1 and high is None:
-                self.stale += 1
-                return
-        if st is None:
+        if st is None:  # a new group: its first value (cap is at least 1)
             state = self.state
             if state.size >= state.limit:  # a new key past the limit (as KeyedState.put)
                 state.limited += 1
                 return
-        if (
-            b < kb and high is None
-        ):  # late into the previous bucket: kept there, and all of it is in the window
-            if (prev and _has(prev, h)) or (cur and _has(cur, h)):
+            state.size += 1
+            shard[key] = _DIST.pack(b, 0, 0) + h
+            if high is not None:
+                self.next_due = min(self.next_due, (b + 1) * w)
+            elif self.low is not None and 0 < self.low <= 1:
+                out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), 1))
+            return
+        assert type(st) is bytes
+        kb, nprev, only = _DIST.unpack_from(st)
+        split = 16 + 8 * nprev
+        if b > kb:  # a later bucket: the current one becomes the previous one (or both are forgotten)
+            ncur = (len(st) - split) >> 3
+            if high is not None:
+                self._judge(key, kb, ncur, out)
+            st = _DIST.pack(b, ncur, ncur) + st[split:] if b == kb + 1 else _DIST.pack(b, 0, 0)
+            kb, nprev, only = b, (ncur if b == kb + 1 else 0), (ncur if b == kb + 1 else 0)
+            split = 16 + 8 * nprev
+        elif b < kb and high is None:  # (at_most: a judged bucket's late event counts in kb)
+            if b < kb - 1:
+                self.stale += 1
                 return
-            late_before = len(cur) // 8 + only
-            if len(prev) // 8 < self.cap:
-                prev += h
-                only += 1
-            if st is None:
-                self.state.size += 1
-            shard[key] = _DIST.pack(kb, len(cur) // 8, only) + cur + prev
-            low = self.low
-            if low is not None and late_before < low <= late_before + 1:
-                group = group_from_key(self.fields, key)
-                out.append(finding(self.rule, (event.id,), event.time, group, late_before + 1))
+            self._late_distinct(event, key, st, h, out)
             return
-        if cur and _has(cur, h):
+        if len(st) > split and _has(st, h, split):  # already counted in this bucket (never after a roll)
             return
-        ncur = len(cur) // 8
+        ncur = (len(st) - split) >> 3
         frac = 1 - (t - kb * w) / w
         before: float = ncur + only * frac
         if ncur < self.cap:
-            if prev and _has(prev, h):
+            if only and _has(st, h, 16, split):  # seen in the previous bucket: no longer only there
                 only -= 1
-            cur += h
+                st = _DIST.pack(kb, nprev, only) + st[16:] + h
+            else:
+                st += h
             ncur += 1
-        after = ncur + only * frac
-        if st is None:
-            self.state.size += 1
-        shard[key] = _DIST.pack(kb, ncur, only) + cur + prev
+        shard[key] = st
         if high is not None:
             self.next_due = min(self.next_due, (kb + 1) * w)
-        else:
-            low = self.low
-            if low is not None and before < low <= after:
-                out.append(
-                    finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), after)
-                )
+            return
+        low = self.low
+        after = ncur + only * frac
+        if low is not None and before < low <= after:
+            out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), after))
+
+    def _late_distinct(self, event: Event, key: str, st: bytes, h: bytes, out: list[Finding]) -> None:
+        """An event late into the previous bucket: kept there, and all of that bucket is in the window."""
+        kb, nprev, only = _DIST.unpack_from(st)
+        split = 16 + 8 * nprev
+        if _has(st, h, 16):
+            return
+        late_before = ((len(st) - split) >> 3) + only
+        if nprev < self.cap:
+            st = _DIST.pack(kb, nprev + 1, only + 1) + st[16:split] + h + st[split:]
+        self.state.shards[hash(key) & _SHARD_MASK][key] = st
+        low = self.low
+        if low is not None and late_before < low <= late_before + 1:
+            group = group_from_key(self.fields, key)
+            out.append(finding(self.rule, (event.id,), event.time, group, late_before + 1))
 
     # -- timers and expiry ---------------------------------------------------------------------------
 
@@ -283,8 +312,8 @@ class ThresholdDetector:
         if self.measure == "sum":
             kb, cur, _ = _SUM.unpack(st)
             return kb, cur
-        kb, ncur, _ = _DIST.unpack_from(st)
-        return kb, ncur
+        kb, nprev, _ = _DIST.unpack_from(st)
+        return kb, (len(st) - 16 - 8 * nprev) >> 3
 
     def due(self, watermark: int, out: list[Finding]) -> None:
         """``at_most`` rules: judge every bucket that closed by ``watermark`` (and drop it)."""
