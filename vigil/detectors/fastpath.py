@@ -15,16 +15,17 @@ key field written in as constants::
         b = t // 60000
         if st is None:                      # a new group: its first event
             ...
-        if st >> 48 != b:                   # a new bucket, or a late event: the rule's general path
-            GENERAL(e, t, out)
-            return
+        if st >> 48 != b:                   # the next bucket is written out too; a gap or a late event
+            ...                             # takes the rule's general path: GENERAL(e, t, out)
         ...                                 # same bucket: count it, and fire on the crossing
 
-Only the two common cases are written out (a new group, and an event in its group's current bucket); every
-other case calls :meth:`ThresholdDetector.on_event`, so the window semantics live in one place
-(``threshold.py``) and the tests of both paths compare against the same brute-force recount. The crossing
-test is skipped outright when ``cur + prev + 1`` is below the bound (the estimate never exceeds
-``cur + prev``), which is the case for almost every group of a long tail.
+Only the common cases are written out (a new group, an event in its group's current bucket, and one in the
+bucket after it); every other case (a gap of more than one bucket, a late event) calls
+:meth:`ThresholdDetector.on_event`, so the window semantics live in one place (``threshold.py``) and the
+tests of both paths compare against the same brute-force recount. The crossing test is skipped outright
+when ``cur + prev + 1`` is below the bound (the estimate never exceeds ``cur + prev``), which is the case for
+almost every group of a long tail. A key of one or two string fields is read as attributes (``e.actor.ip``);
+any other key, and a field that does not hold a string, goes through the rule's key function.
 
 The functions bind the rule's *current* shard list, so the engine regenerates them whenever a state object
 is replaced (a hot reload adopting old state); restoring a snapshot fills the same shards and needs nothing.
@@ -36,7 +37,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from vigil.detectors.finding import Finding, finding, group_from_key
+from vigil.detectors.finding import SEP, Finding, finding, group_from_key
 from vigil.detectors.state import SHARDS
 from vigil.detectors.threshold import ThresholdDetector
 from vigil.events.model import Event
@@ -62,18 +63,28 @@ def attribute_path(field: str) -> str | None:
     return None
 
 
+def _key_lines(fields: tuple[str, ...]) -> list[str]:
+    """Source that sets ``k`` to the state key: the fields read as attributes when they are string fields
+    of the event's structs and hold strings, else the rule's key function (which maps None and other types
+    as :func:`~vigil.detectors.finding.key_function` documents)."""
+    paths = [attribute_path(f) for f in fields]
+    if len(fields) == 1 and paths[0] is not None:
+        return [f"    k = {paths[0]}", "    if type(k) is not str:", "        k = KEY(e)"]
+    if len(fields) == 2 and None not in paths:
+        return [
+            f"    k, k2 = {paths[0]}, {paths[1]}",
+            "    k = k + SEP + k2 if type(k) is str and type(k2) is str else KEY(e)",
+        ]
+    return ["    k = KEY(e)"]
+
+
 def count_update(det: ThresholdDetector) -> Update | None:
     """The generated update of a plain count rule (see module docstring), or None for any other rule."""
     fast = det.fast_count
     if fast is None:
         return None
     shards, w, low = fast
-    key_expr = attribute_path(det.fields[0]) if len(det.fields) == 1 else None
-    lines = ["def _count(e, t, out):"]
-    if key_expr is None:
-        lines.append("    k = KEY(e)")
-    else:
-        lines += [f"    k = {key_expr}", "    if type(k) is not str:", "        k = KEY(e)"]
+    lines = ["def _count(e, t, out):", *_key_lines(det.fields)]
     lines += [
         f"    s = SHARDS[hash(k) & {SHARDS - 1}]",
         "    st = s.get(k)",
@@ -90,7 +101,16 @@ def count_update(det: ThresholdDetector) -> Update | None:
     lines += [
         "        return",
         "    if st >> 48 != b:",
-        "        GENERAL(e, t, out)",
+        "        if st >> 48 != b - 1:  # a gap, or a late event",
+        "            GENERAL(e, t, out)",
+        "            return",
+        "        p = (st >> 24) & 16777215  # the next bucket: the current count becomes the previous one",
+        f"        s[k] = (b << 48) | {1 << 24} | p",
+        "        if p + 1 < LOW:",
+        "            return",
+        f"        before = p * (1 - (t - b * {w}) / {w}) if p else 0",
+        "        if before < LOW <= before + 1:",
+        "            out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), before + 1))",
         "        return",
         f"    lo = st & {(1 << 48) - 1}",
         "    c = lo >> 24",
@@ -113,6 +133,7 @@ def count_update(det: ThresholdDetector) -> Update | None:
         "RULE": det.rule,
         "GROUP": group_from_key,
         "FIELDS": det.fields,
+        "SEP": SEP,
     }
     # Generated from validated rule fields (identifier paths only) and integers; nothing else enters it.
     exec(compile("\n".join(lines) + "\n", f"<vigil count {det.rule.id}>", "exec"), namespace)
