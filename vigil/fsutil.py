@@ -1,4 +1,5 @@
-"""Small file-system steps that crash safety depends on, written once: atomic replace, directory fsync.
+"""Small file-system steps that crash safety depends on, written once: atomic replace, directory fsync, and
+the lock that keeps a second daemon off a store.
 
 A rename is durable only once its directory is fsynced, and a file written in place can be seen half
 written after a crash; every writer of a journal, a snapshot or a marker goes through these instead of
@@ -7,6 +8,7 @@ repeating the dance.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -51,3 +53,37 @@ def size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+class LockedError(OSError):
+    """Another process holds the lock; :attr:`holder` is what it wrote there (its pid), or ``"?"``."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by process {holder}")
+        self.holder = holder
+
+
+class ProcessLock:
+    """An exclusive advisory lock (``flock``) on a file, held until :meth:`release` or the process ends (a
+    crash or SIGKILL releases it too, so a stale lock file never blocks a restart). The holder writes its
+    pid into the file, for the error message of whoever finds it taken."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(self._fd)
+            raise LockedError(path, holder) from None
+        except OSError:
+            os.close(self._fd)
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # (closing the descriptor drops the lock)
+            self._fd = None

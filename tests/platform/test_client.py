@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tests.platform.test_service import API, ISSUER, Platform, bearer, served
+from vigil.api.listen import bind, url_of
 from vigil.platform import wire
 from vigil.platform.client import PlatformClient
 from vigil.platform.client_base import ServiceUnreachableError, error_from
@@ -44,7 +45,6 @@ from vigil.platform.keyvault import KeyInfo, KeyKind, KeyOp, KeyVersion, Release
 from vigil.platform.local.keyvault import unwrap_with_material
 from vigil.platform.local.release import encryption_jwk, unwrap_as_recipient
 from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
-from vigil.streams.embedded import bind, url_of
 
 T = TypeVar("T")
 MEASUREMENT = "5a" * 48

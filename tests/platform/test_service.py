@@ -22,6 +22,7 @@ import httpx
 import pytest
 import uvicorn
 
+from vigil.api.listen import bind, url_of
 from vigil.platform.client import PlatformClient
 from vigil.platform.errors import (
     HTTP_STATUS,
@@ -39,7 +40,6 @@ from vigil.platform.local.tokens import JwksTokenVerifier, TokenIssuer
 from vigil.platform.principals import PrincipalTokens
 from vigil.platform.service import create_platform_app
 from vigil.platform.service_base import error_response
-from vigil.streams.embedded import bind, url_of
 
 T = TypeVar("T")
 ISSUER = "https://attestation.vigil.test"

@@ -234,6 +234,28 @@ def test_a_busy_port_is_a_clear_error(workdir: Path) -> None:
             proc.stop()
 
 
+def test_a_second_daemon_on_the_same_store_stops_and_a_killed_one_leaves_no_stale_lock(workdir: Path) -> None:
+    argv = [*COMMANDS["serve"], str(workdir / "profile.yaml")]
+    first = Daemon(argv, workdir)
+    try:
+        first.wait_for_log(r"serving on")
+        second = Daemon(argv, workdir)
+        try:
+            assert second.wait(30) == 1
+            second.wait_for_log(rf"another vigil daemon \(pid {first.proc.pid}\) runs on the store")
+        finally:
+            second.stop()
+        first.proc.kill()  # SIGKILL: the lock goes with the process
+        first.wait(30)
+        third = Daemon(argv, workdir)
+        try:
+            third.wait_for_log(r"serving on")
+        finally:
+            third.stop()
+    finally:
+        first.stop()
+
+
 def test_a_followed_jsonl_file_reaches_detection(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(RULES, encoding="utf-8")
     (tmp_path / "profile.yaml").write_text(

@@ -12,9 +12,8 @@ process what is published and save a snapshot, then stops the HTTP listener, and
 second signal exits at once (status 128 + signal); the drop folder's journal rolls back the interrupted
 file at the next start, so nothing is lost or doubled either way.
 
-The listening socket is bound here rather than by uvicorn, so that a busy port is a clear error and exit
-status 1 instead of uvicorn's ``sys.exit`` inside our loop, and so that the real port is known and logged
-when ``http.port`` is 0.
+The listening socket is bound before the server starts (:mod:`vigil.api.listen`), so a busy port is a clear
+error and exit status 1.
 """
 
 from __future__ import annotations
@@ -26,16 +25,16 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Generator
 
 import uvicorn
 
 from vigil import logs
 from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
+from vigil.api.listen import Server, bind, url_of
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
-from vigil.fsutil import DAEMON_URL_FILE, atomic_write
+from vigil.fsutil import DAEMON_URL_FILE, LockedError, ProcessLock, atomic_write
 from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
@@ -62,8 +61,27 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def serve(settings: Settings, profile: str | None = None) -> int:
     """Run until SIGINT/SIGTERM; return the process exit status (0 after a clean shutdown). ``profile`` is
-    the settings file named on the command line, handed to the training nodes the daemon starts."""
+    the settings file named on the command line, handed to the training nodes the daemon starts.
+
+    One daemon per store: the detect stage keeps the event log's end and its cursor in memory, and the
+    sources would both take the same files, so a second daemon on the same store stops at once."""
     configure_logging(settings.log_level, settings.log_format)
+    path = settings.store.path
+    try:
+        lock = ProcessLock(path.with_name(path.name + ".lock"))
+    except LockedError as exc:
+        log.error("another vigil daemon (pid %s) runs on the store %s; stop it first", exc.holder, path)
+        return 1
+    except OSError as exc:
+        log.error("cannot lock the store %s: %s", path, exc)
+        return 1
+    try:
+        return _run(settings, profile)
+    finally:
+        lock.release()
+
+
+def _run(settings: Settings, profile: str | None) -> int:
     ruleset = load_rules([settings.detect.rules])
     if not ruleset.ok:
         for diag in ruleset.diagnostics:
@@ -167,41 +185,6 @@ def configure_logging(level: str, fmt: LogFormat = "text") -> None:
     logs.configure(level, fmt)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (IPv4 or IPv6; port 0 picks a free one)."""
-    family, kind, proto, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if os.name != "nt":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.set_inheritable(True)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """``http://host:port`` of a bound socket, IPv6 hosts in brackets."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handling: :func:`_main` owns the signals and the shutdown order.
-
-    uvicorn would otherwise re-raise the captured signal after its shutdown, killing the process with
-    SIGTERM's default action instead of letting :func:`serve` return 0.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 async def _main(
     state: RunState,
     watcher: DropFolder,
@@ -277,7 +260,7 @@ async def _serve(
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn logs through ours, in the same format
     )
-    server = _Server(config)
+    server = Server(config)
     stopping = asyncio.Event()
     signals = _install_signal_handlers(loop, stopping)
     watcher_task = asyncio.create_task(watcher.run(), name="vigil.dropfolder")
