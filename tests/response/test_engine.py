@@ -218,6 +218,27 @@ def test_approval_naming_another_plan_digest_is_refused(env: Env) -> None:
     assert env.changes() == []
 
 
+def test_preview_is_the_plan_approval_binds_to_and_follows_the_live_target(env: Env) -> None:
+    async def main() -> None:
+        engine = await env.start()
+        (pending,) = await engine.submit([prop("n1", BY_HAND)])
+        first = await engine.preview(pending.id)
+        assert first["plan"]["steps"] and len(first["plan_digest"]) == 64
+        assert await engine.preview(pending.id) == first  # read-only: asking again changes nothing
+        await env.compute.set_state("vigil", "n1", NodeState.ATTESTED)  # the live target moves on
+        second = await engine.preview(pending.id)
+        assert second["plan_digest"] != first["plan_digest"]
+        with pytest.raises(PlanChangedError):
+            await engine.approve(pending.id, "carol", plan_digest=first["plan_digest"])
+        done = await engine.approve(pending.id, "carol", plan_digest=second["plan_digest"])
+        assert done.plan_digest == second["plan_digest"]
+        (gone,) = await engine.submit([prop("ghost", BY_HAND, finding="f2")])
+        assert "error" in await engine.preview(gone.id)  # a target that cannot be planned: why, not a 500
+
+    run(main)
+    assert env.changes("platform.node.quarantine") == ["platform.node.quarantine"]
+
+
 @pytest.mark.parametrize("globally", [True, False])
 def test_dry_run_plans_alerts_and_changes_nothing(env: Env, globally: bool) -> None:
     action = RemediateAction("quarantine_vm", "{{ node.id }}", approval="auto", dry_run=not globally)

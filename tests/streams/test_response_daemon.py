@@ -6,6 +6,7 @@ One daemon for the module (its start costs seconds); each scenario uses its own 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -238,9 +239,16 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
         cwd=daemon.work,
     )
     assert refused.returncode == 1 and b"403" in refused.stderr, refused
-    done = run_vigil(
-        "actions", "--config", "profile.yaml", "approve", action, "--token-file", "bob.token", cwd=daemon.work
-    )
+    # the approver sees what approving would run before approving it, and approves exactly that plan
+    shown = run_vigil("actions", "--config", "profile.yaml", "--json", "show", action, cwd=daemon.work)
+    assert shown.returncode == 0, shown
+    proposed = json.loads(shown.stdout)["proposed"]
+    assert proposed["plan_digest"] and proposed["plan"]["steps"], proposed
+    approve = ["actions", "--config", "profile.yaml", "approve", action, "--token-file", "bob.token"]
+    stale = run_vigil(*approve, "--plan-digest", "0" * 64, cwd=daemon.work)
+    assert stale.returncode == 1 and b"409" in stale.stderr and b"plan is now" in stale.stderr, stale
+    assert daemon.actions("t.leak-approve")[0]["state"] == "pending_approval"  # nothing ran
+    done = run_vigil(*approve, "--plan-digest", proposed["plan_digest"], cwd=daemon.work)
     assert done.returncode == 0, done.stderr
     _wait(lambda: daemon.actions("t.leak-approve")[0]["state"] == "succeeded", "the approved run")
     assert daemon.decide(action, "approve", "bob").status_code == 409  # decided already

@@ -1,8 +1,11 @@
 """Action endpoints: what the response engine decided and did, and the approver's buttons.
 
 - ``GET /v1/actions?state=&rule=&incident=&limit=``: newest first.
-- ``GET /v1/actions/{id}``: one action with its plan and its timeline (every decision and step).
-- ``POST /v1/actions/{id}/approve``, ``.../reject`` (``{"reason": "..."}``), ``.../rollback``: by a person.
+- ``GET /v1/actions/{id}``: one action with its plan and its timeline (every decision and step); a pending
+  one also has ``proposed``: the plan approving would run, made now, and its ``plan_digest``.
+- ``POST /v1/actions/{id}/approve`` (optionally ``{"plan_digest": "..."}``: approve only that plan; 409 if
+  the target changed and the plan with it), ``.../reject`` (``{"reason": "..."}``), ``.../rollback``: by a
+  person.
 
 Who is calling matters here as nowhere else: an approval is valid only from a principal listed in
 ``response.approvers`` who is not the rule's author, so these calls authenticate with a *platform* API token
@@ -60,7 +63,10 @@ async def get_action(request: Request, action_id: str) -> dict[str, Any] | JSONR
     action = engine.get(action_id)
     if action is None:
         return error(404, f"no action {action_id!r}")
-    return action.to_json() | {"history": engine.history(action_id)}
+    shown = action.to_json() | {"history": engine.history(action_id)}
+    if action.state is ActionState.PENDING_APPROVAL:  # what approving would run, planned now
+        shown["proposed"] = await engine.preview(action_id)
+    return shown
 
 
 async def _decide(
@@ -80,12 +86,16 @@ async def _decide(
     if len(body) > REASON_LIMIT:
         return error(413, f"body over {REASON_LIMIT} bytes")
     try:
-        reason = str(orjson.loads(body).get("reason", "")) if body else ""
+        fields = orjson.loads(body) if body else {}
+        reason = str(fields.get("reason", ""))
+        digest = fields.get("plan_digest")
     except (orjson.JSONDecodeError, AttributeError):
-        return error(400, 'body: expected {"reason": "..."} or nothing')
+        return error(400, 'body: expected {"reason": "..."}, {"plan_digest": "..."} or nothing')
+    if digest is not None and not isinstance(digest, str):
+        return error(400, "plan_digest: expected a string")
     try:
         if what == "approve":
-            action = await engine.approve(action_id, user)
+            action = await engine.approve(action_id, user, plan_digest=digest)
         elif what == "reject":
             action = await engine.reject(action_id, user, reason)
         else:

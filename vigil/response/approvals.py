@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -124,6 +125,18 @@ class Approvals:
                 decided_by=user, plan=plan.to_json(), plan_digest=digest,
             )  # fmt: skip
             return await self._start(approved)
+
+    async def preview(self, action_id: str) -> dict[str, Any]:
+        """What approving would run now: ``{"plan": ..., "plan_digest": ...}``, or ``{"error": ...}`` when
+        the target cannot be planned. An approver reads it, then approves with that digest, so what runs
+        is what was read (:meth:`approve` refuses another plan). Read-only: the check has no side effects,
+        and nothing is recorded or locked."""
+        action = self._get(action_id)
+        try:
+            plan = await self._plan(action)
+        except VigilError as exc:  # (remediation, platform and registry errors alike)
+            return {"error": str(exc)}
+        return {"plan": plan.to_json(), "plan_digest": plan.digest()}
 
     async def reject(self, action_id: str, user: str, reason: str = "") -> Action:
         """Reject a pending action as ``user`` (same role rules as approving)."""

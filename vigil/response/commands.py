@@ -21,8 +21,9 @@ from vigil.response.model import ActionState
 EPILOG = """\
 Examples:
   vigil actions list --state pending_approval
-  vigil actions show 3f0c...                     # the plan and the timeline
-  vigil actions approve 3f0c... --token-file ~/.vigil/alice.token
+  vigil actions show 3f0c...                     # the plan and the timeline; a pending action's
+                                                 # proposed plan and its plan_digest
+  vigil actions approve 3f0c... --token-file ~/.vigil/alice.token --plan-digest 9a1b...
   vigil actions reject 3f0c... --reason "false positive" --token-file ~/.vigil/alice.token
   vigil actions rollback 3f0c... --token-file ~/.vigil/alice.token
 """
@@ -54,6 +55,13 @@ def add_parsers(sub: Any) -> None:
         op.add_argument("--token-file", required=True, metavar="FILE", help="your platform API token")
         if name == "reject":
             op.add_argument("--reason", default="", help="why (kept in the audit log)")
+        if name == "approve":
+            op.add_argument(
+                "--plan-digest",
+                metavar="DIGEST",
+                help="approve only this plan (the proposed plan_digest that 'show' prints); refused if the "
+                "target changed since",
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,6 +100,8 @@ def _call(args: argparse.Namespace, client: Any) -> int:
         return 0
     token = Path(args.token_file).read_text(encoding="ascii").strip()
     body = {"reason": args.reason} if args.op == "reject" else {}
+    if args.op == "approve" and args.plan_digest:
+        body = {"plan_digest": args.plan_digest}
     r = client.post(
         f"/v1/actions/{args.id}/{args.op}", json=body, headers={"Authorization": f"Bearer {token}"}
     )

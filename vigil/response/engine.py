@@ -299,6 +299,10 @@ class ResponseEngine:
         """Approve a pending action as ``user`` and start it (see :meth:`.Approvals.approve`)."""
         return await self._approvals.approve(action_id, user, plan_digest=plan_digest)
 
+    async def preview(self, action_id: str) -> dict[str, Any]:
+        """The plan approving would run now, and its digest (see :meth:`.Approvals.preview`)."""
+        return await self._approvals.preview(action_id)
+
     async def reject(self, action_id: str, user: str, reason: str = "") -> Action:
         """Reject a pending action as ``user`` (same role rules as approving)."""
         return await self._approvals.reject(action_id, user, reason)
