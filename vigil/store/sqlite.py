@@ -18,7 +18,6 @@ hand the store to a worker thread); SQLite's own locking makes a second process 
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 import time
@@ -35,6 +34,7 @@ from vigil.detectors.finding import Finding
 from vigil.errors import VigilError
 from vigil.events.deadletter import DeadLetter
 from vigil.events.model import Event, encode_event, event_from_mapping
+from vigil.store import deadletters as letters_table
 from vigil.store import findings as found
 from vigil.store import incidents as book
 from vigil.store.bulk import insert_many
@@ -51,10 +51,6 @@ CREATE TABLE IF NOT EXISTS events (
     time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
 CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL,
-    received_ms INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letter_ids (digest TEXT PRIMARY KEY, repeats INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS staged (
     n INTEGER PRIMARY KEY, token TEXT NOT NULL, kind TEXT NOT NULL, id TEXT, time_ms INTEGER,
@@ -101,7 +97,8 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
-                for stmt in filter(str.strip, (_SCHEMA + found.SCHEMA + book.SCHEMA).split(";")):
+                schema = _SCHEMA + letters_table.SCHEMA + found.SCHEMA + book.SCHEMA
+                for stmt in filter(str.strip, schema.split(";")):
                     self._db.execute(stmt)
                 row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None:
@@ -264,23 +261,11 @@ class Store:
         retrying a request whose answer it lost) is not stored twice; ``dead_letter_ids.repeats`` counts it.
         """
         now = int(time.time() * 1000)
-        letters = [
-            (_letter_digest(source, dl), (source, dl.reason, now, msgspec.json.encode(dl))) for dl in dead
-        ]
+        letters = letters_table.prepare(dead, source, now)
 
         def insert() -> list[int]:
             seqs = self._insert_events(events, source, now) if events else []
-            for digest, row in letters:
-                repeats = self._db.execute(
-                    "INSERT INTO dead_letter_ids VALUES (?, 0) ON CONFLICT(digest) DO UPDATE"
-                    " SET repeats = repeats + 1 RETURNING repeats",
-                    (digest,),
-                ).fetchone()[0]
-                if repeats == 0:
-                    self._db.execute(
-                        "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)",
-                        row,
-                    )
+            letters_table.insert_new(self._db, letters)
             if offset is not None:
                 self._set_offset(*offset)
             return seqs
@@ -389,17 +374,10 @@ class Store:
     # -- dead letters and offsets --------------------------------------------------------------------
 
     def add_dead_letters(self, letters: Sequence[DeadLetter], source: str) -> None:
-        now = int(time.time() * 1000)
-        rows = [(source, dl.reason, now, msgspec.json.encode(dl)) for dl in letters]
-        self._write(
-            lambda: self._db.executemany(
-                "INSERT INTO dead_letters (source, reason, received_ms, body) VALUES (?, ?, ?, ?)", rows
-            )
-        )
+        self._write(letters_table.insert_all, self._db, letters, source, int(time.time() * 1000))
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._read("SELECT body FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,))
-        return [orjson.loads(body) for (body,) in rows]
+        return letters_table.latest(self._read(letters_table.NEWEST, (limit,)))
 
     def offset(self, source: str) -> str | None:
         rows = self._read("SELECT value FROM offsets WHERE source = ?", (source,))
@@ -413,9 +391,3 @@ class Store:
             "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET value=excluded.value",
             (source, value),
         )
-
-
-def _letter_digest(source: str, letter: DeadLetter) -> str:
-    """A dead letter's identity: everything but the time it was received."""
-    body = msgspec.json.encode(msgspec.structs.replace(letter, at=None))
-    return hashlib.blake2b(source.encode() + b"\x1f" + body, digest_size=16).hexdigest()
