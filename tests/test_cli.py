@@ -82,3 +82,16 @@ def test_list_formats() -> None:
     assert res.returncode == 0
     names = {line.split()[0] for line in res.stdout.decode().splitlines()}
     assert {"activity", "keyvault", "storage", "eventgrid", "cloudevents", "generic"} <= names
+
+
+def test_actions_take_json_before_or_after_the_operation() -> None:
+    from vigil.cli import build_parser
+
+    parser = build_parser()
+    for argv, want in (
+        (["actions", "show", "X", "--json"], True),
+        (["actions", "--json", "show", "X"], True),
+        (["actions", "approve", "X", "--token-file", "t", "--json"], True),
+        (["actions", "show", "X"], False),
+    ):
+        assert parser.parse_args(argv).json is want, argv

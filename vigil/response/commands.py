@@ -62,6 +62,13 @@ def add_parsers(sub: Any) -> None:
                 help="approve only this plan (the proposed plan_digest that 'show' prints); refused if the "
                 "target changed since",
             )
+    _json_anywhere(ops)
+
+
+def _json_anywhere(ops: Any) -> None:
+    """``--json`` after the operation too (``vigil actions show ID --json``), not only before it."""
+    for sub in ops.choices.values():
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
