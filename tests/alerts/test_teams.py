@@ -294,3 +294,22 @@ def test_the_sig_never_shows() -> None:
 def test_bad_config(config: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         TeamsSink("channel", config)
+
+
+def test_markdown_links_in_event_text_do_not_form_and_read_the_same() -> None:
+    bait = "[Verify your account](https://evil.example/login)"
+    alert = sample_alert(
+        title=f"Key released {bait}",
+        summary=f"{bait} and [a reference][1]\n\n[1]: https://evil.example/ref",
+        group={"resource": "vault](https://evil.example)"},
+        details={"[title](https://evil.example)": bait},
+    )
+    message = offline_sink().render(alert)
+    card = card_of(message)
+    texts = [b["text"] for b in card["body"] if b["type"] == "TextBlock"] + [card["fallbackText"]]
+    texts += [v for b in card["body"] if b["type"] == "FactSet" for f in b["facts"] for v in f.values()]
+    link = re.compile(r"\][(\[:]")  # CommonMark allows no space between
+    assert not [t for t in texts if link.search(t)], texts
+    visible = {t.replace("\u200b", "") for t in texts}
+    assert alert.summary in visible and bait in visible and "vault](https://evil.example)" in visible
+    # (card_of validated the card against the 1.4 schema)

@@ -27,12 +27,21 @@ has no dedup, so a retry after an ambiguous failure can post twice. Every card c
 id (a hash of the alert, equal across retries) in its footer, whose element ``id`` is ``vigil-<id>``, so
 duplicates can be recognised and counted (reliability.md D3).
 
+**Links in event text.** Teams renders Markdown in a TextBlock's text and in a fact's title and value, and
+event fields are attacker-influenced (a resource name, a summary built from a record): a value such as
+``[Verify your account](https://evil.example)`` would show as a link in the security channel. Every text
+the card carries goes through :func:`defang`, which puts a zero-width space after each ``]`` that
+would close a link's text (before ``(``, ``[`` or ``:``, so inline links, reference links and link
+definitions all fail to form) whether or not the renderer honours backslash escapes. What a reader sees is
+unchanged; the card's buttons are the only links in it.
+
 Answers: any 2xx (200, 202) is ``sent``; 429 and 5xx ``retry``; other 4xx ``dead``. Limits: 4 requests a
 second and 100 an hour per webhook. The URL's ``sig`` parameter is a bearer secret: never shown or logged.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +98,21 @@ def text(value: Any) -> str:
         return str(value)
 
 
+_LINK_CLOSE = re.compile(r"\](?=[(\[:])")
+ZWSP = "\u200b"
+
+
+def defang(value: str) -> str:
+    """``value`` with no Markdown link able to form in it (see module docstring); looks the same."""
+    return _LINK_CLOSE.sub("]" + ZWSP, value) if "]" in value else value
+
+
 def fact(title: str, value: Any, limit: int) -> dict[str, str]:
-    return {"title": truncate(title, 80), "value": truncate(text(value), limit) or "-"}
+    return {"title": defang(truncate(title, 80)), "value": defang(truncate(text(value), limit)) or "-"}
 
 
 def block(content: str, **style: Any) -> dict[str, Any]:
-    return {"type": "TextBlock", "text": content, "wrap": True, **style}
+    return {"type": "TextBlock", "text": defang(content), "wrap": True, **style}
 
 
 def kept(items: list[Any], limit: int) -> tuple[list[Any], int]:
@@ -174,7 +192,7 @@ class TeamsSink(HttpSink):
             "$schema": SCHEMA_URL,
             "type": "AdaptiveCard",
             "version": CARD_VERSION,
-            "fallbackText": headline,
+            "fallbackText": defang(headline),
             "body": body,
         }
         if buttons := self._buttons(alert):
