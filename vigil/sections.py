@@ -83,6 +83,11 @@ class HttpSettings(Section):
         default=200_000, ge=1, description="events stored but not yet detected before ingestion answers 429"
     )
     max_skew: int = Field(default=300, ge=1, description="seconds an HMAC signature's timestamp may be off")
+    read_auth: bool = Field(
+        default=False,
+        description="require a bearer token (the local token or a platform API token) on the read API: "
+        "findings, incidents, rules, status, metrics, actions, alerts; /healthz and /readyz stay open",
+    )
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
 
 

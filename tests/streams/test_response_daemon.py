@@ -104,9 +104,15 @@ class Running:
         assert r.status_code == 200, r.text
 
     def actions(self, rule: str) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.base}/v1/actions", params={"rule": rule, "limit": 1000})
+        r = self.get("/v1/actions", params={"rule": rule, "limit": 1000})
         assert r.status_code == 200, r.text
         return r.json()["actions"]  # type: ignore[no-any-return]
+
+    def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        """A read of the read API, which this daemon closes (http.read_auth): with the local token unless
+        another is given."""
+        auth = {"Authorization": f"Bearer {token or self.ingest}"}
+        return httpx.get(f"{self.base}{path}", headers=auth, timeout=30, **kw)
 
     def decide(self, action: str, what: str, who: str) -> httpx.Response:
         auth = {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -136,7 +142,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     work = tmp_path_factory.mktemp("response")
     (work / "rules.yaml").write_text(RULES, encoding="utf-8")
     (work / "profile.yaml").write_text(
-        "data_dir: var\nhttp:\n  port: 0\ndetect:\n  rules: rules.yaml\n"
+        "data_dir: var\nhttp:\n  port: 0\n  read_auth: true\ndetect:\n  rules: rules.yaml\n"
         "response:\n  approvers: [alice, bob]\n  batch_window: 0.5\n  rate_limit: 100\n",
         encoding="utf-8",
     )
@@ -187,7 +193,7 @@ def test_a_rule_matching_forty_nodes_with_max_targets_five_touches_none_and_aler
     nodes = daemon.platform(lambda c: c.compute.list_nodes("vigil"))
     assert all(n.state is NodeState.PENDING for n in nodes if n.id.startswith("fleet-"))
     assert daemon.platform_events("platform.node.quarantine") == 0
-    assert 'vigil_response_alerts_total{kind="blast_radius"} 1' in httpx.get(f"{daemon.base}/metrics").text
+    assert 'vigil_response_alerts_total{kind="blast_radius"} 1' in daemon.get("/metrics").text
 
 
 def test_dry_run_plans_and_alerts_with_zero_mutations(daemon: Running) -> None:
@@ -206,7 +212,7 @@ def test_dry_run_plans_and_alerts_with_zero_mutations(daemon: Running) -> None:
     after = {k: daemon.platform_events(k) for k in before}
     assert after == before  # the platform's own event log: nothing was changed
     assert daemon.platform(lambda c: c.storage.get_container("vigil", "exposed")).lock is Lock.NONE
-    assert 'vigil_response_alerts_total{kind="dry_run"} 1' in httpx.get(f"{daemon.base}/metrics").text
+    assert 'vigil_response_alerts_total{kind="dry_run"} 1' in daemon.get("/metrics").text
 
 
 def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_back(daemon: Running) -> None:
@@ -218,6 +224,11 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
         "a pending action",
     )
     action = daemon.actions("t.leak-approve")[0]["id"]
+    # the read API is closed to callers without a token here (http.read_auth), probes are not
+    assert httpx.get(f"{daemon.base}/v1/actions/{action}").status_code == 401
+    assert httpx.get(f"{daemon.base}/v1/findings").status_code == 401
+    assert daemon.get("/v1/findings", token="not-a-token").status_code == 401
+    assert httpx.get(f"{daemon.base}/healthz").status_code == 200
     assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaky")).lock is Lock.NONE
     assert httpx.post(f"{daemon.base}/v1/actions/{action}/approve").status_code == 401
     assert daemon.decide(action, "approve", "alice").status_code == 403  # the rule's author
@@ -256,9 +267,9 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
     assert daemon.platform_events("platform.storage.set_lock") >= 1
     locks = daemon.platform_events("platform.storage.set_lock")
 
-    shown = httpx.get(f"{daemon.base}/v1/actions/{action}").json()
+    shown = daemon.get(f"/v1/actions/{action}").json()
     assert shown["incident_id"], shown
-    incident = httpx.get(f"{daemon.base}/v1/incidents/{shown['incident_id']}").json()
+    incident = daemon.get(f"/v1/incidents/{shown['incident_id']}", token=daemon.tokens["bob"]).json()
     assert [a["id"] for a in incident["actions"]] == [action]
     states = [h["state"] for h in shown["history"]]
     assert states[0] == "pending_approval" and "approved" in states and states[-1] == "succeeded", states

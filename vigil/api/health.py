@@ -33,6 +33,7 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from vigil.api import read_auth
 from vigil.api.actions import router as actions_router
 from vigil.api.alerts import router as alerts_router
 from vigil.api.degraded import alarms, degraded_reason, platform_document, platform_metrics
@@ -101,6 +102,8 @@ def create_app(state: RunState) -> FastAPI:
     app.include_router(alerts_router)
     if state.platform is not None and (router := state.platform.router()) is not None:
         app.include_router(router)
+    if state.settings.http.read_auth:
+        read_auth.install(app, state)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

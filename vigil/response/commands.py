@@ -74,13 +74,19 @@ def _json_anywhere(ops: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import httpx
 
+    from vigil.api.auth import TOKEN_FILE
     from vigil.platform.commands import default_url
     from vigil.settings import load_settings
 
     settings = load_settings(args.config)
     base = args.url or default_url(settings)
+    try:  # reads carry the local token when this user can read it (the daemon may set http.read_auth)
+        local = (settings.data_dir / TOKEN_FILE).read_text(encoding="ascii").strip()
+    except OSError:
+        local = ""
+    headers = {"Authorization": f"Bearer {local}"} if local else {}
     try:
-        with httpx.Client(base_url=base, timeout=30, trust_env=False) as client:
+        with httpx.Client(base_url=base, timeout=30, trust_env=False, headers=headers) as client:
             return _call(args, client)
     except httpx.TransportError as exc:
         raise VigilError(f"cannot reach the daemon at {base} ({exc}); is it running (vigil run)?") from None

@@ -131,7 +131,11 @@ async def _watch(url: str, operator: str, name: str, began: float, wait: float) 
     from vigil.platform.client import PlatformClient  # noqa: PLC0415
 
     deadline, state = time.monotonic() + wait, "unknown"
-    async with PlatformClient(url, operator) as op, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+    auth = {"Authorization": f"Bearer {operator}"}  # (a platform token: the read API may want one)
+    async with (
+        PlatformClient(url, operator) as op,
+        httpx.AsyncClient(base_url=url, trust_env=False, headers=auth) as http,
+    ):
         while time.monotonic() < deadline:
             state = (await op.compute.get_node("vigil", name)).state.value
             if state == "quarantined":
