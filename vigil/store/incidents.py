@@ -43,6 +43,9 @@ TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {
     "resolved": (),
 }
 DEFAULT_WINDOW_MS: Final = 3_600_000
+#: columns of a new incident's row (in table order) that grow while a batch attaches findings to it
+_LAST_MS: Final = 8
+_FINDINGS: Final = 9
 
 #: (finding id, rule, severity, group key, time ms, body JSON) of a finding that was just stored
 NewFinding = tuple[str, str, str, str, int, bytes]
@@ -79,8 +82,8 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
             last = max(last, t)
             row = opened.get(iid)
             if row is not None:
-                row[8] = max(row[8], t)
-                row[9] += 1
+                row[_LAST_MS] = max(row[_LAST_MS], t)
+                row[_FINDINGS] += 1
             else:
                 entry = counts.setdefault(iid, [0, t])
                 entry[0] += 1
