@@ -305,6 +305,12 @@ class AlertSettings(Section):
         default="10m", description="findings older than this at start are summarised, not replayed"
     )
     retry_horizon: DurationText = Field(default="24h", description="after this, an undelivered alert is dead")
+    max_waiting: int = Field(
+        default=10_000,
+        ge=0,
+        description="per sink: with this many alerts undelivered, new low and informational triggers for it "
+        "are shed and counted (vigil_alerts_shed_total); 0 never sheds",
+    )
     base_url: str = Field(default="", description="Vigil's URL in alert links (default: the daemon's own)")
 
 

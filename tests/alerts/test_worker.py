@@ -10,6 +10,7 @@ other test modules of this package (and by the crash test's worker process). Tim
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -489,5 +490,37 @@ def test_trigger_then_resolve_cycle_through_grouper_and_worker(tmp_path: Path) -
             (incident,) = pd.incidents_for(key)
             assert incident.state == "resolved"
             assert [e["event_action"] for e in incident.events] == ["trigger", "resolve"]
+
+    run(scenario)
+
+
+def test_a_sink_with_a_full_outbox_sheds_only_low_severity_triggers_and_counts_them(tmp_path: Path) -> None:
+    """Reliability D4: a sink that is down keeps every alert up to ``max_waiting``; past that, new low and
+    informational triggers for that sink are counted and left out, everything else is still kept, and a
+    sink with room is not affected."""
+    outbox = Outbox(tmp_path / "vigil.db")
+
+    def shaped(n: int, severity: str, kind: AlertKind = AlertKind.TRIGGER) -> Alert:
+        return dataclasses.replace(alert(n, kind=kind), severity=severity)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        sinks = {
+            "down": LoopSink("down", {"url": refused_url()}),
+            "ok": LoopSink("ok", {"url": refused_url()}),
+        }
+        d = AlertDispatcher(outbox, sinks, client, max_waiting=3)  # (not run: nothing is delivered)
+        for n in range(3):
+            assert len(await d.submit(["down"], shaped(n, "low"))) == 1  # up to the bound: kept
+        assert await d.submit(["down"], shaped(3, "low")) == []  # full: shed
+        assert await d.submit(["down"], shaped(4, "informational")) == []
+        assert len(await d.submit(["down", "ok"], shaped(5, "low"))) == 1  # only the full sink sheds
+        assert len(await d.submit(["down"], shaped(6, "medium"))) == 1  # medium and above: kept
+        assert len(await d.submit(["down"], shaped(7, "critical"))) == 1
+        assert len(await d.submit(["down"], shaped(0, "low", AlertKind.RESOLVE))) == 1  # not a trigger
+        stats = d.stats()
+        assert stats["down"]["shed"] == 3 and stats["ok"]["shed"] == 0
+        assert states(outbox, "down")["pending"] == 6 and states(outbox, "ok")["pending"] == 1
+        unbounded = AlertDispatcher(outbox, sinks, client)  # max_waiting 0: never sheds
+        assert len(await unbounded.submit(["down"], shaped(8, "low"))) == 1
 
     run(scenario)

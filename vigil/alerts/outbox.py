@@ -214,6 +214,14 @@ class Outbox(SidecarTables):
         )
         return [_entry(r) for r in self._read(sql, (sink, now, max(0, limit)))]
 
+    def waiting(self, sink: str) -> int:
+        """Rows of ``sink`` not yet delivered or dead (pending or being sent)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT count(*) FROM outbox WHERE sink = ? AND state IN ('pending', 'sending')", (sink,)
+            ).fetchone()
+        return int(row[0])
+
     def next_due(self, sink: str) -> float | None:
         """When the earliest pending row of ``sink`` is due (None: nothing pending)."""
         rows = self._read("SELECT min(next_at) FROM outbox WHERE sink = ? AND state = 'pending'", (sink,))

@@ -24,6 +24,13 @@ A ``retry`` also **holds the whole sink** until that time: a 429 or 5xx or a ref
 sink (not this alert) is unwell, and ``Retry-After`` is the server's word for the sink. Sending the next
 row at once would only spend the rate limit and earn another 429. After the hold, the oldest row goes first.
 
+**Shedding** (``max_waiting``, ``alerts.max_waiting``): the outbox is durable, so a sink that is down for
+days would grow it without end. When a sink already holds ``max_waiting`` undelivered rows, a new *trigger*
+of low or informational severity is not stored for that sink; it is counted in ``shed``
+(``vigil_alerts_shed_total``) and logged. Medium and above, and every resolve, acknowledge and notice, are
+always stored. The finding and its incident are in the store either way: only that sink's message is left
+out.
+
 Rate limits are sliding windows (at most ``n`` sends in any ``period``), not token buckets: a bucket of
 100 per hour that starts full lets 200 through in the first hour, which is above Teams' published 100/h.
 """
@@ -42,12 +49,14 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from vigil.alerts.model import Alert, Delivery, Sink
+from vigil.alerts.model import Alert, AlertKind, Delivery, Sink
 from vigil.alerts.outbox import Outbox, OutboxEntry, OutboxState
 from vigil.alerts.redact import redact_text
 from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
+#: severities whose new triggers a sink with a full outbox sheds (reliability D4); higher ones always wait
+SHEDDABLE: Final = frozenset({"informational", "low"})
 
 #: seconds between two scans of the outbox for due rows
 SCAN_INTERVAL: Final = 1.0
@@ -106,6 +115,8 @@ class WorkerCounters:
     in_flight: int = 0
     #: notifications that did not fit in the queue (the scan picks their rows up: not a loss)
     queue_overflow: int = 0
+    #: low and informational triggers not stored for this sink: its outbox already held ``max_waiting``
+    shed: int = 0
 
 
 class SinkWorker:
@@ -301,12 +312,14 @@ class AlertDispatcher:
         backoff_max: float = 300.0,
         horizon: float = 86400.0,
         queue_size: int = 1000,
+        max_waiting: int = 0,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: Random = random,
     ) -> None:
         self.outbox = outbox
         self.client = client
+        self.max_waiting = max_waiting
         self.workers = {
             name: SinkWorker(
                 outbox, sink, client, backoff_base=backoff_base, backoff_max=backoff_max, horizon=horizon,
@@ -328,12 +341,29 @@ class AlertDispatcher:
         unknown = [name for name in names if name not in self.workers]
         if unknown:
             raise ValueError(f"no sink configured as {', '.join(unknown)}")
+        if self.max_waiting and alert.kind is AlertKind.TRIGGER and alert.severity.lower() in SHEDDABLE:
+            names = [name for name in names if not self._shed(name, alert)]
         if not names:
             return []
         ids = self.outbox.enqueue_many(names, alert)
         for name, entry_id in zip(names, ids, strict=True):
             self.workers[name].notify(entry_id)
         return ids
+
+    def _shed(self, name: str, alert: Alert) -> bool:
+        """Whether to leave ``alert`` out for sink ``name`` (a low-severity trigger, and the sink's outbox
+        already holds ``max_waiting`` undelivered rows): counted, and logged at the first and every 100th."""
+        if self.outbox.waiting(name) < self.max_waiting:
+            return False
+        counters = self.workers[name].counters
+        counters.shed += 1
+        if counters.shed % 100 == 1:
+            log.warning(
+                "alerts: sink %s has %d or more alerts waiting: shedding %s-severity alerts (%d so far; "
+                "higher severities are kept)",
+                name, self.max_waiting, alert.severity, counters.shed,
+            )  # fmt: skip
+        return True
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per sink: :meth:`SinkWorker.stats` (counters, outbox rows per state, oldest pending age)."""

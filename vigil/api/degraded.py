@@ -81,6 +81,12 @@ _ALERTS: tuple[tuple[str, str, str, Any], ...] = (
     ("vigil_alerts_sent_total", "counter", "Alerts delivered, by sink.", lambda r: r["sent"]),
     ("vigil_alerts_retried_total", "counter", "Delivery attempts retried.", lambda r: r["retried"]),
     ("vigil_alerts_dead_total", "counter", "Alerts dead-lettered (the alarm).", lambda r: r["dead"]),
+    (
+        "vigil_alerts_shed_total",
+        "counter",
+        "Low-severity triggers not stored: the sink's outbox was full.",
+        lambda r: r["shed"],
+    ),
     ("vigil_alerts_pending", "gauge", "Alerts waiting in the outbox.", lambda r: r["outbox"]["pending"]),
     (
         "vigil_alerts_oldest_pending_seconds",
