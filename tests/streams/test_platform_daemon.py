@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.alerts.fakes import FakeReceiver
 from tests.conftest import run_vigil, wait_until
 from tests.streams.test_embedded import COMMANDS, Daemon
 from vigil.platform.client import PlatformClient
@@ -60,9 +61,12 @@ tests:
 """
 
 
+WEBHOOK_SECRET = "alarm-test-secret-0123456789abcdef"
+
+
 class Running:
-    def __init__(self, base: str, work: Path, daemon: Daemon) -> None:
-        self.base, self.work, self.daemon = base, work, daemon
+    def __init__(self, base: str, work: Path, daemon: Daemon, receiver: FakeReceiver) -> None:
+        self.base, self.work, self.daemon, self.receiver = base, work, daemon, receiver
         self.platform_dir = work / "var" / "platform"
         self.operator = (self.platform_dir / "operator.token").read_text().strip()
 
@@ -75,6 +79,11 @@ class Running:
         return TokenIssuer.load_or_create(self.platform_dir / "attestation-signing.key", master, ISSUER)
 
 
+def alarms(daemon: Running) -> list[str]:
+    """The kinds of the degraded alarms the sink received, in order."""
+    return [a["kind"] for a in daemon.receiver.accepted if a["rule"] == "vigil.degraded"]
+
+
 def run(coro: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(coro())  # type: ignore[arg-type]
 
@@ -82,17 +91,20 @@ def run(coro: Callable[[], Awaitable[T]]) -> T:
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Running]:
     (tmp_path / "rules.yaml").write_text(RULES, encoding="utf-8")
-    (tmp_path / "profile.yaml").write_text(
-        "data_dir: var\nhttp:\n  port: 0\ndetect:\n  rules: rules.yaml\n"
-        "audit:\n  checkpoint_every: 1\n  checkpoint_files: [var/cp/a.jsonl]\n",
-        encoding="utf-8",
-    )
-    proc = Daemon([*COMMANDS["cli"], str(tmp_path / "profile.yaml")], tmp_path)
-    try:
-        base = proc.wait_for_log(r"serving on (http://127\.0\.0\.1:\d+)").group(1)
-        yield Running(base, tmp_path, proc)
-    finally:
-        proc.stop()
+    with FakeReceiver(WEBHOOK_SECRET) as receiver:  # the alert sink: where the alarm must arrive
+        (tmp_path / "profile.yaml").write_text(
+            "data_dir: var\nhttp:\n  port: 0\ndetect:\n  rules: rules.yaml\n"
+            "audit:\n  checkpoint_every: 1\n  checkpoint_files: [var/cp/a.jsonl]\n"
+            f"alerts:\n  default: [webhook]\n  webhook:\n    url: {receiver.url('/hook')}\n"
+            f"    secret: {WEBHOOK_SECRET}\n",
+            encoding="utf-8",
+        )
+        proc = Daemon([*COMMANDS["cli"], str(tmp_path / "profile.yaml")], tmp_path)
+        try:
+            base = proc.wait_for_log(r"serving on (http://127\.0\.0\.1:\d+)").group(1)
+            yield Running(base, tmp_path, proc, receiver)
+        finally:
+            proc.stop()
 
 
 def _wait(check: Callable[[], object], what: str, deadline: float = 20.0) -> None:
@@ -188,6 +200,13 @@ def test_audit_failure_refuses_changes_degrades_and_recovers(daemon: Running) ->
     ready = httpx.get(daemon.base + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"
     assert "audit log unavailable" in ready.json()["reason"] and "sink" in ready.json()["reason"]
+    # the alarm went out past the outbox: a critical trigger at the sink, no outbox row for it
+    wait_until(lambda: alarms(daemon) == ["trigger"], "the degraded alarm at the sink", deadline=30)
+    [raised] = [a for a in daemon.receiver.accepted if a["rule"] == "vigil.degraded"]
+    assert raised["severity"] == "critical" and "audit log unavailable" in raised["summary"]
+    outbox = httpx.get(daemon.base + "/v1/alerts").json()
+    assert all("dedup_key" in row for row in outbox["alerts"])
+    assert not [row for row in outbox["alerts"] if row["dedup_key"] == raised["dedup_key"]]
     metrics = httpx.get(daemon.base + "/metrics").text
     assert "vigil_degraded 1" in metrics and "vigil_platform_feed_failures_total 1" in metrics
 
@@ -200,6 +219,8 @@ def test_audit_failure_refuses_changes_degrades_and_recovers(daemon: Running) ->
     run(lambda: create("k2"))
     assert httpx.get(daemon.base + "/readyz").json() == {"status": "ready"}
     assert "vigil_degraded 0" in httpx.get(daemon.base + "/metrics").text
+    wait_until(lambda: alarms(daemon) == ["trigger", "resolve"], "the recovery at the sink", deadline=30)
+    assert 'vigil_alarms_total{outcome="sent"} 2' in httpx.get(daemon.base + "/metrics").text
     daemon.daemon.stop()
     verify = run_vigil("audit", "verify", "--config", "profile.yaml", cwd=daemon.work)
     assert verify.returncode == 0, verify.stderr

@@ -58,6 +58,11 @@ def platform_metrics(state: RunState) -> list[Family]:
         families.append(("vigil_response_alerts_total", "counter", "Response alerts, by kind.", alerts))
     if state.alerting is not None:
         families += _alert_metrics(state.alerting.dispatcher.stats())
+        done = state.alerting.alarm.stats
+        outcomes = [('{outcome="sent"}', float(done.sent)), ('{outcome="failed"}', float(done.failed))]
+        families.append(
+            ("vigil_alarms_total", "counter", "Degraded/recovered alarms sent past the outbox.", outcomes)
+        )
     if state.azure is not None:
         families += state.azure.metric_families()
     if state.platform is None:

@@ -4,7 +4,9 @@ A sink is configured when its section has what it needs (PagerDuty a routing key
 URL, the generic webhook a URL and a secret, the console sink ``enabled``). The outbox lives in the store's
 database beside the actions (its own connection and tables, :mod:`vigil.alerts.outbox`); at start the rows a
 crash left ``sending`` are sent again. One ``httpx.AsyncClient`` serves every sink, without proxies from the
-environment (``trust_env=False``: an alert must not take a detour the operator did not configure).
+environment (``trust_env=False``: an alert must not take a detour the operator did not configure). The
+:class:`~vigil.alerts.alarm.Alarm` sends the daemon's own degraded state to the sinks a critical alert routes
+to, straight from memory: the outbox's disk may be the problem.
 
 :func:`build_sinks` is shared with ``vigil alerts test SINK``, so a test alert goes through exactly the sink
 object the daemon would use.
@@ -19,12 +21,14 @@ from typing import Any
 
 import httpx
 
+from vigil.alerts.alarm import Alarm
 from vigil.alerts.grouping import Grouper
 from vigil.alerts.model import Sink, sinks
 from vigil.alerts.outbox import Outbox
 from vigil.alerts.router import Router
 from vigil.alerts.stage import AlertStage
 from vigil.alerts.worker import AlertDispatcher
+from vigil.api.degraded import degraded_reason
 from vigil.rules.model import RuleSet
 from vigil.rules.schema_forms import parse_duration
 from vigil.sections import AlertSettings
@@ -63,9 +67,11 @@ class AlertRuntime:
     dispatcher: AlertDispatcher
     outbox: Outbox
     client: httpx.AsyncClient
+    #: the daemon's own degraded state, sent past the outbox (vigil/alerts/alarm.py)
+    alarm: Alarm
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(self.dispatcher.run(stop), self.stage.run(stop))
+        await asyncio.gather(self.dispatcher.run(stop), self.stage.run(stop), self.alarm.run(stop))
 
     async def close(self) -> None:
         self.stage.close()
@@ -97,4 +103,6 @@ def start_alerts(state: RunState, base_url: str) -> AlertRuntime:
         log.info(
             "alerts: sinks %s (default %s)", ", ".join(sorted(built)), ", ".join(alerts.default) or "none"
         )
-    return AlertRuntime(stage, dispatcher, outbox, client)
+    alarmed = {name: built[name] for name in router.route(None, "critical")}
+    alarm = Alarm(lambda: degraded_reason(state), alarmed, client)
+    return AlertRuntime(stage, dispatcher, outbox, client, alarm)
