@@ -216,11 +216,10 @@ class Outbox(SidecarTables):
 
     def waiting(self, sink: str) -> int:
         """Rows of ``sink`` not yet delivered or dead (pending or being sent)."""
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT count(*) FROM outbox WHERE sink = ? AND state IN ('pending', 'sending')", (sink,)
-            ).fetchone()
-        return int(row[0])
+        rows = self._read(
+            "SELECT count(*) FROM outbox WHERE sink = ? AND state IN ('pending', 'sending')", (sink,)
+        )
+        return int(rows[0][0])
 
     def next_due(self, sink: str) -> float | None:
         """When the earliest pending row of ``sink`` is due (None: nothing pending)."""

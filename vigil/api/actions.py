@@ -23,6 +23,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from vigil.api.auth import bearer
 from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT, error, state_of
 from vigil.audit.log import AuditUnavailableError
 from vigil.errors import VigilError
@@ -116,11 +117,10 @@ async def _decide(
 def _principal(request: Request) -> str | None:
     """The principal a platform API token names, or None."""
     runtime = state_of(request).platform
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if runtime is None or scheme.lower() != "bearer" or not token.strip():
+    token = bearer(request.headers.get("authorization", ""))
+    if runtime is None or token is None:
         return None
-    return runtime.platform.tokens.lookup(token.strip())
+    return runtime.platform.tokens.lookup(token)
 
 
 @router.post("/v1/actions/{action_id}/approve", response_model=None)

@@ -58,6 +58,13 @@ def _equal_any(given: str, accepted: list[str]) -> bool:
     return ok
 
 
+def bearer(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None (another scheme, or none)."""
+    scheme, _, value = header.partition(" ")
+    token = value.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def pre_body(
     auth: SourceAuth, headers: Mapping[str, str], query: Mapping[str, str], local: str | None
 ) -> str | None:
@@ -66,10 +73,8 @@ def pre_body(
     tokens = list(auth.tokens) or ([local] if local and not auth.configured else [])
     header = headers.get("authorization", "")
     if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value and _equal_any(value.strip(), tokens):
-            return ""
-        return "bad_token"
+        token = bearer(header)
+        return "" if token is not None and _equal_any(token, tokens) else "bad_token"
     code = query.get("code")
     if code is not None:
         return "" if _equal_any(code, list(auth.query_secrets)) else "bad_code"

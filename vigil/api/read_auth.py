@@ -22,6 +22,7 @@ from typing import Final
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from vigil.api.auth import bearer
 from vigil.streams import RunState
 
 #: path prefixes of the read API (``/v1/actions`` covers its GETs; its POSTs authenticate themselves)
@@ -45,9 +46,8 @@ def is_read(method: str, path: str) -> bool:
 
 def allowed(state: RunState, header: str) -> bool:
     """Whether an ``Authorization`` header carries the local token or a platform API token."""
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer(header)
+    if token is None:
         return False
     local = state.local_token
     if local and hmac.compare_digest(token.encode(), local.encode()):

@@ -83,7 +83,7 @@ def count_update(det: ThresholdDetector) -> Update | None:
     fast = det.fast_count
     if fast is None:
         return None
-    shards, w, low = fast
+    w, low = fast
     lines = ["def _count(e, t, out):", *_key_lines(det.fields)]
     lines += [
         f"    s = SHARDS[hash(k) & {SHARDS - 1}]",
@@ -125,7 +125,7 @@ def count_update(det: ThresholdDetector) -> Update | None:
     ]
     namespace: dict[str, Any] = {
         "KEY": det.key_of,
-        "SHARDS": shards,
+        "SHARDS": det.state.shards,
         "STATE": det.state,
         "GENERAL": det.on_event,
         "LOW": low,

@@ -106,14 +106,19 @@ def _read(detector: Detector, doc: dict[str, Any], exact_clock: bool = False) ->
             report.dropped.append(name)
             continue
         spec = target[0].threshold
-        convert = doc["version"] == 1 and spec is not None and spec.measure == "distinct"
+        convert = (
+            doc["version"] == 1
+            and spec is not None
+            and spec.measure == "distinct"
+            and not name.endswith(SUPPRESS_SUFFIX)  # (a suppression's state is the same in both)
+        )
         entries = []
         for entry in saved.get("entries", ()):
             key, tag, value = entry
             if type(key) is not str:
                 raise ValueError(f"{name}: key is not a string")
             packed = _decode(tag, value)
-            if convert and not name.endswith(SUPPRESS_SUFFIX):
+            if convert:
                 if type(packed) is not bytes:
                     raise ValueError(f"{name}: a distinct state is not bytes")
                 packed = distinct_from_v1(packed)

@@ -257,14 +257,16 @@ class ThresholdDetector:
             ncur = (len(st) - split) >> 3
             if high is not None:
                 self._judge(key, kb, ncur, out)
-            st = _DIST.pack(b, ncur, ncur) + st[split:] if b == kb + 1 else _DIST.pack(b, 0, 0)
-            kb, nprev, only = b, (ncur if b == kb + 1 else 0), (ncur if b == kb + 1 else 0)
+            rolled = st[split:] if b == kb + 1 else b""  # the hashes that become the previous bucket
+            kb = b
+            nprev = only = len(rolled) >> 3
+            st = _DIST.pack(kb, nprev, only) + rolled
             split = 16 + 8 * nprev
         elif b < kb and high is None:  # (at_most: a judged bucket's late event counts in kb)
             if b < kb - 1:
                 self.stale += 1
                 return
-            self._late_distinct(event, key, st, h, out)
+            self._late_distinct(event, key, shard, st, h, out)
             return
         if len(st) > split and _has(st, h, split):  # already counted in this bucket (never after a roll)
             return
@@ -287,7 +289,9 @@ class ThresholdDetector:
         if low is not None and before < low <= after:
             out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), after))
 
-    def _late_distinct(self, event: Event, key: str, st: bytes, h: bytes, out: list[Finding]) -> None:
+    def _late_distinct(
+        self, event: Event, key: str, shard: dict[str, Packed], st: bytes, h: bytes, out: list[Finding]
+    ) -> None:
         """An event late into the previous bucket: kept there, and all of that bucket is in the window."""
         kb, nprev, only = _DIST.unpack_from(st)
         split = 16 + 8 * nprev
@@ -295,8 +299,7 @@ class ThresholdDetector:
             return
         late_before = ((len(st) - split) >> 3) + only
         if nprev < self.cap:
-            st = _DIST.pack(kb, nprev + 1, only + 1) + st[16:split] + h + st[split:]
-        self.state.shards[hash(key) & _SHARD_MASK][key] = st
+            shard[key] = _DIST.pack(kb, nprev + 1, only + 1) + st[16:split] + h + st[split:]
         low = self.low
         if low is not None and late_before < low <= late_before + 1:
             group = group_from_key(self.fields, key)
@@ -349,9 +352,9 @@ class ThresholdDetector:
         return self.w
 
     @property
-    def fast_count(self) -> tuple[list[dict[str, Packed]], int, float] | None:
-        """(shards, window ms, at_least) for the engine's inlined same-bucket update of a plain count rule
-        (``count: N`` / ``at_least`` only), or None for every other kind of threshold."""
+    def fast_count(self) -> tuple[int, float] | None:
+        """(window ms, at_least) of a plain count rule (``count: N`` / ``at_least`` only), whose update is
+        generated (``fastpath.py``); None for every other kind of threshold."""
         if self.measure != "count" or self.high is not None or self.low is None:
             return None
-        return self.state.shards, self.w, self.low
+        return self.w, self.low
