@@ -14,6 +14,7 @@ from vigil.api import create_app
 from vigil.detectors.finding import Finding
 from vigil.events.model import FrozenMap
 from vigil.settings import load_settings
+from vigil.store import incidents as incidents_mod
 from vigil.store.incidents import IncidentError
 from vigil.store.sqlite import Store
 from vigil.streams import RunState
@@ -54,6 +55,26 @@ def test_findings_group_into_incidents_by_rule_group_and_window(tmp_path: Path) 
     # a replay of the same findings changes nothing
     assert store.commit_detection(batch, 5, None) == 0
     assert sum(i["findings"] for i in store.incidents()) == 5
+
+
+def test_open_incident_lookup_searches_the_index(tmp_path: Path) -> None:
+    """Each detection commit looks up the open incidents of its findings' groups; that must be an index
+    search per group, not a scan of a table that only grows while the daemon runs."""
+    store = Store(tmp_path / "vigil.db", incident_window_ms=HOUR * 1000)
+    sql = incidents_mod._open_sql(3)
+    plan = " / ".join(r[3] for r in store._db.execute("EXPLAIN QUERY PLAN " + sql, ["r", "g"] * 3))
+    assert "SEARCH i USING INDEX incidents_key (rule=? AND group_key=?)" in plan, plan
+    assert "SCAN i" not in plan and "SCAN incidents" not in plan, plan
+    # and it finds what it should across more than one statement's worth of groups: 300 nodes, then a
+    # finding for each of them again an hour later joins its open incident (a resolved one would not)
+    first = [_f(0, f"a{i}", node=f"n{i}") for i in range(300)]
+    assert store.commit_detection(first, 1, None) == 300
+    resolved = next(i for i in store.incidents() if i["group"]["node.id"] == "n7")
+    store.set_incident_state(resolved["id"], "resolved", "tester")
+    again = [_f(HOUR - 1, f"b{i}", node=f"n{i}") for i in range(300)]
+    assert store.commit_detection(again, 2, None) == 300
+    counts = sorted(i["findings"] for i in store.incidents(limit=1000))
+    assert counts == [1, 1] + [2] * 299
 
 
 def test_states_and_timeline(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ them twice in an incident. An incident's id is derived from its first finding's 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import time
@@ -102,21 +103,31 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
 
 def _open_incidents(db: sqlite3.Connection, groups: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
     """(rule, group key) -> (id, last_ms) of its newest incident that is not resolved, for those that have
-    one; in statements of up to 250 groups (the index on rule, group key, state serves each pair)."""
+    one; in statements of up to 250 groups.
+
+    Written as a join from the pairs to the table, so each pair is one search of the index on (rule, group
+    key, state): SQLite plans ``(rule, group_key) IN (VALUES ...)`` as a scan of the whole table, which
+    made every detection commit slower as incidents accumulated (a long-running daemon's table only
+    grows). ``tests/store/test_incidents.py`` checks the plan."""
     out: dict[tuple[str, str], Any] = {}
     for i in range(0, len(groups), 250):
         part = groups[i : i + 250]
-        pairs = ",".join("(?, ?)" for _ in part)
-        rows = db.execute(
-            "SELECT rule, group_key, id, last_ms FROM incidents WHERE state != 'resolved' AND "
-            f"(rule, group_key) IN (VALUES {pairs})",
-            [v for pair in part for v in pair],
-        )
+        rows = db.execute(_open_sql(len(part)), [v for pair in part for v in pair])
         for rule, gkey, iid, last in rows:
             known = out.get((rule, gkey))
             if known is None or int(last) > known[1]:
                 out[(rule, gkey)] = (iid, int(last))
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _open_sql(pairs: int) -> str:
+    """The look-up of :func:`_open_incidents` for ``pairs`` (rule, group key) pairs."""
+    values = ",".join("(?, ?)" for _ in range(pairs))
+    return (
+        f"WITH k(rule, gkey) AS (VALUES {values}) SELECT i.rule, i.group_key, i.id, i.last_ms FROM k "
+        "CROSS JOIN incidents AS i ON i.rule = k.rule AND i.group_key = k.gkey WHERE i.state != 'resolved'"
+    )
 
 
 def transition(db: sqlite3.Connection, iid: str, to: State, actor: str, note: str = "") -> dict[str, Any]:
