@@ -311,6 +311,11 @@ class AlertSettings(Section):
         description="per sink: with this many alerts undelivered, new low and informational triggers for it "
         "are shed and counted (vigil_alerts_shed_total); 0 never sheds",
     )
+    keep_sent: DurationText = Field(
+        default="7d",
+        description="delivered alerts stay in the outbox (GET /v1/alerts, vigil alerts list) this long, then "
+        "are deleted (undelivered and dead ones are kept)",
+    )
     base_url: str = Field(default="", description="Vigil's URL in alert links (default: the daemon's own)")
 
 

@@ -524,3 +524,40 @@ def test_a_sink_with_a_full_outbox_sheds_only_low_severity_triggers_and_counts_t
         assert len(await unbounded.submit(["down"], shaped(8, "low"))) == 1
 
     run(scenario)
+
+
+def test_delivered_alerts_older_than_keep_sent_are_deleted_and_nothing_else(tmp_path: Path) -> None:
+    """An always-on daemon leaves a row per alert: delivered ones go after ``keep_sent`` (at start and then
+    periodically), while undelivered and dead rows stay however old they are."""
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "vigil.db", clock=clock)
+    old_sent, old_pending, old_dead = (outbox.enqueue("s", alert(n)) for n in range(3))
+    for entry in (old_sent, old_dead, new_sent := outbox.enqueue("s", alert(3))):
+        assert outbox.mark_sending(entry)
+    assert outbox.mark_sent(old_sent, 202) and outbox.mark_dead(old_dead, "400 from the sink", 400)
+    clock.now += 8 * 86400  # a week and a day later
+    assert outbox.mark_sent(new_sent, 202)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        d = AlertDispatcher(outbox, {}, client, keep_sent=7 * 86400, clock=clock, sleep=clock.sleep)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(d.run(stop))
+        for _ in range(200):
+            if d.pruned:
+                break
+            await asyncio.sleep(0.01)
+        assert d.pruned == 1
+        assert outbox.get(old_sent) is None
+        kept = {old_pending: "pending", old_dead: "dead", new_sent: "sent"}
+        assert {i: outbox.get(i).state.value for i in kept} == kept  # type: ignore[union-attr]
+        clock.now += 7 * 86400  # a week on, the next round deletes the newer delivered row too
+        for _ in range(200):
+            if d.pruned == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert d.pruned == 2 and outbox.get(new_sent) is None
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert outbox.get(old_pending) is not None and outbox.get(old_dead) is not None
+
+    run(scenario)

@@ -62,6 +62,8 @@ SHEDDABLE: Final = frozenset({"informational", "low"})
 SCAN_INTERVAL: Final = 1.0
 #: rows read per scan (a full batch is followed by another scan at once)
 SCAN_BATCH: Final = 100
+#: seconds between two deletions of delivered rows past ``alerts.keep_sent`` (at most)
+PRUNE_EVERY: Final = 600.0
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -223,15 +225,7 @@ class SinkWorker:
         await self._race(stop, delay, None)
 
     async def _race(self, stop: asyncio.Event, delay: float, wake: asyncio.Event | None) -> None:
-        waiters = [asyncio.ensure_future(self._sleep(delay)), asyncio.ensure_future(stop.wait())]
-        if wake is not None:
-            waiters.append(asyncio.ensure_future(wake.wait()))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await _until(stop, delay, self._sleep, wake)
 
     # -- one attempt ---------------------------------------------------------------------------------------
 
@@ -313,6 +307,7 @@ class AlertDispatcher:
         horizon: float = 86400.0,
         queue_size: int = 1000,
         max_waiting: int = 0,
+        keep_sent: float = 0.0,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: Random = random,
@@ -320,6 +315,12 @@ class AlertDispatcher:
         self.outbox = outbox
         self.client = client
         self.max_waiting = max_waiting
+        #: seconds a delivered row stays in the outbox before :meth:`run` deletes it (0: kept for ever)
+        self.keep_sent = keep_sent
+        #: delivered rows deleted so far
+        self.pruned = 0
+        self._clock = clock
+        self._sleep = sleep
         self.workers = {
             name: SinkWorker(
                 outbox, sink, client, backoff_base=backoff_base, backoff_max=backoff_max, horizon=horizon,
@@ -377,7 +378,28 @@ class AlertDispatcher:
         recovered = self.outbox.recover()
         if recovered:
             log.warning("alerts: %d alert(s) were being sent when Vigil stopped: sending again", recovered)
-        await asyncio.gather(*(self._supervise(worker, stop) for worker in self.workers.values()))
+        tasks = [self._supervise(worker, stop) for worker in self.workers.values()]
+        if self.keep_sent > 0:
+            tasks.append(self._prune(stop))
+        await asyncio.gather(*tasks)
+
+    async def _prune(self, stop: asyncio.Event) -> None:
+        """Delete delivered rows older than ``keep_sent``, at start and every :data:`PRUNE_EVERY` seconds.
+
+        Why: every alert leaves a row, and an always-on daemon would otherwise keep them all; the outbox's
+        per-sink counts (``/metrics``, ``GET /v1/alerts``) are a pass over its rows. Dead rows are kept (an
+        operator reads them, ``vigil alerts list --state dead``), and so is everything not yet delivered."""
+        every = min(PRUNE_EVERY, max(1.0, self.keep_sent / 4))
+        while not stop.is_set():
+            try:
+                gone = await asyncio.to_thread(self.outbox.prune, self._clock() - self.keep_sent)
+            except Exception as exc:  # a locked or failing store: try again at the next round
+                log.warning("alerts: could not prune delivered alerts: %s", redact_text(str(exc)))
+                gone = 0
+            if gone:
+                self.pruned += gone
+                log.info("alerts: deleted %d delivered alert(s) older than alerts.keep_sent", gone)
+            await _until(stop, every, self._sleep)
 
     async def _supervise(self, worker: SinkWorker, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -388,3 +410,16 @@ class AlertDispatcher:
                     "alerts: worker %s failed: %s: %s", worker.name, type(exc).__name__, redact_text(str(exc))
                 )
                 await worker._pause(stop, 1.0)
+
+
+async def _until(stop: asyncio.Event, delay: float, sleep: Sleep, wake: asyncio.Event | None = None) -> None:
+    """Wait ``delay`` seconds (on ``sleep``'s clock), or until ``stop`` or ``wake`` is set."""
+    waiters = [asyncio.ensure_future(sleep(delay)), asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -90,7 +90,10 @@ def start_alerts(state: RunState, base_url: str) -> AlertRuntime:
     outbox = Outbox(settings.store.path, synchronous=settings.store.synchronous)
     client = httpx.AsyncClient(timeout=SEND_TIMEOUT, trust_env=False)
     horizon = parse_duration(alerts.retry_horizon).total_seconds()
-    dispatcher = AlertDispatcher(outbox, built, client, horizon=horizon, max_waiting=alerts.max_waiting)
+    keep_sent = parse_duration(alerts.keep_sent).total_seconds()
+    dispatcher = AlertDispatcher(
+        outbox, built, client, horizon=horizon, max_waiting=alerts.max_waiting, keep_sent=keep_sent
+    )
     grouper = Grouper(alerts.group_window, stale_after=parse_duration(alerts.stale_after).total_seconds())
     router = Router(alerts, set(built))
 
