@@ -61,10 +61,11 @@ def test_open_incident_lookup_searches_the_index(tmp_path: Path) -> None:
     """Each detection commit looks up the open incidents of its findings' groups; that must be an index
     search per group, not a scan of a table that only grows while the daemon runs."""
     store = Store(tmp_path / "vigil.db", incident_window_ms=HOUR * 1000)
-    sql = incidents_mod._open_sql(3)
-    plan = " / ".join(r[3] for r in store._db.execute("EXPLAIN QUERY PLAN " + sql, ["r", "g"] * 3))
-    assert "SEARCH i USING INDEX incidents_key (rule=? AND group_key=?)" in plan, plan
-    assert "SCAN i" not in plan and "SCAN incidents" not in plan, plan
+    for open_only in (True, False):
+        sql = incidents_mod._lookup_sql(3, open_only)
+        plan = " / ".join(r[3] for r in store._db.execute("EXPLAIN QUERY PLAN " + sql, ["r", "g"] * 3))
+        assert "SEARCH i USING INDEX incidents_key (rule=? AND group_key=?)" in plan, plan
+        assert "SCAN i" not in plan and "SCAN incidents" not in plan, plan
     # and it finds what it should across more than one statement's worth of groups: 300 nodes, then a
     # finding for each of them again an hour later joins its open incident (a resolved one would not)
     first = [_f(0, f"a{i}", node=f"n{i}") for i in range(300)]

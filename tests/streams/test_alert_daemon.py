@@ -4,6 +4,8 @@ console sink. One daemon for the module; each scenario has its own rule."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -126,6 +128,12 @@ def test_a_page_is_triggered_then_resolved_when_the_remediation_verifies(daemon:
     assert [e["event_action"] for e in incident.events] == ["trigger", "resolve"]
     assert incident.events[0]["payload"]["severity"] == "error"
     assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaking")).lock is Lock.READ_ONLY
+    # the trigger names the incident its finding was filed into, and links to it
+    store = daemon.work / "var" / "vigil.db"
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        (iid,) = db.execute("SELECT id FROM incidents WHERE rule = 't.leak-lock'").fetchone()
+    hrefs = [link["href"] for link in incident.events[0].get("links", [])]
+    assert any(h.endswith(f"/v1/incidents/{iid}") for h in hrefs), hrefs
 
 
 def test_a_canary_secret_in_an_event_never_reaches_a_sink(daemon: Running) -> None:

@@ -36,6 +36,7 @@ from vigil.alerts.model import Alert, AlertKind, dedup_key
 from vigil.alerts.router import Router, finding_alert, incident_alert, notice_alert
 from vigil.alerts.worker import AlertDispatcher
 from vigil.rules.model import RuleSet
+from vigil.store import incidents as book
 from vigil.store.sidecar import read_only
 from vigil.store.sqlite import Store
 
@@ -103,9 +104,12 @@ class AlertStage:
             (self.cursor, READ_LIMIT),
         ).fetchall()
         sent = 0
+        # one look-up for the batch's incidents (each finding's, filed by the detection commit)
+        incidents = book.newest(self._db, list({(r[2], r[3]): None for r in rows}))
         for rowid, finding_id, rule_id, group_key, body in rows:
+            incident = incidents.get((rule_id, group_key))
             alert = finding_alert(
-                orjson.loads(body), group_key, finding_id, self._incident(rule_id, group_key), self.base_url
+                orjson.loads(body), group_key, finding_id, incident[0] if incident else None, self.base_url
             )
             for out in self.grouper.offer(alert):
                 sent += await self._send(out)
@@ -162,13 +166,6 @@ class AlertStage:
             return 0
         await self.dispatcher.submit(names, alert)
         return 1
-
-    def _incident(self, rule_id: str, group_key: str) -> str | None:
-        row = self._db.execute(
-            "SELECT id FROM incidents WHERE rule = ? AND group_key = ? ORDER BY last_ms DESC LIMIT 1",
-            (rule_id, group_key),
-        ).fetchone()
-        return str(row[0]) if row else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Step every second until ``stop``; a failing step is logged and its rows read again."""

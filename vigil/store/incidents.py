@@ -103,30 +103,39 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
 
 def _open_incidents(db: sqlite3.Connection, groups: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
     """(rule, group key) -> (id, last_ms) of its newest incident that is not resolved, for those that have
-    one; in statements of up to 250 groups.
+    one (see :func:`newest`)."""
+    return newest(db, groups, open_only=True)
+
+
+def newest(
+    db: sqlite3.Connection, groups: list[tuple[str, str]], *, open_only: bool = False
+) -> dict[tuple[str, str], tuple[str, int]]:
+    """(rule, group key) -> (id, last_ms) of its newest incident (``open_only``: newest not resolved), for
+    the pairs that have one; in statements of up to 250 pairs.
 
     Written as a join from the pairs to the table, so each pair is one search of the index on (rule, group
     key, state): SQLite plans ``(rule, group_key) IN (VALUES ...)`` as a scan of the whole table, which
     made every detection commit slower as incidents accumulated (a long-running daemon's table only
     grows). ``tests/store/test_incidents.py`` checks the plan."""
-    out: dict[tuple[str, str], Any] = {}
+    out: dict[tuple[str, str], tuple[str, int]] = {}
     for i in range(0, len(groups), 250):
         part = groups[i : i + 250]
-        rows = db.execute(_open_sql(len(part)), [v for pair in part for v in pair])
+        rows = db.execute(_lookup_sql(len(part), open_only), [v for pair in part for v in pair])
         for rule, gkey, iid, last in rows:
             known = out.get((rule, gkey))
             if known is None or int(last) > known[1]:
-                out[(rule, gkey)] = (iid, int(last))
+                out[(rule, gkey)] = (str(iid), int(last))
     return out
 
 
-@functools.lru_cache(maxsize=8)
-def _open_sql(pairs: int) -> str:
-    """The look-up of :func:`_open_incidents` for ``pairs`` (rule, group key) pairs."""
+@functools.lru_cache(maxsize=16)
+def _lookup_sql(pairs: int, open_only: bool) -> str:
+    """The look-up of :func:`newest` for ``pairs`` (rule, group key) pairs."""
     values = ",".join("(?, ?)" for _ in range(pairs))
+    where = " WHERE i.state != 'resolved'" if open_only else ""
     return (
         f"WITH k(rule, gkey) AS (VALUES {values}) SELECT i.rule, i.group_key, i.id, i.last_ms FROM k "
-        "CROSS JOIN incidents AS i ON i.rule = k.rule AND i.group_key = k.gkey WHERE i.state != 'resolved'"
+        f"CROSS JOIN incidents AS i ON i.rule = k.rule AND i.group_key = k.gkey{where}"
     )
 
 
