@@ -233,6 +233,19 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
     assert httpx.post(f"{daemon.base}/v1/actions/{action}/approve").status_code == 401
     assert daemon.decide(action, "approve", "alice").status_code == 403  # the rule's author
     assert daemon.decide(action, "approve", "carol").status_code == 403  # not an approver
+    # a token file the daemon cannot read: approvals and platform-token reads answer 503 and decide nothing
+    # (the local token needs no file); once it is readable again, everything is as before
+    tokens_file = daemon.work / "var" / "platform" / "principals.json"
+    kept = tokens_file.read_bytes()
+    tokens_file.write_bytes(b"{not json")
+    try:
+        assert daemon.decide(action, "approve", "bob").status_code == 503
+        assert daemon.get("/v1/findings", token=daemon.tokens["bob"]).status_code == 503
+        assert daemon.get("/v1/findings").status_code == 200
+    finally:
+        tokens_file.write_bytes(kept)
+    assert daemon.get("/v1/findings", token=daemon.tokens["bob"]).status_code == 200
+    assert daemon.actions("t.leak-approve")[0]["state"] == "pending_approval"
     listed = run_vigil(
         "actions", "--config", "profile.yaml", "list", "--state", "pending_approval", cwd=daemon.work
     )

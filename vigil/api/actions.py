@@ -17,6 +17,7 @@ every decision is in the audit log.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import orjson
@@ -27,9 +28,12 @@ from vigil.api.auth import bearer
 from vigil.api.read import DEFAULT_LIMIT, MAX_LIMIT, error, state_of
 from vigil.audit.log import AuditUnavailableError
 from vigil.errors import VigilError
+from vigil.platform.principals import TokenFileError
 from vigil.response.engine import ActionForbiddenError, ResponseEngine
 from vigil.response.model import ActionState
 from vigil.response.store import ActionConflictError, ActionNotFoundError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -76,7 +80,11 @@ async def _decide(
     engine = _engine(request)
     if isinstance(engine, JSONResponse):
         return engine
-    user = _principal(request)
+    try:
+        user = _principal(request)
+    except TokenFileError as exc:  # says which file, never its content
+        log.error("actions API: %s", exc)
+        return error(503, "the platform's token file cannot be read; nothing was decided")
     if user is None:
         return JSONResponse(
             {"error": "a platform API token is required (vigil platform principals add NAME)"},

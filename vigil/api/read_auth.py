@@ -16,6 +16,7 @@ authentication, unchanged.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -23,7 +24,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from vigil.api.auth import bearer
+from vigil.platform.principals import TokenFileError
 from vigil.streams import RunState
+
+log = logging.getLogger(__name__)
 
 #: path prefixes of the read API (``/v1/actions`` covers its GETs; its POSTs authenticate themselves)
 READ_PREFIXES: Final = (
@@ -61,9 +65,14 @@ def install(app: FastAPI, state: RunState) -> None:
 
     @app.middleware("http")
     async def read_auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if is_read(request.method, request.url.path) and not allowed(
-            state, request.headers.get("authorization", "")
-        ):
+        if not is_read(request.method, request.url.path):
+            return await call_next(request)
+        try:
+            ok = allowed(state, request.headers.get("authorization", ""))
+        except TokenFileError as exc:  # says which file, never its content
+            log.error("read API: %s", exc)
+            return JSONResponse({"error": "the platform's token file cannot be read"}, status_code=503)
+        if not ok:
             return JSONResponse(
                 {"error": "a bearer token is required (the local token in the data folder, or a platform "
                  "API token): http.read_auth is on"},
