@@ -47,6 +47,7 @@ bench: $(STAMP)  ## run the benchmarks in bench/
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/stateful.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/eventlog.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/response.py

@@ -94,6 +94,10 @@ def records(n: int, seed: int = 7) -> Iterator[dict[str, object]]:
         }
 
 
-def lines(n: int, seed: int = 7) -> list[bytes]:
-    """``n`` records as JSON Lines (each with its trailing newline)."""
-    return [orjson.dumps(r) + b"\n" for r in records(n, seed)]
+def lines(n: int, seed: int = 7, *, time_ordered: bool = False) -> list[bytes]:
+    """``n`` records as JSON Lines (each with its trailing newline); ``time_ordered``: the same records
+    sorted by their ``time`` (as a source delivers its log), else in the generated (random-time) order."""
+    recs = list(records(n, seed))
+    if time_ordered:
+        recs.sort(key=lambda r: str(r["time"]))  # (one day, one format: the text sorts as the time)
+    return [orjson.dumps(r) + b"\n" for r in recs]

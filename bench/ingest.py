@@ -2,7 +2,8 @@
 
 What is measured: one daemon process (``python -m vigil.cli run --config PROFILE``, started here in a
 temporary folder with ``http.port: 0``, the shipped rule pack ``rules/`` and a fresh SQLite store) receives
-``--events`` Azure Activity Log records (``gen_activity.py``, about 1.5 KB each) as JSON Lines bodies of
+``--events`` Azure Activity Log records (``gen_activity.py``, about 1.5 KB each; sent in time order, as a
+source delivers its log, unless ``--order generated``) as JSON Lines bodies of
 ``--batch`` records on ``POST /v1/events`` with its local bearer token (``{data_dir}/ingest.token``). The
 client is this process: ``--clients`` ``httpx.AsyncClient`` connections (keep-alive), each posting its
 share of the batches one after another, so the daemon always has work queued. A 200 answer means the
@@ -330,19 +331,26 @@ def main() -> None:
         "--poll", type=float, default=0.01, help="seconds between /metrics polls after the last 200"
     )
     ap.add_argument("--seed", type=int, default=7, help="seed of the generated records")
+    ap.add_argument(
+        "--order",
+        choices=["time", "generated"],
+        default="time",
+        help="send the records in time order (as a source delivers its log; the default) or in the "
+        "generator's random-time order",
+    )
     ap.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.quick:
         args.events = 5_000
     t0 = time.perf_counter()
-    records = lines(args.events, args.seed)
+    records = lines(args.events, args.seed, time_ordered=args.order == "time")
     bodies = [b"".join(records[i : i + args.batch]) for i in range(0, len(records), args.batch)]
     del records
     size = sum(map(len, bodies))
     print(
         f"generated {args.events:,} activity records ({size / args.events:,.0f} bytes each, "
-        f"{size / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s"
+        f"{size / 1e6:,.1f} MB, {args.order} order) in {time.perf_counter() - t0:.1f} s"
     )
     runs = [run_once(args, bodies, s) for s in args.synchronous]
     summary(runs)

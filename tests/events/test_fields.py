@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -9,6 +9,7 @@ from vigil.events.fields import (
     CLAIM_OID,
     actor_from_claims,
     content_id,
+    hash_id,
     json_in_string,
     outcome_from_http,
     outcome_from_result,
@@ -74,6 +75,19 @@ def test_ids_are_stable_and_distinct() -> None:
     assert stable_id("p:", "a", "b") != stable_id("p:", "ab")
     assert content_id("c:", {"a": 1, "b": [1, 2]}) == content_id("c:", {"b": [1, 2], "a": 1})
     assert content_id("c:", {"a": 1}) != content_id("c:", {"a": 2})
+
+
+def test_time_ordered_ids_sort_by_time_and_keep_their_identity() -> None:
+    """With the record's time, an id starts with that time (12 hex digits of milliseconds), so ids of a log
+    in time order go in at the edge of the event log's unique index; same length, same identity."""
+    t0 = datetime(2026, 11, 24, 9, 41, 7, 512334, tzinfo=UTC)
+    ids = [hash_id("act:", f"key-{n}", t0 + timedelta(milliseconds=n)) for n in range(0, 5000, 7)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == len(hash_id("act:", "key")) == 4 + 32 for i in ids)
+    assert hash_id("act:", "key-0", t0) == ids[0]  # the same record, the same id
+    assert hash_id("act:", "other", t0) != ids[0]  # another record in the same millisecond
+    assert ids[0].startswith(f"act:{int(t0.timestamp() * 1000):012x}")
+    assert hash_id("x:", "k", datetime(1960, 1, 1, tzinfo=UTC)).startswith("x:" + "0" * 12)  # clamped
 
 
 def test_json_in_string() -> None:

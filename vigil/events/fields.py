@@ -66,9 +66,26 @@ def stable_id(prefix: str, *parts: object) -> str:
     )
 
 
-def hash_id(prefix: str, key: str) -> str:
-    """``prefix`` + the 128-bit BLAKE2b of ``key`` in hex: the id of a record identified by ``key``."""
-    return prefix + _blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+def hash_id(prefix: str, key: str, when: datetime | None = None) -> str:
+    """``prefix`` + the 128-bit BLAKE2b of ``key`` in hex: the id of a record identified by ``key``.
+
+    With ``when`` (the record's own time, which ``key`` must already contain, so identity is unchanged) the
+    id is time-ordered instead: ``prefix`` + the time in milliseconds as 12 hex digits + an 80-bit BLAKE2b
+    of ``key`` in hex (same length). Why: the event log keeps a unique index on ids for re-delivery, and
+    with random ids every batch of new events dirtied that many pages all over a growing index (64 KiB
+    each), so durable ingestion slowed in proportion to the log's size (``bench/eventlog.py``: 31 -> 102
+    us/event over the first 400,000 events, against 24 -> 24 with time-ordered ids). Logs arrive roughly
+    in time order, so time-ordered ids go in at the index's edge and the cost stays flat. Two records of
+    the same millisecond collide only on an 80-bit hash."""
+    data = key.encode("utf-8", "surrogatepass")
+    if when is None:
+        return prefix + _blake2b(data, digest_size=16).hexdigest()
+    ms = min(max(0, int(when.timestamp() * 1000)), _MAX_MS)
+    return f"{prefix}{ms:012x}{_blake2b(data, digest_size=10).hexdigest()}"
+
+
+#: the largest millisecond time a time-ordered id holds (12 hex digits; the year 10889)
+_MAX_MS: Final = (1 << 48) - 1
 
 
 def content_id(prefix: str, record: Any) -> str:

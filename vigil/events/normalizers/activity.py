@@ -201,6 +201,7 @@ def _event(
         id=hash_id(
             "act:",
             f"{correlation_id}\x1f{action}\x1f{result_type}\x1f{result_signature}\x1f{raw_time}\x1f{resource.id}",
+            when,
         ),
         time=when,
         kind="azure.activity",

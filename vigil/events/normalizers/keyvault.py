@@ -120,6 +120,7 @@ class KeyVaultAuditNormalizer(Normalizer):
                 "kv:",
                 f"{raw_time}\x1f{resource.id}\x1f{action}\x1f{record.get('correlationId')}"
                 f"\x1f{props.get('id')}\x1f{props.get('requestUri')}\x1f{caller}\x1f{signature}",
+                when,
             ),
             time=when,
             kind="azure.keyvault",

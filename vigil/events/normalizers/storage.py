@@ -138,7 +138,7 @@ class StorageLogNormalizer(Normalizer):
                 f"\x1f{status_code}\x1f{status_text}"
             )
         return Event(
-            id=hash_id("st:", key),
+            id=hash_id("st:", key, when),
             time=when,
             kind="azure.storage",
             action=action,
