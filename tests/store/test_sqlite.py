@@ -86,6 +86,19 @@ def test_findings_are_kept_once_by_identity(tmp_path: Path) -> None:
     assert store.findings(rule="other") == []
 
 
+def test_finding_and_incident_ids_start_with_their_time(tmp_path: Path) -> None:
+    """The findings and incidents tables only grow: ids that start with the time (12 hex digits of ms,
+    32 hex digits in all) put new rows at the edge of their keys instead of on a random page each."""
+    later = [_finding(seconds=s, eid=f"e{s}", group=f"n{s % 7}") for s in range(0, 3000, 37)]
+    ids = [finding_id(f) for f in later]
+    assert ids == sorted(ids) and all(len(i) == 32 for i in ids)
+    assert ids[0].startswith(format(int(at(0).timestamp() * 1000), "012x"))
+    store = Store(tmp_path / "vigil.db")
+    store.commit_detection([(n, f) for n, f in enumerate(later, 1)], len(later), None)
+    incidents = sorted(store.incidents(limit=100), key=lambda i: i["opened_ms"])
+    assert [i["id"][:12] for i in incidents] == [format(i["opened_ms"], "012x") for i in incidents]
+
+
 def test_snapshot_commits_with_the_cursor(tmp_path: Path) -> None:
     store = Store(tmp_path / "vigil.db")
     assert store.snapshot() is None and store.cursor() == 0

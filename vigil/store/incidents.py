@@ -8,19 +8,21 @@ new incident). Every change is a timeline entry (opened, finding, acknowledged, 
 
 Grouping runs inside the store's detection transaction (:meth:`~vigil.store.sqlite.Store.commit_detection`)
 and only for findings that were new, so re-processing after a crash neither adds findings nor counts
-them twice in an incident. An incident's id is derived from its first finding's id, so it is stable too.
+them twice in an incident. An incident's id is derived from its first finding's id, so it is stable too; like
+finding ids it starts with the time (of that finding), so the table's key takes new incidents at its edge.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import sqlite3
 import time
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import orjson
 
+from vigil.events.fields import hash_id
 from vigil.store.bulk import insert_many
 
 SCHEMA: Final = """
@@ -75,7 +77,7 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
         for fid, _, severity, _, t, body in items:
             if iid is None or last is None or t - last > window_ms:
                 data = orjson.loads(body)
-                iid = hashlib.blake2b(f"incident\x1f{fid}".encode(), digest_size=12).hexdigest()
+                iid = hash_id("", f"incident\x1f{fid}", datetime.fromtimestamp(t / 1000, UTC))
                 grp = orjson.dumps(data.get("group", {}))
                 opened[iid] = [iid, rule, gkey, "open", severity, data.get("title", rule), grp, t, t, 0]
                 timeline.append((iid, now, "opened", "system", orjson.dumps({"finding": fid})))
