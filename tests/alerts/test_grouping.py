@@ -14,12 +14,12 @@ import pytest
 
 from tests.alerts.fakes import ROUTING_KEY, FakePagerDuty, FakeTeams
 from tests.alerts.test_worker import FakeClock, drive, states
+from vigil.alerts.dispatcher import AlertDispatcher
 from vigil.alerts.grouping import Grouper
 from vigil.alerts.model import Alert, AlertKind, Sink, dedup_key
 from vigil.alerts.outbox import Outbox
 from vigil.alerts.pagerduty import PagerDutySink
 from vigil.alerts.teams import TeamsSink
-from vigil.alerts.worker import AlertDispatcher
 
 T0 = 1_800_000_000.0
 

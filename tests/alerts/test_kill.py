@@ -36,7 +36,7 @@ import httpx
 from tests.alerts.fakes import ROUTING_KEY, sample_alert
 from vigil.alerts.outbox import Outbox
 from vigil.alerts.pagerduty import PagerDutySink
-from vigil.alerts.worker import AlertDispatcher
+from vigil.alerts.dispatcher import AlertDispatcher
 
 db, url, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 outbox = Outbox(db)

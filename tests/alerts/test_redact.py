@@ -20,6 +20,7 @@ import pytest
 from tests.alerts.fakes import ROUTING_KEY, FakePagerDuty, FakeReceiver, FakeSlack, FakeTeams, sample_alert
 from tests.alerts.test_worker import drive
 from vigil.alerts.console import ConsoleSink
+from vigil.alerts.dispatcher import AlertDispatcher
 from vigil.alerts.model import Alert, AlertKind, Sink, dedup_key
 from vigil.alerts.outbox import Outbox
 from vigil.alerts.pagerduty import PagerDutySink
@@ -37,7 +38,6 @@ from vigil.alerts.redact import (
 from vigil.alerts.slack import SlackSink
 from vigil.alerts.teams import TeamsSink
 from vigil.alerts.webhook import WebhookSink
-from vigil.alerts.worker import AlertDispatcher
 
 _RNG = random.Random(9)
 B64_32 = base64.b64encode(_RNG.randbytes(32)).decode()  # an AES-256 key

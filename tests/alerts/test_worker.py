@@ -27,12 +27,13 @@ import httpx
 import pytest
 
 from tests.alerts.fakes import ROUTING_KEY, FakePagerDuty, FakeTeams, Rule, sample_alert
+from vigil.alerts.dispatcher import AlertDispatcher
 from vigil.alerts.grouping import Grouper
 from vigil.alerts.model import Alert, AlertKind, Delivery, Sink, dedup_key
 from vigil.alerts.outbox import Outbox, OutboxState
 from vigil.alerts.pagerduty import PagerDutySink
 from vigil.alerts.teams import TeamsSink
-from vigil.alerts.worker import AlertDispatcher, RateLimit
+from vigil.alerts.worker import RateLimit
 
 Respond = Callable[[int, dict[str, Any]], tuple[int, dict[str, str]]]
 
@@ -559,5 +560,38 @@ def test_delivered_alerts_older_than_keep_sent_are_deleted_and_nothing_else(tmp_
         stop.set()
         await asyncio.wait_for(task, 5)
         assert outbox.get(old_pending) is not None and outbox.get(old_dead) is not None
+
+    run(scenario)
+
+
+def test_a_batch_of_alerts_is_judged_and_stored_as_if_one_by_one(tmp_path: Path) -> None:
+    """``submit_many`` (one alert stage step) stores a batch in one transaction, and sheds exactly what the
+    same alerts submitted one by one would: rows kept earlier in the batch count toward ``max_waiting``."""
+
+    def shaped(n: int, severity: str) -> Alert:
+        return dataclasses.replace(alert(n), severity=severity)
+
+    batch = [shaped(0, "medium"), shaped(1, "low"), shaped(2, "low"), shaped(3, "high"), shaped(4, "low")]
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        results = {}
+        for how in ("batch", "one by one"):
+            outbox = Outbox(tmp_path / f"{how}.db")
+            sinks = {"down": LoopSink("down", {"url": refused_url()})}
+            d = AlertDispatcher(outbox, sinks, client, max_waiting=2)  # (not run: nothing is delivered)
+            if how == "batch":
+                ids = await d.submit_many([(["down"], a) for a in batch])
+            else:
+                ids = [await d.submit(["down"], a) for a in batch]
+            kept = [a.title for a, got in zip(batch, ids, strict=True) if got]
+            results[how] = (kept, d.stats()["down"]["shed"], states(outbox, "down")["pending"])
+            if how == "batch":
+                flat = [i for got in ids for i in got]
+                assert flat == list(range(flat[0], flat[0] + len(flat)))  # one transaction, in order
+                with pytest.raises(ValueError, match="nowhere"):
+                    await d.submit_many([(["down"], batch[0]), (["nowhere"], batch[1])])
+                assert states(outbox, "down")["pending"] == len(flat)  # nothing of a refused batch
+        assert results["batch"] == results["one by one"]
+        assert results["batch"] == (["alert 0", "alert 1", "alert 3"], 2, 3)
 
     run(scenario)

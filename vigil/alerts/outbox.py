@@ -135,20 +135,32 @@ class Outbox(SidecarTables):
 
     def enqueue_many(self, sinks: Iterable[str], alert: Alert) -> builtins.list[int]:
         """One row per sink for ``alert``, in one transaction; their ids, in the order of ``sinks``."""
-        clean = redact_alert(alert)
-        body = orjson.dumps(clean.to_json()).decode()
+        return self.enqueue_batch([(sinks, alert)])[0]
+
+    def enqueue_batch(
+        self, items: Iterable[tuple[Iterable[str], Alert]]
+    ) -> builtins.list[builtins.list[int]]:
+        """One row per sink for each alert, all in one transaction (one commit for a step's alerts, not
+        one each); the ids per item, in order."""
+        rows = []
+        for sinks, alert in items:
+            clean = redact_alert(alert)
+            rows.append((builtins.list(sinks), clean, orjson.dumps(clean.to_json()).decode()))
         now = self._clock()
-        ids: builtins.list[int] = []
+        out: builtins.list[builtins.list[int]] = []
         with self._tx() as db:
-            for sink in sinks:
-                cur = db.execute(
-                    "INSERT INTO outbox (sink, dedup_key, kind, alert, state, next_at, created, updated) "
-                    "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
-                    (sink, clean.dedup_key, clean.kind.value, body, now, now, now),
-                )
-                ids.append(int(cur.lastrowid or 0))
+            for sinks, clean, body in rows:
+                ids = []
+                for sink in sinks:
+                    cur = db.execute(
+                        "INSERT INTO outbox (sink, dedup_key, kind, alert, state, next_at, created, updated) "
+                        "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                        (sink, clean.dedup_key, clean.kind.value, body, now, now, now),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                out.append(ids)
         crash_point("alerts.after_enqueue")
-        return ids
+        return out
 
     def mark_sending(self, entry_id: int) -> bool:
         """Claim a pending row for one attempt (``attempts`` + 1); False when it is not pending."""

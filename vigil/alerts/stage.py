@@ -31,10 +31,10 @@ from typing import Any, Final
 
 import orjson
 
+from vigil.alerts.dispatcher import AlertDispatcher
 from vigil.alerts.grouping import Grouper
 from vigil.alerts.model import Alert, AlertKind, dedup_key
 from vigil.alerts.router import Router, finding_alert, incident_alert, notice_alert
-from vigil.alerts.worker import AlertDispatcher
 from vigil.rules.model import RuleSet
 from vigil.store import incidents as book
 from vigil.store.sidecar import read_only
@@ -106,15 +106,17 @@ class AlertStage:
         sent = 0
         # one look-up for the batch's incidents (each finding's, filed by the detection commit)
         incidents = book.newest(self._db, list({(r[2], r[3]): None for r in rows}))
-        for rowid, finding_id, rule_id, group_key, body in rows:
+        ready: list[Alert] = []
+        for _rowid, finding_id, rule_id, group_key, body in rows:
             incident = incidents.get((rule_id, group_key))
             alert = finding_alert(
                 orjson.loads(body), group_key, finding_id, incident[0] if incident else None, self.base_url
             )
-            for out in self.grouper.offer(alert):
-                sent += await self._send(out)
-            self.cursor = rowid
+            ready += self.grouper.offer(alert)
+        # one outbox transaction for the batch's alerts, committed before the cursor moves past them
+        sent += await self._send_many(ready)
         if rows:
+            self.cursor = rows[-1][0]
             # (in a thread: an ingestion commit may hold the store's lock, and the loop must not wait)
             await asyncio.to_thread(self.store.set_offset, FINDINGS, str(self.cursor))
         return sent
@@ -160,12 +162,15 @@ class AlertStage:
     # -- delivery ------------------------------------------------------------------------------------------
 
     async def _send(self, alert: Alert) -> int:
-        rule = self.rules().get(alert.rule)
-        names = self.router.route(rule, alert.severity)
-        if not names:
-            return 0
-        await self.dispatcher.submit(names, alert)
-        return 1
+        return await self._send_many([alert])
+
+    async def _send_many(self, alerts: list[Alert]) -> int:
+        """Route each alert and store it for its sinks (one transaction for all); the number routed."""
+        rules = self.rules()
+        routed = [(names, a) for a in alerts if (names := self.router.route(rules.get(a.rule), a.severity))]
+        if routed:
+            await self.dispatcher.submit_many(routed)
+        return len(routed)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Step every second until ``stop``; a failing step is logged and its rows read again."""

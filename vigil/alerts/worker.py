@@ -24,13 +24,6 @@ A ``retry`` also **holds the whole sink** until that time: a 429 or 5xx or a ref
 sink (not this alert) is unwell, and ``Retry-After`` is the server's word for the sink. Sending the next
 row at once would only spend the rate limit and earn another 429. After the hold, the oldest row goes first.
 
-**Shedding** (``max_waiting``, ``alerts.max_waiting``): the outbox is durable, so a sink that is down for
-days would grow it without end. When a sink already holds ``max_waiting`` undelivered rows, a new *trigger*
-of low or informational severity is not stored for that sink; it is counted in ``shed``
-(``vigil_alerts_shed_total``) and logged. Medium and above, and every resolve, acknowledge and notice, are
-always stored. The finding and its incident are in the store either way: only that sink's message is left
-out.
-
 Rate limits are sliding windows (at most ``n`` sends in any ``period``), not token buckets: a bucket of
 100 per hour that starts full lets 200 through in the first hour, which is above Teams' published 100/h.
 """
@@ -43,27 +36,23 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
 import httpx
 
-from vigil.alerts.model import Alert, AlertKind, Delivery, Sink
+from vigil.alerts.model import Delivery, Sink
 from vigil.alerts.outbox import Outbox, OutboxEntry, OutboxState
 from vigil.alerts.redact import redact_text
 from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
-#: severities whose new triggers a sink with a full outbox sheds (reliability D4); higher ones always wait
-SHEDDABLE: Final = frozenset({"informational", "low"})
 
 #: seconds between two scans of the outbox for due rows
 SCAN_INTERVAL: Final = 1.0
 #: rows read per scan (a full batch is followed by another scan at once)
 SCAN_BATCH: Final = 100
-#: seconds between two deletions of delivered rows past ``alerts.keep_sent`` (at most)
-PRUNE_EVERY: Final = 600.0
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -225,7 +214,7 @@ class SinkWorker:
         await self._race(stop, delay, None)
 
     async def _race(self, stop: asyncio.Event, delay: float, wake: asyncio.Event | None) -> None:
-        await _until(stop, delay, self._sleep, wake)
+        await pause(stop, delay, self._sleep, wake)
 
     # -- one attempt ---------------------------------------------------------------------------------------
 
@@ -292,127 +281,7 @@ class SinkWorker:
         )
 
 
-class AlertDispatcher:
-    """One :class:`SinkWorker` per configured sink, and the door to them: :meth:`submit` stores an alert for
-    each named sink (durably, one transaction) and notifies their workers."""
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        sinks: Mapping[str, Sink],
-        client: httpx.AsyncClient,
-        *,
-        backoff_base: float = 1.0,
-        backoff_max: float = 300.0,
-        horizon: float = 86400.0,
-        queue_size: int = 1000,
-        max_waiting: int = 0,
-        keep_sent: float = 0.0,
-        clock: Clock = time.time,
-        sleep: Sleep = asyncio.sleep,
-        rng: Random = random,
-    ) -> None:
-        self.outbox = outbox
-        self.client = client
-        self.max_waiting = max_waiting
-        #: seconds a delivered row stays in the outbox before :meth:`run` deletes it (0: kept for ever)
-        self.keep_sent = keep_sent
-        #: delivered rows deleted so far
-        self.pruned = 0
-        self._clock = clock
-        self._sleep = sleep
-        self.workers = {
-            name: SinkWorker(
-                outbox, sink, client, backoff_base=backoff_base, backoff_max=backoff_max, horizon=horizon,
-                queue_size=queue_size, clock=clock, sleep=sleep, rng=rng,
-            )
-            for name, sink in sinks.items()
-        }  # fmt: skip
-        for name, sink in sinks.items():
-            if sink.name != name:
-                raise ValueError(f"sink {sink!r} is configured under another name, {name!r}")
-
-    def __repr__(self) -> str:
-        return f"AlertDispatcher({sorted(self.workers)})"
-
-    async def submit(self, sink_names: Iterable[str], alert: Alert) -> list[int]:
-        """Store ``alert`` for every sink named (committed before this returns), then wake their workers.
-        ValueError, storing nothing, when a name is not a configured sink."""
-        names = list(dict.fromkeys(sink_names))
-        unknown = [name for name in names if name not in self.workers]
-        if unknown:
-            raise ValueError(f"no sink configured as {', '.join(unknown)}")
-        if self.max_waiting and alert.kind is AlertKind.TRIGGER and alert.severity.lower() in SHEDDABLE:
-            names = [name for name in names if not self._shed(name, alert)]
-        if not names:
-            return []
-        ids = self.outbox.enqueue_many(names, alert)
-        for name, entry_id in zip(names, ids, strict=True):
-            self.workers[name].notify(entry_id)
-        return ids
-
-    def _shed(self, name: str, alert: Alert) -> bool:
-        """Whether to leave ``alert`` out for sink ``name`` (a low-severity trigger, and the sink's outbox
-        already holds ``max_waiting`` undelivered rows): counted, and logged at the first and every 100th."""
-        if self.outbox.waiting(name) < self.max_waiting:
-            return False
-        counters = self.workers[name].counters
-        counters.shed += 1
-        if counters.shed % 100 == 1:
-            log.warning(
-                "alerts: sink %s has %d or more alerts waiting: shedding %s-severity alerts (%d so far; "
-                "higher severities are kept)",
-                name, self.max_waiting, alert.severity, counters.shed,
-            )  # fmt: skip
-        return True
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """Per sink: :meth:`SinkWorker.stats` (counters, outbox rows per state, oldest pending age)."""
-        rows = self.outbox.stats()
-        return {name: worker._merge(rows.get(name, {})) for name, worker in self.workers.items()}
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Recover the outbox (rows a crash left ``sending`` are sent again), then run every worker until
-        ``stop``. A worker that fails (a bug, the store unwritable) is logged and restarted after a second,
-        without touching the others."""
-        recovered = self.outbox.recover()
-        if recovered:
-            log.warning("alerts: %d alert(s) were being sent when Vigil stopped: sending again", recovered)
-        tasks = [self._supervise(worker, stop) for worker in self.workers.values()]
-        if self.keep_sent > 0:
-            tasks.append(self._prune(stop))
-        await asyncio.gather(*tasks)
-
-    async def _prune(self, stop: asyncio.Event) -> None:
-        """Delete delivered rows older than ``keep_sent``, at start and every :data:`PRUNE_EVERY` seconds.
-
-        Why: every alert leaves a row, and an always-on daemon would otherwise keep them all; the outbox's
-        per-sink counts (``/metrics``, ``GET /v1/alerts``) are a pass over its rows. Dead rows are kept (an
-        operator reads them, ``vigil alerts list --state dead``), and so is everything not yet delivered."""
-        every = min(PRUNE_EVERY, max(1.0, self.keep_sent / 4))
-        while not stop.is_set():
-            try:
-                gone = await asyncio.to_thread(self.outbox.prune, self._clock() - self.keep_sent)
-            except Exception as exc:  # a locked or failing store: try again at the next round
-                log.warning("alerts: could not prune delivered alerts: %s", redact_text(str(exc)))
-                gone = 0
-            if gone:
-                self.pruned += gone
-                log.info("alerts: deleted %d delivered alert(s) older than alerts.keep_sent", gone)
-            await _until(stop, every, self._sleep)
-
-    async def _supervise(self, worker: SinkWorker, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await worker.run(stop)
-            except Exception as exc:
-                log.error(
-                    "alerts: worker %s failed: %s: %s", worker.name, type(exc).__name__, redact_text(str(exc))
-                )
-                await worker._pause(stop, 1.0)
-
-
-async def _until(stop: asyncio.Event, delay: float, sleep: Sleep, wake: asyncio.Event | None = None) -> None:
+async def pause(stop: asyncio.Event, delay: float, sleep: Sleep, wake: asyncio.Event | None = None) -> None:
     """Wait ``delay`` seconds (on ``sleep``'s clock), or until ``stop`` or ``wake`` is set."""
     waiters = [asyncio.ensure_future(sleep(delay)), asyncio.ensure_future(stop.wait())]
     if wake is not None:

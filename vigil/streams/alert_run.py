@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 
 from vigil.alerts.alarm import Alarm
+from vigil.alerts.dispatcher import AlertDispatcher
 from vigil.alerts.grouping import Grouper
 from vigil.alerts.model import Sink, sinks
 from vigil.alerts.outbox import Outbox
 from vigil.alerts.router import Router
 from vigil.alerts.stage import AlertStage
-from vigil.alerts.worker import AlertDispatcher
 from vigil.api.degraded import degraded_reason
 from vigil.rules.model import RuleSet
 from vigil.rules.schema_forms import parse_duration
