@@ -80,7 +80,9 @@ def hash_id(prefix: str, key: str, when: datetime | None = None) -> str:
     data = key.encode("utf-8", "surrogatepass")
     if when is None:
         return prefix + _blake2b(data, digest_size=16).hexdigest()
-    ms = min(max(0, int(when.timestamp() * 1000)), _MAX_MS)
+    ms = int(when.timestamp() * 1000)
+    if not 0 <= ms <= _MAX_MS:  # (a comparison chain: min(max()) cost more than the rest of the prefix)
+        ms = 0 if ms < 0 else _MAX_MS
     return f"{prefix}{ms:012x}{_blake2b(data, digest_size=10).hexdigest()}"
 
 
