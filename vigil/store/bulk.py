@@ -34,18 +34,30 @@ def _statement(into: str, columns: int, blob: int | None) -> str:
     return f"{into} SELECT {', '.join(parts)} FROM json_each(?1)"
 
 
-def insert_many(
-    db: sqlite3.Connection, into: str, rows: Sequence[Sequence[Any]], blob: int | None = None
-) -> sqlite3.Cursor | None:
-    """Run ``into`` (``INSERT [OR IGNORE] INTO table (columns)``) for every row in one statement; column
-    ``blob`` (an index) holds bytes. Rows go in in order. Returns the cursor (its ``rowcount`` and
-    ``lastrowid``), or None for no rows."""
+#: a statement and its parameters, ready to run (:func:`prepare`)
+Prepared = tuple[str, tuple[Any, ...]]
+
+
+def prepare(into: str, rows: Sequence[Sequence[Any]], blob: int | None = None) -> Prepared | None:
+    """The one statement (and its parameters) that runs ``into`` (``INSERT [OR IGNORE] INTO table
+    (columns)``) for every row; column ``blob`` (an index) holds bytes. None for no rows. Separate from
+    :func:`insert_many` so a caller can build it before it takes a lock: the JSON and the joined blob are
+    Python work that need not hold up another thread's transaction."""
     if not rows:
         return None
     columns = len(rows[0])
     if blob is None:
-        return db.execute(_statement(into, columns, None), (orjson.dumps(rows),))
+        return _statement(into, columns, None), (orjson.dumps(rows),)
     starts = itertools.accumulate((len(r[blob]) for r in rows), initial=1)  # substr counts from 1
     meta = [(*r[:blob], None, *r[blob + 1 :], at, len(r[blob])) for r, at in zip(rows, starts, strict=False)]
     # (the blob's place holds None in the JSON; its offset and length follow the last column)
-    return db.execute(_statement(into, columns, blob), (orjson.dumps(meta), b"".join(r[blob] for r in rows)))
+    return _statement(into, columns, blob), (orjson.dumps(meta), b"".join(r[blob] for r in rows))
+
+
+def insert_many(
+    db: sqlite3.Connection, into: str, rows: Sequence[Sequence[Any]], blob: int | None = None
+) -> sqlite3.Cursor | None:
+    """Run ``into`` for every row in one statement (see :func:`prepare`). Rows go in in order. Returns the
+    cursor (its ``rowcount`` and ``lastrowid``), or None for no rows."""
+    statement = prepare(into, rows, blob)
+    return db.execute(*statement) if statement is not None else None

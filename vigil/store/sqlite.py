@@ -37,7 +37,7 @@ from vigil.events.model import Event, encode_event, event_from_mapping
 from vigil.store import deadletters as letters_table
 from vigil.store import findings as found
 from vigil.store import incidents as book
-from vigil.store.bulk import insert_many
+from vigil.store.bulk import Prepared, prepare
 
 SCHEMA_VERSION: Final = 1
 _INSERT_EVENTS: Final = "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body)"
@@ -169,18 +169,25 @@ class Store:
         seqs = [s for s in self.accept(events, (), source) if s]
         return (seqs[0], seqs[-1]) if seqs else (0, 0)
 
-    def _insert_events(self, events: Sequence[Event], source: str, now: int) -> list[int]:
-        """Insert (inside a transaction) the events whose id the log does not hold yet; their sequence
-        numbers, aligned with ``events``, 0 for a duplicate. Event ids are stable per source record, so a
-        re-delivery (an HTTP retry after a lost answer, Event Grid's at-least-once) is recognised here and
-        never reaches detection twice, as long as the first copy is within the retention.
+    @staticmethod
+    def _event_rows(events: Sequence[Event], source: str, now: int) -> Prepared | None:
+        """The insert of ``events`` into the log, built before the lock is taken (encoding the events and
+        the batch's JSON is Python work that must not hold up other threads' transactions)."""
+        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
+        return prepare(_INSERT_EVENTS, rows, blob=4)
 
-        One statement for the whole batch (:func:`~vigil.store.bulk.insert_many`, which says why). The
+    def _insert_events(self, events: Sequence[Event], statement: Prepared | None) -> list[int]:
+        """Insert (inside a transaction) the events whose id the log does not hold yet (``statement``, from
+        :meth:`_event_rows`); their sequence numbers, aligned with ``events``, 0 for a duplicate. Event ids
+        are stable per source record, so a re-delivery (an HTTP retry after a lost answer, Event Grid's
+        at-least-once) is recognised here and never reaches detection twice, as long as the first copy is
+        within the retention.
+
+        One statement for the whole batch (:func:`~vigil.store.bulk.prepare`, which says why). The
         sequence numbers come from its row count and last row id: with no duplicate, the inserted rows
         number consecutively (the transaction holds the write lock); only a batch with duplicates needs a
         look-up."""
-        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
-        cur = insert_many(self._db, _INSERT_EVENTS, rows, blob=4)
+        cur = self._db.execute(*statement) if statement is not None else None
         added, last = (cur.rowcount, int(cur.lastrowid or 0)) if cur is not None else (0, 0)
         if added == len(events):
             return list(range(last - added + 1, last + 1))
@@ -262,9 +269,10 @@ class Store:
         """
         now = int(time.time() * 1000)
         letters = letters_table.prepare(dead, source, now)
+        statement = self._event_rows(events, source, now)
 
         def insert() -> list[int]:
-            seqs = self._insert_events(events, source, now) if events else []
+            seqs = self._insert_events(events, statement) if events else []
             letters_table.insert_new(self._db, letters)
             if offset is not None:
                 self._set_offset(*offset)
