@@ -140,7 +140,7 @@ class AlertDispatcher:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per sink: :meth:`SinkWorker.stats` (counters, outbox rows per state, oldest pending age)."""
         rows = self.outbox.stats()
-        return {name: worker._merge(rows.get(name, {})) for name, worker in self.workers.items()}
+        return {name: worker.summary(rows.get(name, {})) for name, worker in self.workers.items()}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Recover the outbox (rows a crash left ``sending`` are sent again), then run every worker until
@@ -180,4 +180,4 @@ class AlertDispatcher:
                 log.error(
                     "alerts: worker %s failed: %s: %s", worker.name, type(exc).__name__, redact_text(str(exc))
                 )
-                await worker._pause(stop, 1.0)
+                await pause(stop, 1.0, self._sleep)

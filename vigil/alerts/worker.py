@@ -160,9 +160,10 @@ class SinkWorker:
     def stats(self) -> dict[str, Any]:
         """Counters, the outbox's rows of this sink per state, and ``oldest_pending_age`` in seconds."""
         rows = self.outbox.stats(self.name).get(self.name, {})
-        return self._merge(rows)
+        return self.summary(rows)
 
-    def _merge(self, rows: Mapping[str, Any]) -> dict[str, Any]:
+    def summary(self, rows: Mapping[str, Any]) -> dict[str, Any]:
+        """Counters, ``rows`` (this sink's outbox rows per state, from :meth:`Outbox.stats`) and ages."""
         out: dict[str, Any] = asdict(self.counters)
         out["outbox"] = {s.value: int(rows.get(s.value, 0)) for s in OutboxState}
         oldest = rows.get("oldest_pending")
