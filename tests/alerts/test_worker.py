@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.alerts.fakes import ROUTING_KEY, FakePagerDuty, FakeTeams, Rule, sample_alert
+from vigil.alerts import dispatcher as dispatcher_mod
 from vigil.alerts.dispatcher import AlertDispatcher
 from vigil.alerts.grouping import Grouper
 from vigil.alerts.model import Alert, AlertKind, Delivery, Sink, dedup_key
@@ -527,15 +528,20 @@ def test_a_sink_with_a_full_outbox_sheds_only_low_severity_triggers_and_counts_t
     run(scenario)
 
 
-def test_delivered_alerts_older_than_keep_sent_are_deleted_and_nothing_else(tmp_path: Path) -> None:
+def test_delivered_alerts_older_than_keep_sent_are_deleted_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An always-on daemon leaves a row per alert: delivered ones go after ``keep_sent`` (at start and then
-    periodically), while undelivered and dead rows stay however old they are."""
+    periodically, in slices of short transactions), while undelivered and dead rows stay however old."""
+    monkeypatch.setattr(dispatcher_mod, "PRUNE_SLICE", 3)
     clock = FakeClock()
     outbox = Outbox(tmp_path / "vigil.db", clock=clock)
     old_sent, old_pending, old_dead = (outbox.enqueue("s", alert(n)) for n in range(3))
-    for entry in (old_sent, old_dead, new_sent := outbox.enqueue("s", alert(3))):
+    more_old = [outbox.enqueue("s", alert(n)) for n in range(10, 17)]  # 8 old delivered rows in all
+    for entry in (old_sent, old_dead, *more_old, new_sent := outbox.enqueue("s", alert(3))):
         assert outbox.mark_sending(entry)
     assert outbox.mark_sent(old_sent, 202) and outbox.mark_dead(old_dead, "400 from the sink", 400)
+    assert all(outbox.mark_sent(entry, 202) for entry in more_old)
     clock.now += 8 * 86400  # a week and a day later
     assert outbox.mark_sent(new_sent, 202)
 
@@ -547,16 +553,16 @@ def test_delivered_alerts_older_than_keep_sent_are_deleted_and_nothing_else(tmp_
             if d.pruned:
                 break
             await asyncio.sleep(0.01)
-        assert d.pruned == 1
-        assert outbox.get(old_sent) is None
+        assert d.pruned == 8  # three slices of at most 3 in one round
+        assert outbox.get(old_sent) is None and not any(outbox.get(i) for i in more_old)
         kept = {old_pending: "pending", old_dead: "dead", new_sent: "sent"}
         assert {i: outbox.get(i).state.value for i in kept} == kept  # type: ignore[union-attr]
         clock.now += 7 * 86400  # a week on, the next round deletes the newer delivered row too
         for _ in range(200):
-            if d.pruned == 2:
+            if d.pruned == 9:
                 break
             await asyncio.sleep(0.01)
-        assert d.pruned == 2 and outbox.get(new_sent) is None
+        assert d.pruned == 9 and outbox.get(new_sent) is None
         stop.set()
         await asyncio.wait_for(task, 5)
         assert outbox.get(old_pending) is not None and outbox.get(old_dead) is not None

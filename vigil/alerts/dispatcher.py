@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SHEDDABLE: Final = frozenset({"informational", "low"})
 #: seconds between two deletions of delivered rows past ``alerts.keep_sent`` (at most)
 PRUNE_EVERY: Final = 600.0
+#: delivered rows deleted per transaction
+PRUNE_SLICE: Final = 5000
 
 
 class AlertDispatcher:
@@ -162,11 +164,16 @@ class AlertDispatcher:
         operator reads them, ``vigil alerts list --state dead``), and so is everything not yet delivered."""
         every = min(PRUNE_EVERY, max(1.0, self.keep_sent / 4))
         while not stop.is_set():
+            gone = 0
             try:
-                gone = await asyncio.to_thread(self.outbox.prune, self._clock() - self.keep_sent)
+                cut = self._clock() - self.keep_sent
+                while not stop.is_set():  # in slices: each a short transaction
+                    n = await asyncio.to_thread(self.outbox.prune, cut, PRUNE_SLICE)
+                    gone += n
+                    if n < PRUNE_SLICE:
+                        break
             except Exception as exc:  # a locked or failing store: try again at the next round
                 log.warning("alerts: could not prune delivered alerts: %s", redact_text(str(exc)))
-                gone = 0
             if gone:
                 self.pruned += gone
                 log.info("alerts: deleted %d delivered alert(s) older than alerts.keep_sent", gone)

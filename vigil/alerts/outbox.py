@@ -206,10 +206,19 @@ class Outbox(SidecarTables):
             )
             return int(cur.rowcount)
 
-    def prune(self, older_than: float) -> int:
-        """Delete sent rows sent before ``older_than`` (dead letters are kept); the number deleted."""
+    def prune(self, older_than: float, limit: int | None = None) -> int:
+        """Delete sent rows sent before ``older_than`` (dead letters are kept), at most ``limit`` of them
+        (the oldest first; None: all); the number deleted. The dispatcher deletes in slices, so the first
+        prune of a large outbox does not hold the database's write lock (and ingestion) for long."""
         with self._tx() as db:
-            cur = db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (older_than,))
+            if limit is None:
+                cur = db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (older_than,))
+            else:
+                cur = db.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'sent' AND "
+                    "sent_at < ? ORDER BY sent_at LIMIT ?)",
+                    (older_than, limit),
+                )
             return int(cur.rowcount)
 
     # -- reads -------------------------------------------------------------------------------------------
