@@ -11,6 +11,7 @@ from tests.detectors.stateful_helpers import at, ev
 from vigil.detectors.finding import Finding, finding_id
 from vigil.events.deadletter import DeadLetter
 from vigil.events.model import FrozenMap
+from vigil.store import sqlite as sqlite_mod
 from vigil.store.sqlite import Store, StoreError
 
 
@@ -119,12 +120,18 @@ def test_dead_letters_and_offsets(tmp_path: Path) -> None:
     assert store.offset("tail:/var/log/x") == "2048"
 
 
-def test_prune_keeps_unprocessed_events(tmp_path: Path) -> None:
+def test_prune_keeps_unprocessed_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(tmp_path / "vigil.db")
     store.append_events([ev(f"e{i}", i) for i in range(6)], "http")
     far_future = 2**62
     assert store.prune_events(far_future, processed_through=4) == 4
     assert [s.seq for s in store.read_events(0)] == [5, 6]
+    # in slices (each its own transaction): everything due goes, nothing else
+    monkeypatch.setattr(sqlite_mod, "PRUNE_SLICE", 3)
+    store.append_events([ev(f"f{i}", i) for i in range(10)], "http")
+    assert store.prune_events(far_future, processed_through=14) == 10  # slices of 3, 3, 3 and 1
+    assert [s.seq for s in store.read_events(0)] == [15, 16]
+    assert store.prune_events(0, processed_through=16) == 0  # nothing received before the cut-off
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
