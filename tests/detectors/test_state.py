@@ -59,7 +59,10 @@ def test_sweep_is_incremental_and_keeps_size_consistent() -> None:
     expected_first = sum(1 for k, v in s.shards[0].items() if dead(v))
     assert s.sweep(dead) == expected_first  # one shard per call, round robin from the first
     assert all(not dead(v) for v in s.shards[0].values())
-    assert any(dead(v) for v in s.shards[1].values())  # the next shard is untouched so far
+    # every other shard is untouched so far (all of its dead values are still there; checked over all of
+    # them together: one shard holds about 8 keys, and with Python's per-process string hashing shard 1
+    # alone had no odd value in about one run of 250)
+    assert sum(dead(v) for sh in s.shards[1:] for v in sh.values()) == 1000 - expected_first
     assert s.size == 2000 - expected_first == real_size(s)
     removed = expected_first
     for _ in range(SHARDS - 1):
