@@ -354,7 +354,7 @@ def test_rotate_key_remediator_dry_run_issues_only_gets_then_applies(
 
 
 def test_a_key_is_named_by_its_name_or_its_identifier_uri() -> None:
-    from vigil.platform.azure.keyvault import key_name
+    from vigil.platform.azure.keyvault_models import key_name
 
     assert key_name("data-key") == "data-key"
     assert key_name("https://v.vault.azure.net/keys/data-key") == "data-key"

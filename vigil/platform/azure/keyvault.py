@@ -44,7 +44,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-import jwt
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError
 from azure.keyvault.keys import KeyExportEncryptionAlgorithm, KeyProperties, KeyVaultKey
@@ -53,16 +52,21 @@ from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 
 from vigil.platform.attestation import TokenVerifier
 from vigil.platform.azure.keyvault_models import (
+    RBAC_ACTIONS,
     b64u,
     build_rotation_policy,
+    checked_policy,
     current_version,
     decode_policy,
     encode_policy,
     key_info,
+    key_name,
     no_release_policy,
     released_material,
     rotation_policy_json,
     sort_key,
+    token_claims,
+    unsupported,
     version_of,
 )
 from vigil.platform.azure.keyvault_retry import RetrySettings, call
@@ -77,32 +81,18 @@ from vigil.platform.errors import (
     ReleaseDeniedError,
 )
 from vigil.platform.keyvault import KeyInfo, KeyKind, KeyOp, KeyVersion, ReleasedKey, Signature, WrappedKey
-from vigil.platform.local.keystore import check_policy
 from vigil.platform.local.release import ALGORITHM as RELEASE_ALGORITHM
 from vigil.platform.local.release import attested_recipient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_KV: Final = "Microsoft.KeyVault/vaults/"
-#: the Key Vault data actions each operation needs (RBAC-mode vault); for the docs' least-privilege roles
-RBAC_ACTIONS: Final = {
-    "get_key": (_KV + "keys/read",),
-    "list_keys": (_KV + "keys/read",),
-    "create_key": (_KV + "keys/read", _KV + "keys/create/action"),
-    "rotate_key": (_KV + "keys/read", _KV + "keys/rotate/action"),
-    "set_version_enabled": (_KV + "keys/update/action",),
-    "set_release_policy": (_KV + "keys/read", _KV + "keys/update/action"),
-    "get_rotation_policy": (_KV + "keyrotationpolicies/read",),
-    "set_rotation_policy": (_KV + "keyrotationpolicies/write",),
-    "wrap": (_KV + "keys/read", _KV + "keys/wrap/action"),
-    "unwrap": (_KV + "keys/unwrap/action",),
-    "release": (_KV + "keys/read", _KV + "keys/release/action"),
-}
-
 
 class AzureKeyVault:
     """The Key Vault provider (module docstring). One instance per vault URL and event loop."""
+
+    #: the data actions each operation needs (declared in :mod:`.keyvault_models`)
+    RBAC_ACTIONS: Final = RBAC_ACTIONS
 
     def __init__(
         self,
@@ -197,7 +187,7 @@ class AzureKeyVault:
             raise InvalidError(f"Azure Key Vault has no {kind.value} keys; create aes256 (oct-HSM) keys only")
         if exportable and release_policy is None:
             raise InvalidError("an exportable key needs a release policy in Azure Key Vault")
-        policy = encode_policy(_checked(release_policy)) if release_policy is not None else None
+        policy = encode_policy(checked_policy(release_policy)) if release_policy is not None else None
         try:
             await self._versions(name)
         except NotFoundError:
@@ -267,7 +257,7 @@ class AzureKeyVault:
             if raw is None:
                 return info  # no policy: released to nobody already
             policy = no_release_policy(raw)
-        encoded = encode_policy(_checked(policy))
+        encoded = encode_policy(checked_policy(policy))
         await self._call(
             f"set release policy of {name!r}",
             lambda: self._client.update_key_properties(name, current, release_policy=encoded),
@@ -294,13 +284,13 @@ class AzureKeyVault:
         return rotation_policy_json(result)
 
     async def delete_key(self, principal: str, name: str) -> KeyInfo:
-        raise _unsupported("delete_key", "disable the versions instead")
+        raise unsupported("delete_key", "disable the versions instead")
 
     async def recover_key(self, principal: str, name: str) -> KeyInfo:
-        raise _unsupported("recover_key", "use az keyvault key recover")
+        raise unsupported("recover_key", "use az keyvault key recover")
 
     async def purge_key(self, principal: str, name: str) -> None:
-        raise _unsupported("purge_key", "it is irreversible and left to a person (az keyvault key purge)")
+        raise unsupported("purge_key", "it is irreversible and left to a person (az keyvault key purge)")
 
     # --- cryptography ---------------------------------------------------------------------------------------
 
@@ -327,14 +317,7 @@ class AzureKeyVault:
         self, principal: str, name: str, attestation_token: str, recipient_public_key: bytes
     ) -> ReleasedKey:
         name = key_name(name)
-        if self._verifier is not None:
-            claims = self._verifier.verify(attestation_token).claims
-        else:
-            try:
-                claims = jwt.decode(attestation_token, options={"verify_signature": False})
-            except (jwt.InvalidTokenError, TypeError):
-                raise ReleaseDeniedError("malformed token") from None
-        attested_recipient(claims, recipient_public_key)
+        attested_recipient(token_claims(self._verifier, attestation_token), recipient_public_key)
         info = await self.get_key(principal, name)
         if info.current is None:
             raise DisabledError(f"key {name!r} has no enabled version to release")
@@ -356,15 +339,15 @@ class AzureKeyVault:
     # --- access (not on Azure) ----------------------------------------------------------------------------
 
     async def grant(self, principal: str, grantee: str, key_name: str, ops: set[KeyOp]) -> None:
-        raise _unsupported("grant", "Azure access is RBAC role assignments or vault access policies")
+        raise unsupported("grant", "Azure access is RBAC role assignments or vault access policies")
 
     async def revoke(
         self, principal: str, grantee: str, key_name: str, ops: set[KeyOp] | None = None
     ) -> None:
-        raise _unsupported("revoke", "use AzureVaultLockdown.remove_access_policy or the role assignment")
+        raise unsupported("revoke", "use AzureVaultLockdown.remove_access_policy or the role assignment")
 
     async def set_suspended(self, principal: str, grantee: str, suspended: bool, *, reason: str = "") -> None:
-        raise _unsupported("set_suspended", "use AzureVaultLockdown.remove_access_policy and restore")
+        raise unsupported("set_suspended", "use AzureVaultLockdown.remove_access_policy and restore")
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -412,21 +395,3 @@ class AzureKeyVault:
     async def _raw_policy(self, name: str, version: str) -> dict[str, Any] | None:
         key = await self._call(f"get key {name!r}", lambda: self._client.get_key(name, version))
         return decode_policy(key.properties.release_policy)
-
-
-def _checked(policy: dict[str, Any]) -> dict[str, Any]:
-    checked = check_policy(policy)
-    assert checked is not None
-    return checked
-
-
-def _unsupported(what: str, instead: str) -> InvalidError:
-    return InvalidError(f"{what} is not supported by the Azure Key Vault adapter: {instead}")
-
-
-def key_name(target: str) -> str:
-    """A key's name from its name or its identifier URI (``https://VAULT.vault.azure.net/keys/NAME[/VERSION]``,
-    what Key Vault logs carry): the rules' targets may be either."""
-    if target.startswith("https://") and "/keys/" in target:
-        return target.split("/keys/", 1)[1].split("/", 1)[0]
-    return target

@@ -26,6 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
+import jwt
 from azure.keyvault.keys import (
     KeyProperties,
     KeyReleasePolicy,
@@ -35,8 +36,10 @@ from azure.keyvault.keys import (
     KeyVaultKey,
 )
 
-from vigil.platform.errors import IntegrityError
+from vigil.platform.attestation import TokenVerifier
+from vigil.platform.errors import IntegrityError, InvalidError, ReleaseDeniedError
 from vigil.platform.keyvault import KeyInfo, KeyKind, KeyVersion
+from vigil.platform.local.keystore import check_policy
 
 NO_RELEASE_CLAIM: Final = "x-vigil-release"
 NO_RELEASE_VALUE: Final = "disabled"
@@ -44,6 +47,22 @@ NO_RELEASE_VALUE: Final = "disabled"
 NO_RELEASE_AUTHORITY: Final = "https://release-disabled.vigil.invalid"
 POLICY_CONTENT_TYPE: Final = "application/json; charset=utf-8"
 _ED25519_TYPES: Final = frozenset({"OKP", "OKP-HSM"})
+
+_KV: Final = "Microsoft.KeyVault/vaults/"
+#: the Key Vault data actions each operation needs (RBAC-mode vault); for the docs' least-privilege roles
+RBAC_ACTIONS: Final = {
+    "get_key": (_KV + "keys/read",),
+    "list_keys": (_KV + "keys/read",),
+    "create_key": (_KV + "keys/read", _KV + "keys/create/action"),
+    "rotate_key": (_KV + "keys/read", _KV + "keys/rotate/action"),
+    "set_version_enabled": (_KV + "keys/update/action",),
+    "set_release_policy": (_KV + "keys/read", _KV + "keys/update/action"),
+    "get_rotation_policy": (_KV + "keyrotationpolicies/read",),
+    "set_rotation_policy": (_KV + "keyrotationpolicies/write",),
+    "wrap": (_KV + "keys/read", _KV + "keys/wrap/action"),
+    "unwrap": (_KV + "keys/unwrap/action",),
+    "release": (_KV + "keys/read", _KV + "keys/release/action"),
+}
 
 
 def sort_key(props: KeyProperties) -> float:
@@ -193,3 +212,34 @@ def _unb64u(text: str) -> bytes:
     if not isinstance(text, str):
         raise TypeError("not a string")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def checked_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """A release policy as the local vault would accept it (same checks, same error)."""
+    checked = check_policy(policy)
+    assert checked is not None
+    return checked
+
+
+def unsupported(what: str, instead: str) -> InvalidError:
+    return InvalidError(f"{what} is not supported by the Azure Key Vault adapter: {instead}")
+
+
+def token_claims(verifier: TokenVerifier | None, token: str) -> dict[str, Any]:
+    """The claims of a release's attestation token: verified when a verifier is configured, else only
+    decoded (Azure evaluates the release policy against the token itself)."""
+    if verifier is not None:
+        return dict(verifier.verify(token).claims)
+    try:
+        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.InvalidTokenError, TypeError):
+        raise ReleaseDeniedError("malformed token") from None
+    return claims
+
+
+def key_name(target: str) -> str:
+    """A key's name from its name or its identifier URI (``https://VAULT.vault.azure.net/keys/NAME[/VERSION]``,
+    what Key Vault logs carry): the rules' targets may be either."""
+    if target.startswith("https://") and "/keys/" in target:
+        return target.split("/keys/", 1)[1].split("/", 1)[0]
+    return target
