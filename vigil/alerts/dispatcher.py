@@ -111,15 +111,11 @@ class AlertDispatcher:
             kept.append((names, alert))
         if not any(names for names, _ in kept):
             return [[] for _ in kept]
-        ids = await asyncio.to_thread(self.outbox.enqueue_batch, [k for k in kept if k[0]])
-        stored = iter(ids)
-        out: list[list[int]] = []
-        for names, _ in kept:
-            row = next(stored) if names else []
+        ids = await asyncio.to_thread(self.outbox.enqueue_batch, kept)
+        for (names, _), row in zip(kept, ids, strict=True):
             for name, entry_id in zip(names, row, strict=True):
                 self.workers[name].notify(entry_id)
-            out.append(row)
-        return out
+        return ids
 
     def _shed(self, name: str, alert: Alert, waiting: dict[str, int], added: dict[str, int]) -> bool:
         """Whether to leave ``alert`` out for sink ``name`` (a low-severity trigger, and the sink's outbox

@@ -141,11 +141,12 @@ class Outbox(SidecarTables):
         self, items: Iterable[tuple[Iterable[str], Alert]]
     ) -> builtins.list[builtins.list[int]]:
         """One row per sink for each alert, all in one transaction (one commit for a step's alerts, not
-        one each); the ids per item, in order."""
+        one each); the ids per item, in order (none for an item without sinks)."""
         rows = []
         for sinks, alert in items:
-            clean = redact_alert(alert)
-            rows.append((builtins.list(sinks), clean, orjson.dumps(clean.to_json()).decode()))
+            names = builtins.list(sinks)
+            clean = redact_alert(alert) if names else alert
+            rows.append((names, clean, orjson.dumps(clean.to_json()).decode() if names else ""))
         now = self._clock()
         out: builtins.list[builtins.list[int]] = []
         with self._tx() as db:
@@ -211,14 +212,11 @@ class Outbox(SidecarTables):
         (the oldest first; None: all); the number deleted. The dispatcher deletes in slices, so the first
         prune of a large outbox does not hold the database's write lock (and ingestion) for long."""
         with self._tx() as db:
-            if limit is None:
-                cur = db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (older_than,))
-            else:
-                cur = db.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'sent' AND "
-                    "sent_at < ? ORDER BY sent_at LIMIT ?)",
-                    (older_than, limit),
-                )
+            cur = db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'sent' AND "
+                "sent_at < ? ORDER BY sent_at LIMIT ?)",
+                (older_than, -1 if limit is None else limit),  # (SQLite: a negative LIMIT is none)
+            )
             return int(cur.rowcount)
 
     # -- reads -------------------------------------------------------------------------------------------

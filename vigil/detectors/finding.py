@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgspec
 
 from vigil.detectors.clock import to_ms
-from vigil.events.fields import hash_id
+from vigil.events.fields import time_id
 from vigil.events.model import Event, FrozenMap
 from vigil.rules.functions import path_getter
 from vigil.rules.model import Rule
@@ -63,12 +63,11 @@ def finding_id(found: Finding) -> str:
     finding once.
 
     Time first (32 hex digits: 12 of the finding's time in milliseconds, then 20 of the hash, see
-    :func:`~vigil.events.fields.hash_id`), so the findings table's primary key, which only grows, takes
+    :func:`~vigil.events.fields.time_id`), so the findings table's primary key, which only grows, takes
     new findings at its edge instead of a random page each."""
-    text = SEP.join(
-        (found.rule, found.form, group_key(found.group), str(to_ms(found.time)), *found.event_ids)
-    )
-    return hash_id("", text, found.time)
+    ms = to_ms(found.time)
+    text = SEP.join((found.rule, found.form, group_key(found.group), str(ms), *found.event_ids))
+    return time_id("", text, ms)
 
 
 def group_key(group: Mapping[str, str]) -> str:

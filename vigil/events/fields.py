@@ -77,13 +77,18 @@ def hash_id(prefix: str, key: str, when: datetime | None = None) -> str:
     us/event over the first 400,000 events, against 24 -> 24 with time-ordered ids). Logs arrive roughly
     in time order, so time-ordered ids go in at the index's edge and the cost stays flat. Two records of
     the same millisecond collide only on an 80-bit hash."""
-    data = key.encode("utf-8", "surrogatepass")
     if when is None:
-        return prefix + _blake2b(data, digest_size=16).hexdigest()
-    ms = int(when.timestamp() * 1000)
+        return prefix + _blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return time_id(prefix, key, int(when.timestamp() * 1000))
+
+
+def time_id(prefix: str, key: str, ms: int) -> str:
+    """The time-ordered id of :func:`hash_id` from a time already in milliseconds (findings and incidents
+    keep theirs so): ``prefix`` + 12 hex digits of ``ms`` (clamped to 0 ... 2**48 - 1) + an 80-bit BLAKE2b
+    of ``key``."""
     if not 0 <= ms <= _MAX_MS:  # (a comparison chain: min(max()) cost more than the rest of the prefix)
         ms = 0 if ms < 0 else _MAX_MS
-    return f"{prefix}{ms:012x}{_blake2b(data, digest_size=10).hexdigest()}"
+    return f"{prefix}{ms:012x}{_blake2b(key.encode('utf-8', 'surrogatepass'), digest_size=10).hexdigest()}"
 
 
 #: the largest millisecond time a time-ordered id holds (12 hex digits; the year 10889)

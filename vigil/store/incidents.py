@@ -17,12 +17,11 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import orjson
 
-from vigil.events.fields import hash_id
+from vigil.events.fields import time_id
 from vigil.store.bulk import insert_many
 
 SCHEMA: Final = """
@@ -66,7 +65,7 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
     by_group: dict[tuple[str, str], list[NewFinding]] = {}
     for item in found:
         by_group.setdefault((item[1], item[3]), []).append(item)
-    current = _open_incidents(db, list(by_group))
+    current = newest(db, list(by_group), open_only=True)
     opened: dict[str, list[Any]] = {}  # incident -> its row, findings and last_ms final
     counts: dict[str, list[int]] = {}  # existing incident -> [findings added, newest time]
     timeline: list[tuple[Any, ...]] = []
@@ -77,7 +76,7 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
         for fid, _, severity, _, t, body in items:
             if iid is None or last is None or t - last > window_ms:
                 data = orjson.loads(body)
-                iid = hash_id("", f"incident\x1f{fid}", datetime.fromtimestamp(t / 1000, UTC))
+                iid = time_id("", f"incident\x1f{fid}", t)
                 grp = orjson.dumps(data.get("group", {}))
                 opened[iid] = [iid, rule, gkey, "open", severity, data.get("title", rule), grp, t, t, 0]
                 timeline.append((iid, now, "opened", "system", orjson.dumps({"finding": fid})))
@@ -101,12 +100,6 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
         [(n, t, iid) for iid, (n, t) in counts.items()],
     )
     insert_many(db, "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail)", timeline, blob=4)
-
-
-def _open_incidents(db: sqlite3.Connection, groups: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-    """(rule, group key) -> (id, last_ms) of its newest incident that is not resolved, for those that have
-    one (see :func:`newest`)."""
-    return newest(db, groups, open_only=True)
 
 
 def newest(
