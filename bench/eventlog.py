@@ -2,10 +2,11 @@
 
 Why: the event log keeps a unique index on event ids (a re-delivered record is recognised and stored once).
 With random ids every batch of new events dirtied as many pages of that index as it had events, all over
-an index that grows with the log, so each append cost more than the last: 31 µs/event at the start and
-102 µs/event once 400,000 events were in (this benchmark's random-id run, this machine, 64 KiB pages). Activity Log, Key Vault and
-Storage event ids now start with the record's time (``vigil/events/fields.py``, ``hash_id``), so a log
-that arrives in time order appends at the edge of the index.
+an index that grows with the log, so each append cost more than the last: 31 µs/event at the start
+and 102 µs/event once 400,000 events were in (this benchmark's random-id run, this machine, 64 KiB
+pages). Activity Log, Key Vault and Storage event ids now start with the record's time
+(``vigil/events/fields.py``, ``hash_id``), so a log that arrives in time order appends at the edge of
+the index.
 
 What is measured: ``--events`` Activity Log records (``gen_activity.py``, about 1.5 KB each, in time order
 as a source delivers its log) normalised once up front, then appended ``--blocks`` times over, each copy
