@@ -114,6 +114,13 @@ def test_the_screen_never_skips_a_match() -> None:
     texts = [w for w in CANARIES.values() if isinstance(w, str)]
     texts += [SHA256, MEASUREMENT, REPORT_DATA, B64_32, B64_64, "AKIA" + "A" * 16, "xoxb-0123456789ab"]
     texts += ["password:  x", "'token': 'x'", "eyJabcd.eyJabcd.x", "Bearer " + "a" * 20, "a://u:p@h"]
+    # the second screens (a separator right after a name, an @ in a URL): names next to and away from
+    # their separators, whitespace between, a long run of it, URL-encoded ones, and summaries that only
+    # look alike (``sig`` in "assignment", ``field=value``)
+    texts += ["sig \t= abc", "x-api-key%3Dv", "SIG\n=\nz", "token" + " " * 70 + "=v", "sig" + " " * 64 + "=v"]
+    texts += ['"PassWord" :\t"v"', "'secret'\n: 'v'", "apikey :  v", "connection_string:\tv", "a sig= b"]
+    texts += ["Role assignment created (actor.id=u1, resource.id=/r/sig)", "design: x=1, key=2", "ghp_ x"]
+    texts += ["https://user:pw@host/x?sig=1", "mailto://a@b", "://x@", "%26sig%3Dq", "x%3Fpwd%3Dq"]
     rng = random.Random(5)
     for _ in range(3000):
         a, b = rng.choice(texts), rng.choice(texts)

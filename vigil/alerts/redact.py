@@ -41,6 +41,7 @@ import binascii
 import functools
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from vigil.alerts.model import Alert
@@ -143,7 +144,7 @@ _LONG_B64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/]{86,}={0,2}(?![A-Za-z0
 _NAME_NEEDLES: Final = ("sig", "passw", "pwd", "secret", "token", "api", "accountkey", "sharedaccesskey")
 _NEEDLES: Final[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = (
     (("-----BEGIN ",), ()),
-    (("eyJ",), ()),
+    ((".eyJ",), ()),
     ((), ("authorization",)),
     ((), ("bearer",)),
     (("code=",), ()),
@@ -152,13 +153,67 @@ _NEEDLES: Final[tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = (
     ((), (*_NAME_NEEDLES, "private_key", "primarykey", "secondarykey", "connection", "authorization")),
     ((), ("passw", "secret", "access_key", "api", "accountkey", "sharedaccesskey", "connection")),
     (("https://hooks.slack.com/",), ()),
-    (("gh", "github_pat_"), ()),
-    (("xox",), ()),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), ()),
+    (("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxs-", "xoxr-"), ()),
     (("AKIA", "ASIA"), ()),
 )
-#: every literal of every pattern, flat: one pass of substring tests decides for most strings
-_ALL_CASED: Final = tuple(dict.fromkeys(n for needles, _ in _NEEDLES for n in needles))
-_ALL_LOWER: Final = tuple(dict.fromkeys(n for _, lower in _NEEDLES for n in lower))
+
+
+def _after_word(low: str, seps: tuple[str, ...], endings: tuple[str, ...]) -> bool:
+    """Whether a separator in ``low`` comes right after (whitespace aside) a word ending in one of
+    ``endings``: what a ``name = value`` pattern needs besides its name somewhere in the text. ``sig``
+    occurs in "assignment" and a finding's summary is full of ``field=value``; this tells them apart with
+    a few ``find`` calls instead of a regular expression over the whole text. Past a run of 64 whitespace
+    characters it answers yes (it never says no where the pattern could match)."""
+    for sep in seps:
+        i = low.find(sep)
+        while i >= 0:
+            head = low[max(0, i - 64) : i].rstrip()
+            if head.endswith(endings) or (not head and i >= 64):
+                return True
+            i = low.find(sep, i + 1)
+    return False
+
+
+def _no_guard(text: str, low: str) -> bool:
+    return True
+
+
+#: A second screen per pattern, in the same order, run after its literals were found: another condition
+#: without which it cannot match (a separator after a name, an ``@`` in a URL with credentials). The test
+#: of the literals covers these too.
+_GUARDS: Final[tuple[Callable[[str, str], bool], ...]] = (
+    _no_guard,
+    _no_guard,
+    _no_guard,
+    _no_guard,
+    _no_guard,
+    lambda text, low: "@" in text,
+    lambda text, low: _after_word(
+        low, ("=", "%3d"), ("sig", "signature", "key", "password", "passwd", "pwd", "secret", "token")
+    ),
+    lambda text, low: _after_word(low, (":",), ('"', "'")),
+    lambda text, low: _after_word(low, (":",), ("password", "passwd", "secret", "key", "string")),
+    _no_guard,
+    _no_guard,
+    _no_guard,
+    _no_guard,
+)
+
+
+def _bits(lower: bool) -> tuple[tuple[str, int], ...]:
+    """Each literal with the patterns that need it (bit ``i`` for pattern ``i``)."""
+    out: dict[str, int] = {}
+    for i, (cased, low) in enumerate(_NEEDLES):
+        for n in low if lower else cased:
+            out[n] = out.get(n, 0) | 1 << i
+    return tuple(out.items())
+
+
+#: every literal of every pattern, flat, with the patterns it lets run: one pass of substring tests
+#: decides for most strings, and names the few patterns to try for the rest
+_CASED_BITS: Final = _bits(lower=False)
+_LOWER_BITS: Final = _bits(lower=True)
 #: the shortest text :data:`_LONG_B64` can match
 _LONG_B64_MIN: Final = 86
 #: strings up to this long are memoised (titles, rule ids and group values repeat in every alert)
@@ -228,21 +283,21 @@ def _redact_short(text: str) -> str:
     return _redact(text)
 
 
-def _has_needle(text: str, low: str) -> bool:
-    for n in _ALL_CASED:
-        if n in text:
-            return True
-    for n in _ALL_LOWER:  # noqa: SIM110 (a plain loop: twice as fast as any() over a generator)
-        if n in low:
-            return True
-    return False
-
-
 def _redact(text: str) -> str:
     low = text.lower()
-    if _has_needle(text, low):
-        for (pattern, replacement), (needles, lower) in zip(_PATTERNS, _NEEDLES, strict=True):
-            if any(n in text for n in needles) or any(n in low for n in lower):
+    todo = 0
+    for n, bits in _CASED_BITS:
+        if n in text:
+            todo |= bits
+    for n, bits in _LOWER_BITS:
+        if n in low:
+            todo |= bits
+    if todo:
+        # The literals were looked for once, before any replacement; a replacement adds none (it keeps
+        # what its pattern matched before the secret and writes ``[REDACTED]``), so ``todo`` can only name
+        # a pattern too many, never one too few. The guards look at the text as it now stands.
+        for i, (pattern, replacement) in enumerate(_PATTERNS):
+            if todo >> i & 1 and _GUARDS[i](text, low):
                 changed = pattern.sub(replacement, text)
                 if changed != text:
                     text, low = changed, changed.lower()
