@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import msgspec
 import orjson
 
 from vigil.detectors.clock import to_ms
@@ -37,6 +36,7 @@ from vigil.events.model import Event, encode_event, event_from_mapping
 from vigil.store import deadletters as letters_table
 from vigil.store import findings as found
 from vigil.store import incidents as book
+from vigil.store import staging
 from vigil.store.bulk import Prepared, prepare
 
 SCHEMA_VERSION: Final = 1
@@ -54,10 +54,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
 CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
 CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS staged (
-    n INTEGER PRIMARY KEY, token TEXT NOT NULL, kind TEXT NOT NULL, id TEXT, time_ms INTEGER,
-    reason TEXT, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS staged_token ON staged(token, n);
 CREATE TABLE IF NOT EXISTS snapshots (
     name TEXT PRIMARY KEY, cursor INTEGER NOT NULL, saved_ms INTEGER NOT NULL, body BLOB NOT NULL);
 """
@@ -99,7 +95,7 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
-                schema = _SCHEMA + letters_table.SCHEMA + found.SCHEMA + book.SCHEMA
+                schema = _SCHEMA + staging.SCHEMA + letters_table.SCHEMA + found.SCHEMA + book.SCHEMA
                 for stmt in filter(str.strip, schema.split(";")):
                     self._db.execute(stmt)
                 row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -201,22 +197,14 @@ class Store:
         new: dict[str, int] = dict(newest.fetchall())
         return [new.pop(e.id, 0) for e in events]
 
-    # -- staging: a source's unit of work becomes visible all at once -------------------------------
+    # -- staging: a source's unit of work becomes visible all at once (staging.py) -------------------
 
     def stage(self, token: str, events: Sequence[Event], dead: Sequence[DeadLetter] = ()) -> None:
         """Hold ``events`` and ``dead`` letters under ``token`` (a file being read) without publishing
         them: the detector does not see them until :meth:`publish`, and :meth:`discard` forgets them."""
-        rows: list[tuple[str, str, str | None, int | None, str | None, bytes]] = [
-            (token, "e", e.id, to_ms(e.time), None, encode_event(e)) for e in events
-        ]
-        rows += [(token, "d", None, None, dl.reason, msgspec.json.encode(dl)) for dl in dead]
+        rows = staging.rows(token, events, dead)
         if rows:
-            self._write(
-                lambda: self._db.executemany(
-                    "INSERT INTO staged (token, kind, id, time_ms, reason, body) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            )
+            self._write(staging.insert, self._db, rows)
 
     def publish(self, token: str, source: str) -> int:
         """In one transaction: move everything staged under ``token`` into the event log and the dead
@@ -224,19 +212,8 @@ class Store:
         now = int(time.time() * 1000)
 
         def move() -> tuple[int, int]:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) "
-                "SELECT id, ?, time_ms, ?, body FROM staged WHERE token = ? AND kind = 'e' ORDER BY n",
-                (source, now, token),
-            )
-            count = int(cur.rowcount)
-            self._db.execute(
-                "INSERT INTO dead_letters (source, reason, received_ms, body) SELECT ?, reason, ?, body "
-                "FROM staged WHERE token = ? AND kind = 'd' ORDER BY n",
-                (source, now, token),
-            )
-            self._db.execute("DELETE FROM staged WHERE token = ?", (token,))
-            self._set_offset(f"published:{token}", str(now))
+            count = staging.move(self._db, token, source, now)
+            self._set_offset(staging.published_name(token), str(now))
             return count, self._max_seq()
 
         published, last = self._write(move)
@@ -244,14 +221,16 @@ class Store:
         return int(published)
 
     def published(self, token: str) -> bool:
-        return self.offset(f"published:{token}") is not None
+        return self.offset(staging.published_name(token)) is not None
 
     def discard(self, token: str) -> None:
         """Forget what is staged under ``token`` (the unit of work is being redone or abandoned)."""
-        self._write(lambda: self._db.execute("DELETE FROM staged WHERE token = ?", (token,)))
+        self._write(staging.discard, self._db, token)
 
     def forget_published(self, token: str) -> None:
-        self._write(lambda: self._db.execute("DELETE FROM offsets WHERE source = ?", (f"published:{token}",)))
+        self._write(
+            lambda: self._db.execute("DELETE FROM offsets WHERE source = ?", (staging.published_name(token),))
+        )
 
     def accept(
         self,
