@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
-    from vigil.platform.commands import add_parsers as add_platform_parsers
+    from vigil.platform.command_args import add_parsers as add_platform_parsers
 
     add_platform_parsers(sub)
 
