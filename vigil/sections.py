@@ -154,7 +154,11 @@ class StoreSettings(Section):
         default="FULL", description="FULL survives power loss; NORMAL only a crash of the process"
     )
     retention: DurationText = Field(
-        default="7d", description="raw events older than this are pruned once detected (findings are kept)"
+        default="7d", description="raw events older than this are pruned once detected"
+    )
+    incident_retention: DurationText = Field(
+        default="90d",
+        description="resolved incidents idle this long are deleted with their findings (open ones are kept)",
     )
 
 

@@ -310,6 +310,12 @@ def test_detection_metrics(world: World) -> None:
     assert samples["vigil_late_events_total"] == 1
     assert samples["vigil_open_window_keys"] == 2 == world.detector.open_keys()  # .1 in r.burst and r.quiet
     assert samples["vigil_rules_loaded"] == 3
+    for pruned in (
+        "vigil_events_pruned_total",
+        "vigil_incidents_pruned_total",
+        "vigil_findings_pruned_total",
+    ):
+        assert samples[pruned] == 0  # (the retention tests of the store and the stage count them)
     assert samples['vigil_rule_key_limit_hits_total{rule="r.burst"}'] == 1
     assert not any(name.startswith('vigil_rule_key_limit_hits_total{rule="r.quiet"') for name in samples)
     text = world.client.get("/metrics").text

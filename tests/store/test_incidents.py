@@ -4,6 +4,7 @@ and the API over them."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from vigil.detectors.finding import Finding
 from vigil.events.model import FrozenMap
 from vigil.settings import load_settings
 from vigil.store import incidents as incidents_mod
+from vigil.store import sqlite as sqlite_mod
 from vigil.store.incidents import IncidentError
 from vigil.store.sqlite import Store
 from vigil.streams import RunState
@@ -139,3 +141,46 @@ def test_incident_api(tmp_path: Path) -> None:
     assert again.status_code == 409
     assert resolved.status_code == 200
     assert [i["id"] for i in after.json()["incidents"]] == [iid]
+
+
+def test_retention_deletes_resolved_incidents_with_their_findings_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "vigil.db", incident_window_ms=HOUR * 1000)
+    old = [_f(i, f"a{i}", rule="r.old") for i in range(5)]  # resolved, long ago: goes
+    working = [_f(i, f"b{i}", rule="r.working") for i in range(3)]  # acknowledged, as old: stays
+    still_open = [_f(0, "c0", rule="r.open")]  # open, as old: stays
+    recent = [_f(10 * 365 * 86400, "d0", rule="r.recent")]  # resolved, but its finding is after the cut
+    store.commit_detection([*old, *working, *still_open, *recent], 1, None)
+    ids = {i["rule"]: i["id"] for i in store.incidents()}
+    store.set_incident_state(ids["r.old"], "resolved", "alice")
+    store.set_incident_state(ids["r.working"], "acknowledged", "bob")
+    store.set_incident_state(ids["r.recent"], "resolved", "alice")
+    cut = int(time.time() * 1000) + 1000  # after every state change above
+
+    # one step with room for two findings: the incident stays until its last finding is gone
+    with store._lock, store._db:
+        assert incidents_mod.prune(store._db, cut, 2) == (0, 2)
+    assert store.incident(ids["r.old"]) is not None and store.count_findings() == 8
+
+    monkeypatch.setattr(sqlite_mod, "PRUNE_SLICE", 2)  # the rest in steps of two findings
+    assert store.prune_incidents(cut) == (1, 3)
+    assert store.incident(ids["r.old"]) is None
+    assert (
+        store._db.execute(
+            "SELECT count(*) FROM incident_timeline WHERE incident = ?", (ids["r.old"],)
+        ).fetchone()[0]
+        == 0
+    )
+    assert sorted(f["rule"] for f in store.findings(limit=100)) == [
+        "r.open", "r.recent", "r.working", "r.working", "r.working"
+    ]  # fmt: skip
+    assert {i["rule"] for i in store.incidents()} == {"r.working", "r.open", "r.recent"}
+    assert store.prune_incidents(cut) == (0, 0)
+    # old findings, resolved just now: the resolution is activity after an earlier cut, so it stays
+    store.commit_detection([_f(0, "e0", rule="r.late")], 2, None)
+    late = next(i["id"] for i in store.incidents() if i["rule"] == "r.late")
+    store.set_incident_state(late, "resolved", "alice")
+    assert store.prune_incidents(int(time.time() * 1000) - HOUR * 1000) == (0, 0)
+    assert store.incident(late) is not None
+    assert store.prune_incidents(int(time.time() * 1000) + 1000) == (1, 1)

@@ -12,6 +12,7 @@ from tests.detectors.stateful_helpers import ev, rule_doc, rules
 from vigil.detectors.engine import Detector
 from vigil.rules.model import Rule
 from vigil.store.sqlite import Store, StoreError
+from vigil.streams import pipeline
 from vigil.streams.pipeline import DetectStage
 
 BURST = rule_doc(
@@ -119,6 +120,28 @@ def test_retention_prunes_detected_events_only(tmp_path: Path) -> None:
     stage.step()
     assert store.count_events() == 0 and stage.stats.pruned == 20
     assert len(store.findings(limit=100)) == 2  # findings stay
+
+
+def test_incident_retention_runs_after_a_snapshot_at_its_own_pace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ruleset = rules(tmp_path, EACH)
+    store = Store(tmp_path / "vigil.db")
+    store.append_events(_events(20), "test")
+    stage = DetectStage(store, Detector(ruleset), batch=10, snapshot_every=0.0, incident_retention="1s")
+    stage.recover()
+    stage.step()  # e0: a finding and its incident (and the first retention pass, with nothing due)
+    (incident,) = store.incidents()
+    store.set_incident_state(incident["id"], "resolved", "alice")
+    time.sleep(1.1)  # the incident is now idle longer than its retention
+    stage.step()  # e10: a new incident; the retention pass is not due yet (INCIDENT_PRUNE_EVERY)
+    assert stage.stats.pruned_incidents == 0 and store.incident(incident["id"]) is not None
+    monkeypatch.setattr(pipeline, "INCIDENT_PRUNE_EVERY", 0.0)
+    store.append_events(_events(10, start=20), "test")
+    stage.step()  # e20 joins the open incident of e10; the resolved one goes, with its finding
+    assert (stage.stats.pruned_incidents, stage.stats.pruned_findings) == (1, 1)
+    assert store.incident(incident["id"]) is None
+    assert [i["findings"] for i in store.incidents()] == [2] and store.count_findings() == 2
 
 
 def test_a_failed_commit_rebuilds_the_state_and_counts_nothing_twice(tmp_path: Path) -> None:

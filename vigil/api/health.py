@@ -86,6 +86,19 @@ _DETECT_METRICS: Final = (
         "Events older than the watermark (processed at the watermark's time).",
         "late",
     ),
+    ("vigil_events_pruned_total", "counter", "Raw events deleted by store.retention.", "pruned"),
+    (
+        "vigil_incidents_pruned_total",
+        "counter",
+        "Resolved incidents deleted by store.incident_retention.",
+        "pruned_incidents",
+    ),
+    (
+        "vigil_findings_pruned_total",
+        "counter",
+        "Findings deleted with their resolved incidents (store.incident_retention).",
+        "pruned_findings",
+    ),
     ("vigil_open_window_keys", "gauge", "Keys held in the stateful rules' windows.", "open_keys"),
     ("vigil_rules_loaded", "gauge", "Rules in the loaded rule set.", "rules_loaded"),
 )

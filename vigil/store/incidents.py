@@ -146,6 +146,53 @@ def transition(db: sqlite3.Connection, iid: str, to: State, actor: str, note: st
     return {"id": iid, "state": to}
 
 
+#: resolved incidents looked at per retention step
+_PRUNE_INCIDENTS: Final = 100
+
+
+def prune(db: sqlite3.Connection, before_ms: int, findings: int) -> tuple[int, int]:
+    """One retention step (call inside a transaction): of the oldest resolved incidents whose last finding
+    and last timeline entry are both before ``before_ms``, delete up to ``findings`` of their findings
+    (with those timeline entries), then each such incident that has none left, with the rest of its
+    timeline. Returns (incidents deleted, findings deleted); (0, 0) when nothing is due.
+
+    Open and acknowledged incidents and their findings are kept whatever their age: someone still has to
+    act on them. A large incident goes in several steps, so no transaction grows with its size."""
+    due = [
+        str(r[0])
+        for r in db.execute(
+            "SELECT id FROM incidents AS i WHERE last_ms < ? AND state = 'resolved' AND NOT EXISTS "
+            "(SELECT 1 FROM incident_timeline AS t WHERE t.incident = i.id AND t.at_ms >= ?) "
+            "ORDER BY last_ms LIMIT ?",
+            (before_ms, before_ms, _PRUNE_INCIDENTS),
+        )
+    ]
+    if not due:
+        return 0, 0
+    marks = ",".join("?" * len(due))
+    entries = db.execute(
+        f"SELECT n, json_extract(detail, '$.finding') FROM incident_timeline WHERE incident IN ({marks}) "
+        f"AND kind = 'finding' ORDER BY n LIMIT ?",
+        (*due, findings),
+    ).fetchall()
+    if entries:
+        db.executemany("DELETE FROM findings WHERE id = ?", [(fid,) for _, fid in entries])
+        db.executemany("DELETE FROM incident_timeline WHERE n = ?", [(n,) for n, _ in entries])
+    left = {
+        str(r[0])
+        for r in db.execute(
+            f"SELECT DISTINCT incident FROM incident_timeline WHERE incident IN ({marks}) "
+            "AND kind = 'finding'",
+            due,
+        )
+    }
+    done = [iid for iid in due if iid not in left]
+    if done:
+        db.executemany("DELETE FROM incident_timeline WHERE incident = ?", [(iid,) for iid in done])
+        db.executemany("DELETE FROM incidents WHERE id = ?", [(iid,) for iid in done])
+    return len(done), len(entries)
+
+
 def listing(db: sqlite3.Connection, state: str | None, limit: int) -> list[dict[str, Any]]:
     sql = "SELECT * FROM incidents"
     args: list[Any] = []

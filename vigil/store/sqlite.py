@@ -202,8 +202,7 @@ class Store:
     def stage(self, token: str, events: Sequence[Event], dead: Sequence[DeadLetter] = ()) -> None:
         """Hold ``events`` and ``dead`` letters under ``token`` (a file being read) without publishing
         them: the detector does not see them until :meth:`publish`, and :meth:`discard` forgets them."""
-        rows = staging.rows(token, events, dead)
-        if rows:
+        if rows := staging.rows(token, events, dead):
             self._write(staging.insert, self._db, rows)
 
     def publish(self, token: str, source: str) -> int:
@@ -229,7 +228,7 @@ class Store:
 
     def forget_published(self, token: str) -> None:
         self._write(
-            lambda: self._db.execute("DELETE FROM offsets WHERE source = ?", (staging.published_name(token),))
+            self._db.execute, "DELETE FROM offsets WHERE source = ?", (staging.published_name(token),)
         )
 
     def accept(
@@ -368,6 +367,16 @@ class Store:
         """Acknowledge or resolve an incident (IncidentError if unknown or not allowed)."""
         result: dict[str, Any] = self._write(book.transition, self._db, iid, to, actor, note)
         return result
+
+    def prune_incidents(self, before_ms: int) -> tuple[int, int]:
+        """Retention: :func:`incidents.prune` in steps of up to :data:`PRUNE_SLICE` findings, each its own
+        transaction (as :meth:`prune_events`); (incidents, findings) deleted."""
+        incidents = findings = 0
+        while True:
+            i, f = self._write(book.prune, self._db, before_ms, PRUNE_SLICE)
+            incidents, findings = incidents + i, findings + f
+            if not i and not f:
+                return incidents, findings
 
     # -- dead letters and offsets --------------------------------------------------------------------
 

@@ -69,3 +69,9 @@ def move(db: sqlite3.Connection, token: str, source: str, now_ms: int) -> int:
 
 def discard(db: sqlite3.Connection, token: str) -> None:
     db.execute("DELETE FROM staged WHERE token = ?", (token,))
+
+
+def forget(db: sqlite3.Connection, token: str) -> None:
+    """Forget that ``token`` was published (its file is in ``processed/``: the mark only mattered to a crash
+    between the publish and that move)."""
+    db.execute("DELETE FROM offsets WHERE source = ?", (published_name(token),))

@@ -114,6 +114,7 @@ def _run(settings: Settings, profile: str | None) -> int:
         detector,
         snapshot_every=settings.detect.snapshot_interval,
         retention=settings.store.retention,
+        incident_retention=settings.store.incident_retention,
     )
     wake = _Wake()
     watcher = DropFolder(settings, store=store, on_published=wake.set_threadsafe)

@@ -45,6 +45,8 @@ MAX_HANDED: Final = 100_000
 #: at 3,000 the ingest benchmark's detect lag stayed under about 5,000 events where at 1,000 it grew to
 #: about 45,000, and 4 of 4 paired runs processed more (median +10 %). A quiet stream commits what it has.
 BATCH: Final = 3000
+#: seconds between two retention passes over the incidents (store.incident_retention)
+INCIDENT_PRUNE_EVERY: Final = 600.0
 
 
 @dataclass
@@ -59,6 +61,9 @@ class DetectStats:
     replayed: int = 0
     #: raw events removed by retention
     pruned: int = 0
+    #: resolved incidents, and findings, removed by their retention
+    pruned_incidents: int = 0
+    pruned_findings: int = 0
     #: batches whose commit failed (the stage rebuilt its state and went on)
     commit_failures: int = 0
 
@@ -74,6 +79,8 @@ class _Batch:
     forced: bool = False
     new: int = 0
     pruned: int = 0
+    #: (incidents, findings) removed by their retention
+    pruned_incidents: tuple[int, int] = (0, 0)
 
 
 class DetectStage:
@@ -88,6 +95,7 @@ class DetectStage:
         snapshot_every: float = 30.0,
         name: str = "detector",
         retention: str | None = None,
+        incident_retention: str | None = None,
     ) -> None:
         self.store = store
         self.detector = detector
@@ -96,6 +104,12 @@ class DetectStage:
         self.name = name
         #: raw events older than this (received) and already detected are pruned after each snapshot
         self.retention_ms = int(parse_duration(retention).total_seconds() * 1000) if retention else None
+        #: resolved incidents whose last finding and state change are older than this are deleted with
+        #: their findings, at most every :data:`INCIDENT_PRUNE_EVERY` seconds (after a snapshot)
+        self.incident_retention_ms = (
+            int(parse_duration(incident_retention).total_seconds() * 1000) if incident_retention else None
+        )
+        self._last_incident_prune = -INCIDENT_PRUNE_EVERY
         self.stats = DetectStats()
         #: the last sequence committed (findings and cursor) ...
         self.position = 0
@@ -210,11 +224,19 @@ class DetectStage:
             # only up to the snapshot's cursor, where a restart resumes: nothing it re-reads is gone
             cut = int(time.time() * 1000) - self.retention_ms
             work.pruned = self.store.prune_events(cut, processed_through=work.last)
+        # Not at every snapshot: the candidates' look-up walks the old incidents that are still open
+        due = time.monotonic() - self._last_incident_prune >= INCIDENT_PRUNE_EVERY
+        if work.snapshot is not None and self.incident_retention_ms is not None and due:
+            self._last_incident_prune = time.monotonic()
+            cut = int(time.time() * 1000) - self.incident_retention_ms
+            work.pruned_incidents = self.store.prune_incidents(cut)
 
     def _done(self, work: _Batch) -> int:
         if work.snapshot is not None:
             self.stats.snapshots += 1
             self.stats.pruned += work.pruned
+            self.stats.pruned_incidents += work.pruned_incidents[0]
+            self.stats.pruned_findings += work.pruned_incidents[1]
         stored = work.stored
         self.stats.replayed += sum(1 for s in stored if s.seq <= self._committed)
         self.stats.events += len(stored)
