@@ -260,7 +260,7 @@ def test_shares_the_daemon_database_file_and_survives_reopening(tmp_path: Path) 
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"events", "findings", "actions", "action_log"} <= tables
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert dict(conn.execute("SELECT key, value FROM meta")) == {"schema": "1", "actions_schema": "1"}
+    assert dict(conn.execute("SELECT key, value FROM meta")) == {"schema": "2", "actions_schema": "1"}
     conn.close()
     events.close()
     actions.close()

@@ -1,7 +1,9 @@
 """Read-only REST endpoints: what the detector found, what it could not read, and which rules it runs.
 
 - ``GET /v1/findings?rule=&since=&limit=``: the stored findings, newest first, as
-  ``{"findings": [...], "count": N}`` (``count`` is the number returned, not the number stored). ``since``
+  ``{"findings": [...], "count": N}``, each with its ``id`` and the ``incident`` it was filed into (None for
+  a finding stored before schema version 2 that no timeline names) (``count`` is the number returned, not
+  the number stored). ``since``
   is an ISO-8601 time (a time without a zone is UTC) or epoch milliseconds, because scripts have one or
   the other at hand; anything else is a 400 that says which forms are accepted.
 - ``GET /v1/dead-letters?limit=``: the newest dead letters, as ``{"dead_letters": [...], "count": N}``, so

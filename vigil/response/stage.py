@@ -146,16 +146,16 @@ class ResponseStage:
         Returns the number of proposals submitted."""
         ruleset = self.rules()
         rows = self._db.execute(
-            "SELECT rowid, id, rule, group_key, time_ms, body FROM findings WHERE rowid > ? "
+            "SELECT rowid, id, rule, incident, time_ms, body FROM findings WHERE rowid > ? "
             "ORDER BY rowid LIMIT ?",
             (self._read, READ_LIMIT),
         ).fetchall()
         now = self._clock()
-        for rowid, fid, rule_id, gkey, time_ms, body in rows:
+        for rowid, fid, rule_id, incident, time_ms, body in rows:
             rule = ruleset.get(rule_id)
             actions = [a for a in rule.actions if isinstance(a, RemediateAction)] if rule else []
             if rule is not None and actions:
-                proposals = self._proposals(rule, actions, fid, gkey, time_ms, orjson.loads(body))
+                proposals = self._proposals(rule, actions, fid, incident, time_ms, orjson.loads(body))
                 batch = self._pending.setdefault(rule_id, _Batch(now, rowid))
                 batch.proposals += proposals
             self._read = rowid
@@ -177,13 +177,12 @@ class ResponseStage:
         rule: Rule,
         actions: list[RemediateAction],
         finding_id: str,
-        group_key: str,
+        incident: str | None,
         time_ms: int,
         finding: Mapping[str, Any],
     ) -> list[Proposal]:
         event_ids = finding.get("event_ids") or [""]
         event = self._event(str(event_ids[0]))
-        incident = self._incident(rule.id, group_key, finding_id)
         out = []
         for action in actions:
             try:
@@ -214,15 +213,6 @@ class ResponseStage:
         except (msgspec.ValidationError, orjson.JSONDecodeError) as exc:
             log.error("event %s in the store does not validate: %s", event_id, exc)
             return None
-
-    def _incident(self, rule_id: str, group_key: str, finding_id: str) -> str | None:
-        row = self._db.execute(
-            "SELECT t.incident FROM incident_timeline t JOIN incidents i ON i.id = t.incident "
-            "WHERE i.rule = ? AND i.group_key = ? AND t.kind = 'finding' "
-            "AND json_extract(CAST(t.detail AS TEXT), '$.finding') = ? LIMIT 1",
-            (rule_id, group_key, finding_id),
-        ).fetchone()
-        return str(row[0]) if row else None
 
     # -- the loop ----------------------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 A finding's row key is its identity (:func:`~vigil.detectors.finding.finding_id`: rule, group, form, time,
 events), so the detect stage can process the same events again after a crash and insert nothing twice:
-:func:`insert_new` keeps only the findings the table does not hold yet (and the first of repeats inside
-one batch) and returns those, for the incidents (``incidents.attach``). Called inside the detection
-transaction (:meth:`~vigil.store.sqlite.Store.commit_detection`).
+:func:`fresh` keeps only the findings the table does not hold yet (and the first of repeats inside one
+batch); the incidents file those (``incidents.attach``), and :func:`insert` stores them with the incident
+each joined (column ``incident``, schema version 2). Called inside the detection transaction
+(:meth:`~vigil.store.sqlite.Store.commit_detection`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vigil.store.incidents import NewFinding
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS findings (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, group_key TEXT NOT NULL,
-    time_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL, body BLOB NOT NULL);
+    time_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL, body BLOB NOT NULL, incident TEXT);
 CREATE INDEX IF NOT EXISTS findings_time ON findings(time_ms);
 CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule, time_ms);
 """
@@ -42,25 +43,34 @@ def rows(findings: Iterable[tuple[int, Finding]]) -> list[Row]:
     ]
 
 
-def insert_new(db: sqlite3.Connection, batch: list[Row]) -> list[NewFinding]:
-    """Insert the rows whose finding the table does not hold yet; those inserted, for the incidents."""
+def fresh(db: sqlite3.Connection, batch: list[Row]) -> list[Row]:
+    """The rows whose finding the table does not hold yet (and the first of repeats inside the batch)."""
     seen: set[str] = set()
     for i in range(0, len(batch), _LOOKUP):
         ids = [r[0] for r in batch[i : i + _LOOKUP]]
         marks = ",".join("?" * len(ids))
         seen.update(r[0] for r in db.execute(f"SELECT id FROM findings WHERE id IN ({marks})", ids))
-    fresh = []
+    out = []
     for row in batch:
         if row[0] not in seen:
             seen.add(row[0])
-            fresh.append(row)
-    insert_many(db, "INSERT INTO findings", fresh, blob=6)
-    return [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in fresh]
+            out.append(row)
+    return out
+
+
+def as_new(rows: list[Row]) -> list[NewFinding]:
+    """What the incidents need of each new finding (``incidents.attach``)."""
+    return [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in rows]
+
+
+def insert(db: sqlite3.Connection, rows: list[Row], incident_of: dict[str, str]) -> None:
+    """Insert new findings (from :func:`fresh`), each with the incident it was filed into."""
+    insert_many(db, "INSERT INTO findings", [(*r, incident_of.get(r[0])) for r in rows], blob=6)
 
 
 def query(rule: str | None, since_ms: int, limit: int) -> tuple[str, list[Any]]:
-    """SQL and arguments of a listing, newest first: ``SELECT id, body`` of the findings."""
-    sql = "SELECT id, body FROM findings WHERE time_ms >= ?"
+    """SQL and arguments of a listing, newest first: ``SELECT id, incident, body`` of the findings."""
+    sql = "SELECT id, incident, body FROM findings WHERE time_ms >= ?"
     args: list[Any] = [since_ms]
     if rule is not None:
         sql += " AND rule = ?"

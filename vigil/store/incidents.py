@@ -57,10 +57,10 @@ class IncidentError(ValueError):
     """An unknown incident, or a state change that is not allowed."""
 
 
-def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> None:
-    """File each new finding into an incident (call inside the detection transaction). Batched: one look-up
-    for every (rule, group) of the batch, then one statement per kind of write; an incident opened here is
-    written once, with its final count."""
+def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> dict[str, str]:
+    """File each new finding into an incident (call inside the detection transaction); finding id -> the
+    incident's id. Batched: one look-up for every (rule, group) of the batch, then one statement per kind
+    of write; an incident opened here is written once, with its final count."""
     now = int(time.time() * 1000)
     by_group: dict[tuple[str, str], list[NewFinding]] = {}
     for item in found:
@@ -69,6 +69,7 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
     opened: dict[str, list[Any]] = {}  # incident -> its row, findings and last_ms final
     counts: dict[str, list[int]] = {}  # existing incident -> [findings added, newest time]
     timeline: list[tuple[Any, ...]] = []
+    filed: dict[str, str] = {}
     for group, items in by_group.items():
         rule, gkey = group
         items.sort(key=lambda f: f[4])
@@ -93,6 +94,7 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
             timeline.append(
                 (iid, now, "finding", f"rule:{rule}", orjson.dumps({"finding": fid, "time_ms": t}))
             )
+            filed[fid] = iid
     # (one statement each for the many rows, see vigil/store/bulk.py; the updates are few)
     insert_many(db, "INSERT OR IGNORE INTO incidents", list(opened.values()), blob=6)
     db.executemany(
@@ -100,6 +102,7 @@ def attach(db: sqlite3.Connection, found: list[NewFinding], window_ms: int) -> N
         [(n, t, iid) for iid, (n, t) in counts.items()],
     )
     insert_many(db, "INSERT INTO incident_timeline (incident, at_ms, kind, actor, detail)", timeline, blob=4)
+    return filed
 
 
 def newest(

@@ -36,27 +36,14 @@ from vigil.events.model import Event, encode_event, event_from_mapping
 from vigil.store import deadletters as letters_table
 from vigil.store import findings as found
 from vigil.store import incidents as book
-from vigil.store import staging
+from vigil.store import schema, staging
 from vigil.store.bulk import Prepared, prepare
 
-SCHEMA_VERSION: Final = 1
 #: expired events deleted per transaction (:meth:`Store.prune_events`)
 PRUNE_SLICE: Final = 10_000
 _INSERT_EVENTS: Final = "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body)"
 #: SQLite page size of a new store (docs/daemon.md, "Performance")
 PAGE_SIZE: Final = 65536
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, source TEXT NOT NULL,
-    time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
-CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
-CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshots (
-    name TEXT PRIMARY KEY, cursor INTEGER NOT NULL, saved_ms INTEGER NOT NULL, body BLOB NOT NULL);
-"""
 
 
 class StoreError(VigilError):
@@ -95,20 +82,15 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
-                schema = _SCHEMA + staging.SCHEMA + letters_table.SCHEMA + found.SCHEMA + book.SCHEMA
-                for stmt in filter(str.strip, schema.split(";")):
-                    self._db.execute(stmt)
-                row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is None:
-                    self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: store schema {row[0]} is newer than this Vigil ({SCHEMA_VERSION})"
-                    )
+                schema.apply(self._db)  # (creates what is missing, migrates an older store)
             #: the newest sequence in the event log, kept here after each commit: the backlog check of
             #: every request and ``/metrics`` read it without waiting for the lock a commit holds
             self._last_seq = self._max_seq()
             self._cursors: dict[str, int] = {}
+        except schema.NewerSchemaError as exc:
+            raise StoreError(
+                f"{self.path}: store schema {exc.args[0]} is newer than this Vigil ({schema.SCHEMA_VERSION})"
+            ) from None
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
 
@@ -310,8 +292,9 @@ class Store:
         batch = found.rows(findings)
 
         def write() -> int:
-            new_rows = found.insert_new(self._db, batch)
-            book.attach(self._db, new_rows, self.incident_window_ms)
+            new_rows = found.fresh(self._db, batch)
+            filed = book.attach(self._db, found.as_new(new_rows), self.incident_window_ms)
+            found.insert(self._db, new_rows, filed)
             new = len(new_rows)
             now = int(time.time() * 1000)
             if snapshot is not None:
@@ -344,9 +327,11 @@ class Store:
     def findings(
         self, *, rule: str | None = None, since_ms: int = 0, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """The newest findings first (as JSON objects with their ``id``)."""
+        """The newest findings first (as JSON objects with their ``id`` and ``incident``)."""
         sql, args = found.query(rule, since_ms, limit)
-        return [{"id": fid, **orjson.loads(body)} for fid, body in self._read(sql, args)]
+        return [
+            {"id": fid, "incident": iid, **orjson.loads(body)} for fid, iid, body in self._read(sql, args)
+        ]
 
     def count_findings(self) -> int:
         return int(self._read("SELECT count(*) FROM findings")[0][0])
