@@ -24,6 +24,7 @@ drives the sources, so reads are consistent without locks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 import time
@@ -185,6 +186,8 @@ def render_metrics(state: RunState) -> str:
         f'{{version="{_label(state.version)}"}}',
     )
     metric("vigil_start_time_seconds", "gauge", "Unix time at which the process started.", state.started_at)
+    # (a count that only grows is a leak: the soak test watches it, tests/streams/test_soak.py)
+    metric("vigil_asyncio_tasks", "gauge", "Tasks of the daemon's event loop.", len(asyncio.all_tasks()))
     metric(
         "vigil_last_scan_timestamp_seconds",
         "gauge",
