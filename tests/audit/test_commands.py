@@ -13,7 +13,7 @@ from tests.audit.conftest import run, tamper
 from vigil.audit.checkpoint import FileSink
 from vigil.audit.commands import add_commands
 from vigil.audit.commands import run as run_audit
-from vigil.audit.log import AuditLog
+from vigil.audit.log import HMAC_KEY, AuditLog
 from vigil.audit.record import Actor, AuditKind
 from vigil.platform.local.platform import LocalPlatform
 from vigil.settings import load_settings
@@ -135,6 +135,38 @@ def test_hmac_matches_the_stored_value(
     assert _vigil("hmac", "--config", str(config), "other") == 0
     assert capsys.readouterr().out.splitlines()[1:] == []
     assert CANARY.encode() not in (config.parent / "data" / "audit.db").read_bytes()
+
+
+def test_hmac_finds_records_written_before_the_key_was_rotated(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings(config, env={})
+
+    async def rotate_then_write() -> None:
+        platform = LocalPlatform(settings.platform)
+        await platform.vault.rotate_key("vigil", HMAC_KEY)
+        log = AuditLog(settings.audit.path, platform.vault, checkpoint_every=4)
+        await log.open()
+        await log.append(
+            Actor.system(),
+            AuditKind.CONFIG_CHANGE,
+            "webhook/slack",
+            {"field": "url"},
+            secrets={"secret": CANARY},
+        )
+        await log.close()
+        platform.close()
+
+    run(rotate_then_write())
+    assert _vigil("hmac", "--config", str(config), CANARY) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    current, older = lines[:2]
+    assert current.startswith("hmac-sha256:") and older.startswith("hmac-sha256:") and current != older
+    matches = lines[2:]
+    assert [m.split()[0] for m in matches] == ["10", "11"], matches  # the old record and the new one
+    assert older in matches[0] and current in matches[1]
+    assert "2 records contain it" in out.err
 
 
 def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -103,6 +103,8 @@ def test_key_lifecycle_and_wrap_unwrap_round_trip(tmp_path: Path) -> None:
             assert await keys.unwrap("vigil", old) == data_key
             mac = await keys.hmac("vigil", "k1", b"subject-42")
             assert len(mac) == 32 and mac == await keys.hmac("vigil", "k1", b"subject-42")
+            assert await keys.hmac("vigil", "k1", b"subject-42", old.version) != mac  # (k1 was rotated)
+            assert await keys.hmac("vigil", "k1", b"subject-42", v2.version) == mac
             signer = await keys.create_key("vigil", "audit", KeyKind.ED25519)
             signature = await keys.sign("vigil", "audit", b"checkpoint")
             public = signer.versions[0].public_key

@@ -62,7 +62,9 @@ Examples:
 HMAC_EPILOG = """\
 Secrets never enter the audit log; where an investigator must match one, the log holds
 hmac-sha256:<hex> of it under the vault's audit HMAC key. This prints that value for VALUE (read it from
-standard input with - , so it stays out of the shell history), then the records that contain it.
+standard input with - , so it stays out of the shell history), then the records that contain it. After the
+key was rotated it prints one value per enabled version, the current one first, and finds the records
+holding any of them.
 """
 
 
@@ -168,21 +170,30 @@ def _show(settings: Settings, args: argparse.Namespace) -> int:
 
 def _hmac(settings: Settings, value: str) -> int:
     from vigil.audit.db import AuditDB
-    from vigil.audit.log import hmac_of
+    from vigil.audit.log import HMAC_KEY, hmac_of
 
     if value == "-":
         value = sys.stdin.readline().rstrip("\r\n")
     if not value:
         raise ValueError("hmac: the value is empty")
-    digest: str = _with_vault(settings, lambda vault: hmac_of(vault, PRINCIPAL, value))
-    print(digest)
+
+    async def every_version(vault: Any) -> list[str]:
+        """The value's HMAC under each enabled version of the key, the current one first: records written
+        before a rotation hold an older one."""
+        info = await vault.get_key(PRINCIPAL, HMAC_KEY)
+        versions = [v.version for v in reversed(info.versions) if v.enabled]
+        return [await hmac_of(vault, PRINCIPAL, value, version) for version in versions]
+
+    digests: list[str] = _with_vault(settings, every_version)
+    print("\n".join(digests))
     path = _audit_path(settings)
     if path.exists():
         db = AuditDB(path, readonly=True)
         try:
-            records = db.query(contains=f'"{digest}"', limit=1000)
+            found = {r.seq: r for d in digests for r in db.query(contains=f'"{d}"', limit=1000)}
         finally:
             db.close()
+        records = [found[seq] for seq in sorted(found)]
         _print_records(records, as_json=False)
         print(f"{len(records)} records contain it", file=sys.stderr)
     return EXIT_OK

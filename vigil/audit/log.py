@@ -86,9 +86,10 @@ async def ensure_keys(vault: KeyVault, principal: str) -> None:
                 await vault.create_key(principal, name, kind, tags={"purpose": "vigil-audit"})
 
 
-async def hmac_of(vault: KeyVault, principal: str, value: str) -> str:
-    """How a secret appears in the log: ``hmac-sha256:<hex>`` under the audit HMAC key."""
-    digest = await vault.hmac(principal, HMAC_KEY, value.encode("utf-8"))
+async def hmac_of(vault: KeyVault, principal: str, value: str, version: str | None = None) -> str:
+    """How a secret appears in the log: ``hmac-sha256:<hex>`` under the audit HMAC key (its current
+    version, or ``version``: records written before a rotation used an older one)."""
+    digest = await vault.hmac(principal, HMAC_KEY, value.encode("utf-8"), version)
     return HMAC_PREFIX + digest.hex()
 
 

@@ -91,8 +91,8 @@ class RemoteKeyVault:
             await self._api.call("POST", f"/keys/{seg(name)}/sign", principal, json=body)
         )
 
-    async def hmac(self, principal: str, name: str, data: bytes) -> bytes:
-        body = {"data": wire.b64e(data)}
+    async def hmac(self, principal: str, name: str, data: bytes, version: str | None = None) -> bytes:
+        body = {"data": wire.b64e(data)} | ({"version": version} if version is not None else {})
         return _bytes_field(
             await self._api.call("POST", f"/keys/{seg(name)}/hmac", principal, json=body), "mac"
         )

@@ -164,9 +164,10 @@ class KeyVault(Protocol):
 
     async def sign(self, principal: str, name: str, data: bytes) -> Signature: ...
 
-    async def hmac(self, principal: str, name: str, data: bytes) -> bytes:
-        """HMAC-SHA256 of ``data`` under the current version of an aes256 key (``sign`` permission): how the
-        audit log stores a value an investigator must match without storing the value."""
+    async def hmac(self, principal: str, name: str, data: bytes, version: str | None = None) -> bytes:
+        """HMAC-SHA256 of ``data`` under the current version of an aes256 key, or the enabled ``version``
+        given (``sign`` permission): how the audit log stores a value an investigator must match without
+        storing the value (and, after the key was rotated, match against what older versions wrote)."""
         ...
 
     async def release(

@@ -51,6 +51,11 @@ class Data(Body):
     data: B64
 
 
+class Hmac(Data):
+    #: a version of the key (default: the current one)
+    version: str | None = None
+
+
 class Release(Body):
     attestation_token: str
     recipient_public_key: B64
@@ -138,8 +143,8 @@ def add_key_routes(router: APIRouter, keys: KeyVault) -> None:
         return wire.signature_json(await keys.sign(principal, name, body.data))
 
     @router.post("/keys/{name}/hmac")
-    async def hmac(name: str, body: Data, principal: Principal) -> dict[str, Any]:
-        return {"key": name, "mac": wire.b64e(await keys.hmac(principal, name, body.data))}
+    async def hmac(name: str, body: Hmac, principal: Principal) -> dict[str, Any]:
+        return {"key": name, "mac": wire.b64e(await keys.hmac(principal, name, body.data, body.version))}
 
     @router.post("/keys/{name}/release")
     async def release(name: str, body: Release, principal: Principal) -> dict[str, Any]:

@@ -262,7 +262,7 @@ def test_wrapped_keys_are_authenticated(env: Env) -> None:
 def test_sign_and_hmac(env: Env) -> None:
     async def scenario() -> None:
         info = await env.vault.create_key(ADMIN, "signer", KeyKind.ED25519)
-        await env.vault.create_key(ADMIN, "macs")
+        info_macs = await env.vault.create_key(ADMIN, "macs")
         signature = await env.vault.sign(ADMIN, "signer", b"checkpoint 42")
         assert (signature.algorithm, signature.version) == ("Ed25519", info.current)
         public = info.versions[0].public_key
@@ -273,6 +273,14 @@ def test_sign_and_hmac(env: Env) -> None:
         assert first != await env.vault.hmac(ADMIN, "macs", b"10.0.0.8")
         await env.vault.rotate_key(ADMIN, "macs")
         assert first != await env.vault.hmac(ADMIN, "macs", b"10.0.0.7")
+        # an older version still computes what it computed (matching what was written before the rotation)
+        old = info_macs.versions[0].version
+        assert await env.vault.hmac(ADMIN, "macs", b"10.0.0.7", old) == first
+        await env.vault.set_version_enabled(ADMIN, "macs", old, False)
+        with pytest.raises(DisabledError, match="is disabled"):
+            await env.vault.hmac(ADMIN, "macs", b"10.0.0.7", old)
+        with pytest.raises(NotFoundError):
+            await env.vault.hmac(ADMIN, "macs", b"10.0.0.7", "no-such-version")
         with pytest.raises(ConflictError, match="sign needs an ed25519 key"):
             await env.vault.sign(ADMIN, "macs", b"x")
         with pytest.raises(ConflictError, match="hmac needs an aes256 key"):

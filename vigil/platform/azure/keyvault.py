@@ -310,7 +310,7 @@ class AzureKeyVault:
     async def sign(self, principal: str, name: str, data: bytes) -> Signature:
         raise InvalidError("Azure Key Vault has no Ed25519 keys: sign with the local vault")
 
-    async def hmac(self, principal: str, name: str, data: bytes) -> bytes:
+    async def hmac(self, principal: str, name: str, data: bytes, version: str | None = None) -> bytes:
         raise InvalidError("Azure Key Vault has no HMAC operation: use the local vault")
 
     async def release(

@@ -285,11 +285,15 @@ class LocalKeyVault:
         value = Ed25519PrivateKey.from_private_bytes(self._store.material(current)).sign(data)
         return Signature(name, current.version, "Ed25519", value)
 
-    async def hmac(self, principal: str, name: str, data: bytes) -> bytes:
+    async def hmac(self, principal: str, name: str, data: bytes, version: str | None = None) -> bytes:
         self._access.check(principal, KeyOp.SIGN, name)
-        _, current = self._store.current(name, KeyKind.AES256, "hmac")
+        _, row = self._store.current(name, KeyKind.AES256, "hmac")
+        if version is not None and version != row.version:
+            row = self._store.version(name, version)
+            if not row.enabled:
+                raise DisabledError(f"key {name!r} version {row.version} is disabled")
         subkey = HKDF(hashes.SHA256(), 32, salt=None, info=b"vigil.keyvault.hmac.v1").derive(
-            self._store.material(current)
+            self._store.material(row)
         )
         mac = crypto_hmac.HMAC(subkey, hashes.SHA256())
         mac.update(data)
