@@ -118,6 +118,9 @@ def test_the_screen_never_skips_a_match() -> None:
     # their separators, whitespace between, a long run of it, URL-encoded ones, and summaries that only
     # look alike (``sig`` in "assignment", ``field=value``)
     texts += ["sig \t= abc", "x-api-key%3Dv", "SIG\n=\nz", "token" + " " * 70 + "=v", "sig" + " " * 64 + "=v"]
+    texts += [
+        f"my {n}{' ' * k}{sep} v" for n in ("token", "password") for k in (55, 59, 60, 63) for sep in "=:"
+    ]
     texts += ['"PassWord" :\t"v"', "'secret'\n: 'v'", "apikey :  v", "connection_string:\tv", "a sig= b"]
     texts += ["Role assignment created (actor.id=u1, resource.id=/r/sig)", "design: x=1, key=2", "ghp_ x"]
     texts += ["https://user:pw@host/x?sig=1", "mailto://a@b", "://x@", "%26sig%3Dq", "x%3Fpwd%3Dq"]

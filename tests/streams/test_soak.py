@@ -174,6 +174,7 @@ def test_soak_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_soak_ten_minutes(tmp_path: Path) -> None:
     result = _soak(tmp_path, 600)
     _check(result, rss_budget_mb=40)

@@ -163,13 +163,15 @@ def _after_word(low: str, seps: tuple[str, ...], endings: tuple[str, ...]) -> bo
     """Whether a separator in ``low`` comes right after (whitespace aside) a word ending in one of
     ``endings``: what a ``name = value`` pattern needs besides its name somewhere in the text. ``sig``
     occurs in "assignment" and a finding's summary is full of ``field=value``; this tells them apart with
-    a few ``find`` calls instead of a regular expression over the whole text. Past a run of 64 whitespace
-    characters it answers yes (it never says no where the pattern could match)."""
+    a few ``find`` calls instead of a regular expression over the whole text. It looks at most 64
+    characters back; where a run of whitespace leaves fewer than the longest ending's length of text in
+    that view, it answers yes (it never says no where the pattern could match)."""
+    longest = max(map(len, endings))
     for sep in seps:
         i = low.find(sep)
         while i >= 0:
             head = low[max(0, i - 64) : i].rstrip()
-            if head.endswith(endings) or (not head and i >= 64):
+            if head.endswith(endings) or (i > 64 and len(head) < longest):
                 return True
             i = low.find(sep, i + 1)
     return False
