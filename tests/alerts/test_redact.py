@@ -129,6 +129,19 @@ def test_the_screen_never_skips_a_match() -> None:
         a, b = rng.choice(texts), rng.choice(texts)
         i, j = rng.randrange(len(a) + 1), rng.randrange(len(b) + 1)
         texts.append(a[:i] + rng.choice(["", " ", "\n", "=", "x"]) + b[j:])
+    # generated name/separator/value sentences: every name the patterns know, in any case, with runs of
+    # whitespace of any length up to well past the guards' view, each separator, and prose around them
+    names = ["sig", "Signature", "AccountKey", "SharedAccessSignature", "password", "PASSWD", "pwd"]
+    names += ["client_secret", "secret", "refresh_token", "token", "api-key", "x-api-key", "private_key"]
+    names += ["secret_key", "connection_string", "'password'", '"Token"', "authorization", "assignment"]
+    spaces = [" ", "\t", "\n", "\u00a0", "\u2003"]
+    for _ in range(3000):
+        gap = "".join(
+            rng.choice(spaces) for _ in range(rng.choice([0, 1, 2, 8, 50, 60, 62, 63, 64, 70, 130]))
+        )
+        sep = rng.choice(["=", ":", ": ", "%3D", "%3d", " = "])
+        lead = rng.choice(["", "x ", "%26", "%3F", "a_", '{"', "id=1, "])
+        texts.append(f"{lead}{rng.choice(names)}{gap}{sep}{rng.choice(['v4lue', ' v', '[REDACTED]', ''])}")
     for text in texts:
         assert redact_text(text) == redact_all(text), text
 
