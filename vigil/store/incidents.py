@@ -174,8 +174,8 @@ def prune(db: sqlite3.Connection, before_ms: int, findings: int) -> tuple[int, i
         return 0, 0
     marks = ",".join("?" * len(due))
     entries = db.execute(
-        f"SELECT n, json_extract(detail, '$.finding') FROM incident_timeline WHERE incident IN ({marks}) "
-        f"AND kind = 'finding' ORDER BY n LIMIT ?",
+        "SELECT n, json_extract(CAST(detail AS TEXT), '$.finding') FROM incident_timeline "
+        f"WHERE incident IN ({marks}) AND kind = 'finding' ORDER BY n LIMIT ?",
         (*due, findings),
     ).fetchall()
     if entries:
