@@ -154,7 +154,9 @@ def _soak(work: Path, seconds: float) -> dict[str, object]:
         "rss_slope_mb_per_h": _slope_per_hour([(s[0], s[1]) for s in steady]),
         "thread_growth": max(s[2] for s in steady) - steady[0][2],
         "fd_spread": max(s[3] for s in steady) - min(s[3] for s in steady),
-        "task_spread": max(s[4] for s in steady) - min(s[4] for s in steady),
+        # (requests and commits in flight come and go: a leak shows as a rising median, not a spread)
+        "task_growth": statistics.median(s[4] for s in steady[-5:])
+        - statistics.median(s[4] for s in steady[:5]),
         "rss_start_mb": samples[0][1],
         "rss_end_mb": samples[-1][1],
     }
@@ -165,7 +167,7 @@ def _check(result: dict[str, object], rss_budget_mb: float) -> None:
     assert result["alerts"], "the soak rule must alert (the alert path is part of the soak)"
     assert result["thread_growth"] <= 1, result
     assert result["fd_spread"] <= 2, result
-    assert result["task_spread"] <= 3, result
+    assert result["task_growth"] <= 2, result
     assert result["rss_growth_mb"] <= rss_budget_mb, result
 
 
