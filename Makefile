@@ -29,7 +29,7 @@ $(AZURITE):
 setup: $(STAMP)  ## create .venv and install Vigil with its dev, training, azure and kafka extras
 
 run: $(STAMP)  ## start the daemon on the embedded default profile (config/local.yaml) with NODES training nodes
-	VIGIL_NODES__LOCAL=$(NODES) $(BIN)/vigil run --config $(CONFIG)
+	VIGIL_NODES__LOCAL=$(NODES) exec $(BIN)/vigil run --config $(CONFIG)  # (exec: a signal to the recipe's shell reaches the daemon)
 
 test: $(STAMP) $(AZURITE)  ## run the default test suite (slow fault/soak tests excluded)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
