@@ -183,4 +183,20 @@ def test_retention_deletes_resolved_incidents_with_their_findings_only(
     store.set_incident_state(late, "resolved", "alice")
     assert store.prune_incidents(int(time.time() * 1000) - HOUR * 1000) == (0, 0)
     assert store.incident(late) is not None
+    store.commit_detection([_f(0, "f0", rule="r.newer")], 3, None)  # (r.late's is no longer the newest)
     assert store.prune_incidents(int(time.time() * 1000) + 1000) == (1, 1)
+
+
+def test_retention_keeps_the_newest_finding_so_rowid_cursors_never_go_back(tmp_path: Path) -> None:
+    """The alert and response stages read findings after a rowid; SQLite gives a new row the largest rowid
+    plus one, so if retention deleted the largest, the next finding could take a rowid they have passed."""
+    store = Store(tmp_path / "vigil.db")
+    store.commit_detection([_f(0, "a0", rule="r.a"), _f(0, "b0", rule="r.b")], 1, None)
+    for incident in store.incidents():
+        store.set_incident_state(incident["id"], "resolved", "alice")
+    rowid = "SELECT max(rowid) FROM findings"
+    cursor = store._db.execute(rowid).fetchone()[0]  # where the stages stand: they have read both
+    assert store.prune_incidents(int(time.time() * 1000) + 1000) == (1, 1)  # r.a goes, r.b (newest) stays
+    assert [f["rule"] for f in store.findings()] == ["r.b"]
+    store.commit_detection([_f(60, "c0", rule="r.c")], 2, None)
+    assert store._db.execute("SELECT rowid FROM findings WHERE rule = 'r.c'").fetchone()[0] > cursor

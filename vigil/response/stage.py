@@ -1,10 +1,10 @@
 """The response stage: findings the detect stage committed become proposals for the response engine.
 
 Where its input comes from: the ``findings`` table of the daemon's store, read after a cursor, the
-table's ``rowid``. Findings are inserted in commit order and never deleted (retention prunes raw events
-only), so rowids only grow and "everything after the cursor" is exactly what is new. The stage reads
-through its own read-only SQLite connection (WAL lets it read while the pipeline writes) and touches
-nothing of :mod:`vigil.store.sqlite` but its public offsets.
+table's ``rowid``. Findings are inserted in commit order, and retention never deletes the newest row
+(``incidents.prune``), so rowids only grow and "everything after the cursor" is exactly what is new. The
+stage reads through its own read-only SQLite connection (WAL lets it read while the pipeline writes) and
+touches nothing of :mod:`vigil.store.sqlite` but its public offsets.
 
 For each new finding whose rule (in the rule set loaded *now*) has ``remediate`` actions:
 
@@ -16,8 +16,8 @@ For each new finding whose rule (in the rule set loaded *now*) has ``remediate``
   proposal that the engine *refuses* with the reason, never a crash and never a silently dropped finding
   (its target is the template itself, so a rule whose template never resolves makes one refusal per
   idempotency window, not one per finding);
-* the incident is the one whose timeline holds the finding (incidents are filed in the same transaction as
-  their findings, so it is visible as soon as the finding is).
+* the incident is the one the finding was filed into, stored with it (incidents are filed in the same
+  transaction as their findings, so it is there as soon as the finding is).
 
 Proposals are gathered per rule for ``batch_window`` seconds from the first one, so a storm of findings
 is judged as one batch against the blast-radius caps, then submitted. **The cursor is saved only after

@@ -160,7 +160,10 @@ def prune(db: sqlite3.Connection, before_ms: int, findings: int) -> tuple[int, i
     timeline. Returns (incidents deleted, findings deleted); (0, 0) when nothing is due.
 
     Open and acknowledged incidents and their findings are kept whatever their age: someone still has to
-    act on them. A large incident goes in several steps, so no transaction grows with its size."""
+    act on them. A large incident goes in several steps, so no transaction grows with its size. The newest
+    finding row (and so its incident) is kept too: the alert and response stages read the table after a
+    ``rowid`` cursor, and SQLite gives a new row the largest rowid plus one, so deleting the largest would
+    let the next finding take a rowid at or below their cursors, and they would never see it."""
     due = [
         str(r[0])
         for r in db.execute(
@@ -178,6 +181,8 @@ def prune(db: sqlite3.Connection, before_ms: int, findings: int) -> tuple[int, i
         f"WHERE incident IN ({marks}) AND kind = 'finding' ORDER BY n LIMIT ?",
         (*due, findings),
     ).fetchall()
+    newest = db.execute("SELECT id FROM findings ORDER BY rowid DESC LIMIT 1").fetchone()
+    entries = [(n, fid) for n, fid in entries if newest is None or fid != newest[0]]
     if entries:
         db.executemany("DELETE FROM findings WHERE id = ?", [(fid,) for _, fid in entries])
         db.executemany("DELETE FROM incident_timeline WHERE n = ?", [(n,) for n, _ in entries])
