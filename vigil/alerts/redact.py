@@ -202,6 +202,9 @@ _GUARDS: Final[tuple[Callable[[str, str], bool], ...]] = (
     _no_guard,
 )
 
+if not len(_PATTERNS) == len(_NEEDLES) == len(_GUARDS):  # a pattern added without its screens
+    raise RuntimeError("vigil.alerts.redact: _PATTERNS, _NEEDLES and _GUARDS must have one entry each")
+
 
 def _bits(lower: bool) -> tuple[tuple[str, int], ...]:
     """Each literal with the patterns that need it (bit ``i`` for pattern ``i``)."""
