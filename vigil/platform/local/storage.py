@@ -13,13 +13,10 @@ the replaced object's file, removed the same way. A row therefore always points 
 
 Keys: the storage generates each data key and has the vault wrap and unwrap it as ``service_principal``
 (the vault grants that principal wrap/unwrap on the container keys); the data key never leaves the process.
-The *calling* principal's rights are the storage's own business: admins may do everything; others need
-:class:`~vigil.platform.storage.StorageOp` grants on the container (``admin`` does not imply ``read`` or
-``write``); a suspended principal is refused everything while its rules are kept. Locks bind everyone,
-admins too: ``read_only`` refuses put, delete and deleting the container, ``no_access`` also get, read,
-head and list; lock, access, public flag and rewrap still work, so an admin can undo or remediate.
-``public_read`` is a flag only (the local API has no anonymous access; it is there so the lock-down
-remediator has the same state to turn off as on Azure), but a principal named ``anonymous`` may read then.
+The *calling* principal's rights are the storage's own business (:mod:`.storage_rights`: admins, grants,
+suspensions and locks). ``public_read`` is a flag only (the local API has no anonymous access; it is there
+so the lock-down remediator has the same state to turn off as on Azure), but a principal named
+``anonymous`` may read then.
 
 Events: every mutating operation awaits the observer *before* its commit (an exception aborts it, leaving no
 row and no data file); a denial (forbidden or locked) is recorded with ``outcome="denied"`` on a best-effort
@@ -57,19 +54,14 @@ from vigil.platform.errors import (
 from vigil.platform.events import NullObserver, PlatformEvent, PlatformObserver
 from vigil.platform.keyvault import KeyVault, WrappedKey
 from vigil.platform.local import envelope
+from vigil.platform.local import storage_rights as rights
 from vigil.platform.local.envelope import Decryptor, Encryptor, ObjectIdentity
 from vigil.platform.local.sealed_files import read_file, read_file_into, remove_orphans, write_file
 from vigil.platform.storage import ContainerInfo, Lock, ObjectInfo, StorageOp
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS: Final = "anonymous"
 _CONTAINER_NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")  # Azure's rule
-_WRITES, _READS = frozenset({Lock.READ_ONLY, Lock.NO_ACCESS}), frozenset({Lock.NO_ACCESS})
-#: the locks that refuse each operation (the others work under any lock)
-_LOCKED_OUT: Final = {"put": _WRITES, "delete": _WRITES, "delete_container": _WRITES} | {
-    op: _READS for op in ("get", "head", "list_objects")
-}
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS containers (name TEXT PRIMARY KEY, key_name TEXT NOT NULL, lock TEXT NOT NULL,
     public_read INTEGER NOT NULL, created REAL NOT NULL);
@@ -135,47 +127,17 @@ class LocalStorage:
     # -- rights ------------------------------------------------------------------------------------------
 
     def _container(self, name: str) -> tuple[str, str, Lock, bool, float]:
-        row = self._db.execute(
-            "SELECT name, key_name, lock, public_read, created FROM containers WHERE name = ?", (name,)
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"no container {name}")
-        return row[0], row[1], Lock(row[2]), bool(row[3]), row[4]
-
-    def _grants(self, container: str) -> dict[str, frozenset[StorageOp]]:
-        rows = self._db.execute("SELECT grantee, ops FROM access WHERE container = ?", (container,))
-        return {who: frozenset(StorageOp(op) for op in ops.split(",")) for who, ops in rows}
+        return rights.container(self._db, name)
 
     def _info(self, name: str) -> ContainerInfo:
-        name, key_name, lock, public, created = self._container(name)
-        return ContainerInfo(name, key_name, lock, public, self._grants(name), created)
-
-    def _authorize(self, principal: str, op: str, container: str | None, need: StorageOp | None) -> None:
-        """Raise unless ``principal`` may do ``need`` (None: anything) on ``container``; without a container,
-        ``need`` is ``admin`` (admins only) or None (anyone not suspended)."""
-        row = self._db.execute("SELECT reason FROM suspended WHERE principal = ?", (principal,)).fetchone()
-        if row is not None:
-            raise ForbiddenError(f"principal {principal} is suspended: {row[0]}")
-        if container is None:
-            if need is StorageOp.ADMIN and principal not in self._admins:
-                raise ForbiddenError(f"principal {principal} is not a storage admin")
-            return
-        name, _, lock, public, _ = self._container(container)
-        if principal not in self._admins:
-            ops = self._grants(name).get(principal, frozenset())
-            allowed = need in ops if need else bool(ops)
-            anonymous_read = public and principal == ANONYMOUS and need in (None, StorageOp.READ)
-            if not (allowed or anonymous_read):
-                raise ForbiddenError(f"principal {principal} may not {need or 'access'} container {name}")
-        if lock in _LOCKED_OUT.get(op, ()):
-            raise LockedError(f"container {name} is locked ({lock}): {op} refused")
+        return rights.info(self._db, name)
 
     async def _allow(
         self, principal: str, op: str, subject: str, container: str | None, need: StorageOp | None
     ) -> None:
-        """:meth:`_authorize`, recording a denial (best effort) before it is raised."""
+        """:func:`storage_rights.authorize`, recording a denial (best effort) before it is raised."""
         try:
-            self._authorize(principal, op, container, need)
+            rights.authorize(self._db, self._admins, principal, op, container, need)
         except (ForbiddenError, LockedError) as exc:
             details = {"error": exc.code, "reason": str(exc)}
             event = PlatformEvent(f"platform.storage.{op}", principal, subject, details, outcome="denied")
@@ -214,7 +176,9 @@ class LocalStorage:
         infos = [self._info(n) for (n,) in self._db.execute("SELECT name FROM containers ORDER BY name")]
         if principal in self._admins:
             return infos
-        return [i for i in infos if principal in i.access or (i.public_read and principal == ANONYMOUS)]
+        return [
+            i for i in infos if principal in i.access or (i.public_read and principal == rights.ANONYMOUS)
+        ]
 
     async def delete_container(self, principal: str, name: str) -> None:
         async with self._lock:
