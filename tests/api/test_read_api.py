@@ -133,6 +133,17 @@ def test_findings_by_rule(world: World) -> None:
     assert burst["value"] == 2
     assert burst["group"] == {"actor.ip": "203.0.113.1"}
     assert world.client.get("/v1/findings", rule="r.nope").json() == {"findings": [], "count": 0}
+
+
+def test_findings_of_an_incident(world: World) -> None:
+    everything = world.client.get("/v1/findings").json()["findings"]
+    incidents = {f["incident"] for f in everything}
+    assert None not in incidents and len(incidents) >= 2  # each finding names the incident it joined
+    for iid in incidents:
+        body = world.client.get("/v1/findings", incident=iid).json()
+        assert body["count"] >= 1 and {f["incident"] for f in body["findings"]} == {iid}
+        assert body["count"] == sum(f["incident"] == iid for f in everything)
+    assert world.client.get("/v1/findings", incident="nope").json() == {"findings": [], "count": 0}
     assert world.client.get("/v1/findings", rule="").json()["count"] == 4  # empty: no filter
 
 

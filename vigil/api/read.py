@@ -1,6 +1,6 @@
 """Read-only REST endpoints: what the detector found, what it could not read, and which rules it runs.
 
-- ``GET /v1/findings?rule=&since=&limit=``: the stored findings, newest first, as
+- ``GET /v1/findings?rule=&incident=&since=&limit=``: the stored findings, newest first, as
   ``{"findings": [...], "count": N}``, each with its ``id`` and the ``incident`` it was filed into (None for
   a finding stored before schema version 2 that no timeline names) (``count`` is the number returned, not
   the number stored). ``since``
@@ -101,6 +101,7 @@ _LIMIT = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="how many items, n
 async def findings(
     request: Request,
     rule: str | None = Query(None, description="only this rule's findings"),
+    incident: str | None = Query(None, description="only the findings filed into this incident"),
     since: str | None = Query(None, description="ISO-8601 time or epoch milliseconds"),
     limit: int = _LIMIT,
 ) -> dict[str, Any] | JSONResponse:
@@ -112,7 +113,7 @@ async def findings(
     except SinceError as exc:
         return error(400, str(exc))
     try:
-        found = store.findings(rule=rule or None, since_ms=since_ms, limit=limit)
+        found = store.findings(rule=rule or None, since_ms=since_ms, limit=limit, incident=incident or None)
     except (StoreError, sqlite3.Error) as exc:
         return read_failed(exc)
     return {"findings": found, "count": len(found)}

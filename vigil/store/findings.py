@@ -68,13 +68,18 @@ def insert(db: sqlite3.Connection, rows: list[Row], incident_of: dict[str, str])
     insert_many(db, "INSERT INTO findings", [(*r, incident_of.get(r[0])) for r in rows], blob=6)
 
 
-def query(rule: str | None, since_ms: int, limit: int) -> tuple[str, list[Any]]:
+#: made after the migrations (a store of schema 1 has no ``incident`` column before them)
+INDEXES: Final = "CREATE INDEX IF NOT EXISTS findings_incident ON findings(incident);"
+
+
+def query(rule: str | None, since_ms: int, limit: int, incident: str | None = None) -> tuple[str, list[Any]]:
     """SQL and arguments of a listing, newest first: ``SELECT id, incident, body`` of the findings."""
     sql = "SELECT id, incident, body FROM findings WHERE time_ms >= ?"
     args: list[Any] = [since_ms]
-    if rule is not None:
-        sql += " AND rule = ?"
-        args.append(rule)
+    for column, value in (("rule", rule), ("incident", incident)):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            args.append(value)
     sql += " ORDER BY time_ms DESC, id LIMIT ?"
     args.append(limit)
     return sql, args

@@ -9,7 +9,8 @@ Versions:
 
 1. the first;
 2. ``findings.incident``: the incident a finding was filed into (set when it is stored; filled from the
-   incident timelines for findings stored before). The response stage and ``GET /v1/findings`` read it.
+   incident timelines for findings stored before), with an index. The response stage and
+   ``GET /v1/findings`` (which can filter by it) read it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def apply(db: sqlite3.Connection) -> None:
         raise NewerSchemaError(version)
     if version < 2:
         _finding_incidents(db)
+    for stmt in filter(str.strip, findings.INDEXES.split(";")):
+        db.execute(stmt)
     db.execute(
         "INSERT INTO meta VALUES ('schema', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),

@@ -325,10 +325,10 @@ class Store:
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def findings(
-        self, *, rule: str | None = None, since_ms: int = 0, limit: int = 100
+        self, *, rule: str | None = None, since_ms: int = 0, limit: int = 100, incident: str | None = None
     ) -> list[dict[str, Any]]:
         """The newest findings first (as JSON objects with their ``id`` and ``incident``)."""
-        sql, args = found.query(rule, since_ms, limit)
+        sql, args = found.query(rule, since_ms, limit, incident)
         return [
             {"id": fid, "incident": iid, **orjson.loads(body)} for fid, iid, body in self._read(sql, args)
         ]
