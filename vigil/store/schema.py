@@ -42,20 +42,24 @@ class NewerSchemaError(Exception):
 
 def apply(db: sqlite3.Connection) -> None:
     """Create what is missing and migrate an older store (call inside a transaction)."""
-    for stmt in filter(str.strip, SCHEMA.split(";")):
-        db.execute(stmt)
+    _run(db, SCHEMA)
     row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
     version = SCHEMA_VERSION if row is None else int(row[0])
     if version > SCHEMA_VERSION:
         raise NewerSchemaError(version)
     if version < 2:
         _finding_incidents(db)
-    for stmt in filter(str.strip, findings.INDEXES.split(";")):
-        db.execute(stmt)
+    _run(db, findings.INDEXES)
     db.execute(
         "INSERT INTO meta VALUES ('schema', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),
     )
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script`` (``executescript`` would commit the caller's transaction)."""
+    for stmt in filter(str.strip, script.split(";")):
+        db.execute(stmt)
 
 
 def _finding_incidents(db: sqlite3.Connection) -> None:
