@@ -200,3 +200,25 @@ def test_retention_keeps_the_newest_finding_so_rowid_cursors_never_go_back(tmp_p
     assert [f["rule"] for f in store.findings()] == ["r.b"]
     store.commit_detection([_f(60, "c0", rule="r.c")], 2, None)
     assert store._db.execute("SELECT rowid FROM findings WHERE rule = 'r.c'").fetchone()[0] > cursor
+
+
+def test_retention_deletes_old_findings_of_no_incident(tmp_path: Path) -> None:
+    """A store migrated from schema 1 keeps a null incident on findings no timeline named: retention takes
+    them by their own time (oldest first, in slices, never the newest row), and leaves newer ones."""
+    store = Store(tmp_path / "vigil.db")
+    store.commit_detection([_f(i, f"a{i}", rule="r.old") for i in range(3)], 1, None)
+    store.commit_detection([_f(10 * 365 * 86400, "n0", rule="r.new")], 2, None)
+    store.commit_detection([_f(0, "z0", rule="r.last")], 3, None)
+    with store._lock, store._db:  # as the migration leaves findings that no timeline names
+        store._db.execute("UPDATE findings SET incident = NULL WHERE rule != 'r.last'")
+        store._db.execute("DELETE FROM incident_timeline")
+        store._db.execute("DELETE FROM incidents")
+    with store._lock, store._db:
+        assert incidents_mod.prune(store._db, int(time.time() * 1000), 2) == (0, 2)
+    assert store.prune_incidents(int(time.time() * 1000)) == (0, 1)
+    assert sorted(f["rule"] for f in store.findings(limit=100)) == ["r.last", "r.new"]
+    # the newest row is kept even when it is an old orphan
+    with store._lock, store._db:
+        store._db.execute("UPDATE findings SET incident = NULL")
+    assert store.prune_incidents(int(time.time() * 1000)) == (0, 0)
+    assert sorted(f["rule"] for f in store.findings(limit=100)) == ["r.last", "r.new"]

@@ -163,7 +163,18 @@ def prune(db: sqlite3.Connection, before_ms: int, findings: int) -> tuple[int, i
     act on them. A large incident goes in several steps, so no transaction grows with its size. The newest
     finding row (and so its incident) is kept too: the alert and response stages read the table after a
     ``rowid`` cursor, and SQLite gives a new row the largest rowid plus one, so deleting the largest would
-    let the next finding take a rowid at or below their cursors, and they would never see it."""
+    let the next finding take a rowid at or below their cursors, and they would never see it.
+
+    Findings of no incident go first, by their own time: a store migrated from schema 1 keeps a null
+    ``incident`` on findings that no timeline named, and nothing else would ever delete them."""
+    orphans = db.execute(
+        "SELECT rowid FROM findings INDEXED BY findings_incident WHERE incident IS NULL AND time_ms < ? "
+        "AND rowid < (SELECT max(rowid) FROM findings) LIMIT ?",
+        (before_ms, findings),
+    ).fetchall()
+    if orphans:
+        db.executemany("DELETE FROM findings WHERE rowid = ?", orphans)
+        return 0, len(orphans)
     due = [
         str(r[0])
         for r in db.execute(
