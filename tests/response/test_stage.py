@@ -22,7 +22,8 @@ from vigil.events.model import Event, FrozenMap
 from vigil.platform.compute import NodeState
 from vigil.response.engine import ResponseEngine
 from vigil.response.model import ActionState
-from vigil.response.stage import OFFSET, ResponseStage, TargetError, resolve_target
+from vigil.response.stage import OFFSET, ResponseStage
+from vigil.response.templates import TargetError, resolve_target
 from vigil.rules.loader import load_rules
 from vigil.rules.model import RuleSet
 from vigil.store.sqlite import Store
@@ -286,3 +287,91 @@ def test_run_loop_wakes_on_new_findings_and_stops(env: Env, ruleset: RuleSet) ->
 
     run(main())
     assert len(env.store.list()) == 2
+
+
+TEMPLATED = """\
+id: r.reasoned
+title: quarantine with the reason from the event
+status: stable
+severity: critical
+kind: generic
+match: action == "node.bad"
+actions:
+  - remediate: quarantine_vm
+    target: "{{ node.id }}"
+    approval: auto
+    params:
+      reason: "measurement {{ raw.m }} not allowed"
+      evidence: {source: telemetry}
+  - remediate: lock_storage
+    target: "{{ node.id }}-data"
+    approval: required
+    params:
+      lock: "{{ raw.lock }}"
+"""
+
+
+def test_templated_params_are_resolved_per_finding_and_part_of_the_identity(env: Env, tmp_path: Path) -> None:
+    """A parameter resolved from the event: different values on one target are different actions (two
+    principals to remove from one vault are two removals, not a repeat), the same value is a repeat, a
+    value that does not resolve refuses that proposal only, and a resolved value the remediator rejects is
+    refused with the remediator's reason, the rest of the batch going on."""
+    (tmp_path / "templated.yaml").write_text(TEMPLATED)
+    rules = load_rules([tmp_path / "templated.yaml"])
+    assert rules.ok, [d.format() for d in rules.diagnostics]
+
+    async def main() -> None:
+        engine = await env.start(nodes=2)
+        store = Store(env.root / "vigil.db")
+        detect(
+            store,
+            (
+                "r.reasoned",
+                ev("e1", 1, action="node.bad", node="n1", raw={"m": "aa", "lock": "no_access"}),
+                "n1",
+            ),
+            ("r.reasoned", ev("e2", 2, action="node.bad", node="n1", raw={"m": "bb", "lock": "bogus"}), "n1"),
+            (
+                "r.reasoned",
+                ev("e3", 3, action="node.bad", node="n1", raw={"m": "aa", "lock": "no_access"}),
+                "n1",
+            ),
+            ("r.reasoned", ev("e4", 4, action="node.bad", node="n1"), "n1"),
+        )
+        stage = stage_for(engine, store, rules)
+        await stage.step()
+        stage.close()
+        store.close()
+
+    run(main())
+    actions = env.store.list()
+    quarantines = sorted(
+        (a.params.get("reason", ""), a.state.value, a.reason)
+        for a in actions
+        if a.remediation == "quarantine_vm"
+    )
+    assert quarantines == [
+        ("measurement aa not allowed", "succeeded", ""),  # e1 (e3 is the same action)
+        ("measurement bb not allowed", "noop", ""),  # e2: the node is quarantined already
+        (
+            "measurement {{ raw.m }} not allowed",
+            "refused",
+            "params.reason template 'measurement {{ raw.m }} not allowed' did not resolve: raw.m is missing "
+            "from event 'e4'",
+        ),
+    ]
+    assert all(
+        a.params.get("evidence") == {"source": "telemetry"}
+        for a in actions
+        if a.remediation == "quarantine_vm"
+    )
+    locks = sorted(
+        (a.params["lock"], a.state.value, a.reason) for a in actions if a.remediation == "lock_storage"
+    )
+    assert [(lock, state) for lock, state, _ in locks] == [
+        ("bogus", "refused"),
+        ("no_access", "pending_approval"),
+        ("{{ raw.lock }}", "refused"),
+    ]
+    assert locks[0][2] == "invalid params for lock_storage: lock"
+    assert env.changes("platform.node.") == ["platform.node.quarantine"]

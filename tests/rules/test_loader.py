@@ -377,3 +377,33 @@ def test_null_in_test_event_data_is_a_value_but_an_empty_setting_is_a_default(tm
     from vigil.rules.testing import run_tests
 
     assert [r.passed for r in run_tests(rs)] == [True, True]
+
+
+def test_parameter_templates_are_checked_like_targets(tmp_path: Path) -> None:
+    """String parameters are templates too (vigil/response/templates.py): an unknown field is E121 at the
+    field, an unbalanced brace E112, in a string or a list item; a known field loads."""
+    text = (
+        "id: r.tpl\ntitle: templated params\nseverity: high\nkind: generic\nmatch: action == 'x'\n"
+        "actions:\n"
+        "  - remediate: quarantine_vm\n"
+        "    target: '{{ node.id }}'\n"
+        "    params:\n"
+        "      reason: 'seen from {{ actor.ipp }}'\n"
+        "      evidence: {note: fixed}\n"
+        "  - remediate: lockdown_vault\n"
+        "    target: '{{ resource.id }}'\n"
+        "    params:\n"
+        "      object_id: '{{ actor.id }}'\n"
+        "      ip_rules: ['{{ actor.ip }', '{{ raw.x.y }}']\n"
+    )
+    path, where = _load_text(tmp_path, text)
+    assert where == ["r.yaml:10:29 E121", "r.yaml:16:18 E112"]
+    rs = load_rules([Path(path)])
+    messages = [d.message for d in rs.diagnostics]
+    assert messages == [
+        "unknown event field 'actor.ipp' in params.reason template",
+        "params.ip_rules[0]: unbalanced {{ }} in template",
+    ]
+    fixed = text.replace("actor.ipp", "actor.ip").replace("'{{ actor.ip }', ", "")
+    path, where = _load_text(tmp_path, fixed)
+    assert where == []

@@ -58,8 +58,8 @@ class Sent:
         return [m for t, m in self.messages if t == topic]
 
 
-def make(tmp_path: Path, sent: Sent, **hooks: Any) -> tuple[KafkaApp, RuleSet]:
-    rules = load(tmp_path, RULES)
+def make(tmp_path: Path, sent: Sent, text: str = RULES, **hooks: Any) -> tuple[KafkaApp, RuleSet]:
+    rules = load(tmp_path, text)
     settings = KafkaSettings(
         broker="kafka://127.0.0.1:9", batch_within=0.01, state_interval=0, live_timers=False, topic_prefix="t"
     )
@@ -169,3 +169,54 @@ def test_act_submits_intents_to_the_response_engine_once_per_idempotency_key(tmp
     assert action.id == idempotency_key("t.delete", "/r/2", "lock_storage", window)
     [letter] = sent.on("t-deadletter")
     assert "not loaded" in orjson.loads(letter.value)["reason"]
+
+
+TEMPLATED = """\
+id: t.lock
+title: lock as the event says
+status: stable
+severity: high
+author: alice
+kind: generic
+match: action == "lock"
+actions:
+  - remediate: lock_storage
+    target: "{{ resource.id }}"
+    approval: required
+    params: {lock: "{{ raw.mode }}"}
+"""
+
+
+def test_templated_params_cross_kafka_resolved_and_keep_actions_apart(tmp_path: Path) -> None:
+    """The detect agent resolves templated parameters into the intent (the act agent has no event to read
+    them from); two values on one target become two actions."""
+    env = Env(tmp_path / "env")
+    sent = Sent()
+    events = [
+        ev("l1", 1, action="lock", resource="/r/3", raw={"mode": "no_access"}),
+        ev("l2", 2, action="lock", resource="/r/3", raw={"mode": "read_only"}),
+    ]
+
+    async def main() -> list[Any]:
+        engine = await env.start(nodes=0)
+        app, _ = make(tmp_path, sent, TEMPLATED, submit=engine.submit)
+        async with app.detect_agent.test_context() as agent:
+            for e in events:
+                await agent.put(encode_event(e), key=b"/r/3", partition=0)
+        async with app.act_agent.test_context() as agent:
+            for intent in sent.on("t-intents"):
+                await agent.put(intent.value, key=intent.key)
+        actions = engine.list(limit=10)
+        await env.close()
+        return actions
+
+    actions = asyncio.run(main())
+    intents = [orjson.loads(m.value) for m in sent.on("t-intents")]
+    assert [(i["params"], i["binding"]) for i in intents] == [
+        ({"lock": "no_access"}, "lock=no_access"),
+        ({"lock": "read_only"}, "lock=read_only"),
+    ]
+    assert sorted((a.target, a.params["lock"], a.state.value) for a in actions) == [
+        ("/r/3", "no_access", "pending_approval"),
+        ("/r/3", "read_only", "pending_approval"),
+    ]

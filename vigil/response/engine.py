@@ -146,7 +146,11 @@ class ResponseEngine:
     ) -> list[tuple[int, Action]]:
         first = items[0][1]
         remediator, kind, problem = _remediator(first)
-        batch = [p if p.problem or not problem else dataclasses.replace(p, problem=problem) for _, p in items]
+        batch: list[Proposal] = []
+        for _, p in items:
+            # templated parameters differ per proposal: each is checked once resolved
+            reason = problem or (_params_problem(remediator, p) if p.params is not None else "")
+            batch.append(p if p.problem or not reason else dataclasses.replace(p, problem=reason))
         fleet = 0
         if remediator is not None and first.action.max_percent is not None:
             fleet = await self._fleet(remediator)
@@ -390,9 +394,18 @@ def _remediator(p: Proposal) -> tuple[Remediator | None, str, str]:
         remediator = remediators.get(name)()
     except RegistryError as exc:
         return None, "", f"unknown remediation {name!r}: {exc}"
+    if p.params is not None:  # templated: checked per proposal, resolved (_params_problem)
+        return remediator, remediator.target_kind, ""
+    return remediator, remediator.target_kind, _params_problem(remediator, p)
+
+
+def _params_problem(remediator: Remediator | None, p: Proposal) -> str:
+    """Why ``remediator`` rejects ``p``'s parameters (as they will run), or "" when it takes them."""
+    if remediator is None:
+        return ""
     try:
-        remediator.params(dict(p.action.params))
+        remediator.params(dict(p.effective_params))
     except ValidationError as exc:
         fields = ", ".join(".".join(str(x) for x in e["loc"]) for e in exc.errors())
-        return remediator, remediator.target_kind, f"invalid params for {name}: {fields}"
-    return remediator, remediator.target_kind, ""
+        return f"invalid params for {p.action.remediation}: {fields}"
+    return ""

@@ -60,9 +60,11 @@ FINAL = frozenset(
 )
 
 
-def idempotency_key(rule: str, target: str, remediation: str, window_start_ms: int) -> str:
-    """The action's identity: one per rule, target, remediation and idempotency window."""
-    text = SEP.join((rule, target, remediation, str(window_start_ms)))
+def idempotency_key(rule: str, target: str, remediation: str, window_start_ms: int, binding: str = "") -> str:
+    """The action's identity: one per rule, target, remediation and idempotency window, and per set of
+    parameters resolved from templates (``binding``; empty when there are none, and then not in the text,
+    so keys of fixed-parameter actions are as they always were)."""
+    text = SEP.join((rule, target, remediation, str(window_start_ms), *((binding,) if binding else ())))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 

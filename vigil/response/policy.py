@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -62,6 +62,16 @@ class Proposal:
     target: str
     time: float
     problem: str = ""
+    #: the action's parameters with their templates resolved (None: none is templated, ``action.params``
+    #: apply); ``action`` itself stays the rule's, so proposals of one rule action still form one batch
+    params: Mapping[str, object] | None = None
+    #: the resolved templated parameters (``templates.Bound.binding``): part of the action's identity
+    binding: str = ""
+
+    @property
+    def effective_params(self) -> Mapping[str, object]:
+        """The parameters the action will run with."""
+        return self.action.params if self.params is None else self.params
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +183,14 @@ INITIAL_STATE: Final[dict[str, ActionState]] = {
 
 
 def new_action(decision: Decision, *, now: float, window: float, ttl: float) -> Action:
-    """The action a decision creates. Its id *is* its idempotency key: rule, target, remediation and the
-    start of the ``window`` (seconds) the finding's time falls in, so the same finding maps to the same id
+    """The action a decision creates. Its id *is* its idempotency key: rule, target, remediation, the
+    parameters that came from templates, if any, and the start of the ``window`` (seconds) the finding's
+    time falls in, so the same finding maps to the same id
     however often it is re-processed. A pending approval expires ``ttl`` seconds after ``now``."""
     p = decision.proposal
     window_ms = max(1, int(window * 1000))
-    key = idempotency_key(p.rule, p.target, p.action.remediation, int(p.time * 1000) // window_ms * window_ms)
+    start = int(p.time * 1000) // window_ms * window_ms
+    key = idempotency_key(p.rule, p.target, p.action.remediation, start, p.binding)
     return Action(
         id=key,
         idem_key=key,
@@ -188,7 +200,7 @@ def new_action(decision: Decision, *, now: float, window: float, ttl: float) -> 
         incident_id=p.incident_id,
         remediation=p.action.remediation,
         target=p.target,
-        params=dict(p.action.params),
+        params=dict(p.effective_params),
         approval=p.action.approval,
         dry_run=decision.outcome == "dry_run",
         state=INITIAL_STATE[decision.outcome],

@@ -10,9 +10,10 @@ For each new finding whose rule (in the rule set loaded *now*) has ``remediate``
 
 * the triggering event is the first of the finding's ``event_ids``, read from the event log and validated
   with :func:`~vigil.events.model.event_from_mapping`;
-* the action's target template (``{{ node.id }}``, ``kv-{{ raw.vault.name }}``) is resolved against it: each
-  placeholder is a dotted path through the event's fields and ``raw``/``labels`` mappings, and must give a
-  non-empty string or number. A placeholder that does not resolve (field missing, event pruned) gives a
+* the action's target template (``{{ node.id }}``, ``kv-{{ raw.vault.name }}``) and templated parameters
+  are resolved against it (``templates.py``): each placeholder is a dotted path through the event's fields
+  and ``raw``/``labels`` mappings, and must give a non-empty string or number. A placeholder that does not
+  resolve (field missing, event pruned) gives a
   proposal that the engine *refuses* with the reason, never a crash and never a silently dropped finding
   (its target is the template itself, so a rule whose template never resolves makes one refusal per
   idempotency window, not one per finding);
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ import orjson
 from vigil.events.model import Event, event_from_mapping
 from vigil.response.engine import ResponseEngine
 from vigil.response.policy import Proposal
+from vigil.response.templates import bind
 from vigil.rules.model import RemediateAction, Rule, RuleSet
 from vigil.store.sidecar import read_only
 from vigil.store.sqlite import Store
@@ -55,41 +56,6 @@ OFFSET: Final = "response:findings"
 READ_LIMIT: Final = 1000
 #: how often the engine's timers run (expiry, held and deferred actions)
 TICK_SECONDS: Final = 1.0
-_PLACEHOLDER: Final = re.compile(r"\{\{\s*(.*?)\s*\}\}")
-
-
-class TargetError(ValueError):
-    """A target template that does not resolve against the triggering event."""
-
-
-def resolve_target(template: str, event: Event | None, event_id: str = "") -> str:
-    """``template`` with every ``{{ dotted.field }}`` replaced by the event's value (TargetError if any
-    placeholder has no usable value, or there is no event)."""
-
-    def value(m: re.Match[str]) -> str:
-        dotted = m.group(1)
-        if event is None:
-            raise TargetError(f"target template {template!r} did not resolve: event {event_id!r} not found")
-        found = _lookup(event, dotted)
-        if isinstance(found, bool) or not isinstance(found, str | int | float) or found == "":
-            raise TargetError(
-                f"target template {template!r} did not resolve: {dotted} is missing from event {event.id!r}"
-            )
-        return str(found)
-
-    return _PLACEHOLDER.sub(value, template)
-
-
-def _lookup(event: Event, dotted: str) -> Any:
-    value: Any = event
-    for part in dotted.split("."):
-        if isinstance(value, Mapping):
-            value = value.get(part)
-        elif isinstance(value, msgspec.Struct) and part in type(value).__struct_fields__:
-            value = getattr(value, part)
-        else:
-            return None
-    return value
 
 
 @dataclass(slots=True)
@@ -185,10 +151,7 @@ class ResponseStage:
         event = self._event(str(event_ids[0]))
         out = []
         for action in actions:
-            try:
-                target, problem = resolve_target(action.target, event, str(event_ids[0])), ""
-            except TargetError as exc:
-                target, problem = action.target, str(exc)
+            bound = bind(action, event, str(event_ids[0]))
             out.append(
                 Proposal(
                     rule.id,
@@ -197,9 +160,11 @@ class ResponseStage:
                     action,
                     finding_id,
                     incident,
-                    target,
+                    bound.target,
                     time_ms / 1000,
-                    problem,
+                    bound.problem,
+                    bound.params,
+                    bound.binding,
                 )
             )
         return out

@@ -179,19 +179,32 @@ def _check_actions(doc: Document, data: Mapping[str, Any], rid: str | None, ctx:
         target = act.get("target", DEFAULT_TARGET)
         if isinstance(target, str):
             _check_template(doc, ("actions", i, "target"), target, rid, ctx)
+        params = act.get("params")
+        for name, value in params.items() if isinstance(params, dict) else ():
+            # string parameters are templates too (vigil/response/templates.py), so they are checked alike
+            if isinstance(value, str):
+                _check_template(doc, ("actions", i, "params", name), value, rid, ctx, f"params.{name}")
+            for j, item in enumerate(value if isinstance(value, list) else ()):
+                if isinstance(item, str):
+                    loc = ("actions", i, "params", name, j)
+                    _check_template(doc, loc, item, rid, ctx, f"params.{name}[{j}]")
 
 
-def _check_template(doc: Document, loc: tuple[Any, ...], text: str, rid: str | None, ctx: Context) -> None:
-    """A target template: ``{{ field }}`` placeholders naming canonical event fields."""
+def _check_template(
+    doc: Document, loc: tuple[Any, ...], text: str, rid: str | None, ctx: Context, what: str = "target"
+) -> None:
+    """A template (``what``: the target, or a parameter): ``{{ field }}`` placeholders naming canonical
+    event fields."""
     given = doc.data_at(loc) is not None
     start = doc.position(loc) if given else doc.position(loc[:-1])
     for m in _TEMPLATE.finditer(text):
         if not field_known(m.group(1)):
             pos = scalar_offset_position(doc.text, start, text, m.start(1)) if given else start
-            message = f"unknown event field {m.group(1)!r} in target template"
+            message = f"unknown event field {m.group(1)!r} in {what} template"
             ctx.diagnostics.append(doc.diagnostic("E121", message, pos, rid))
     if "{{" in _TEMPLATE.sub("", text) or "}}" in _TEMPLATE.sub("", text):
-        ctx.diagnostics.append(doc.diagnostic("E112", "target: unbalanced {{ }} in template", start, rid))
+        message = f"{what}: unbalanced {{{{ }}}} in template"
+        ctx.diagnostics.append(doc.diagnostic("E112", message, start, rid))
 
 
 def _tests(

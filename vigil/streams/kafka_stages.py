@@ -36,7 +36,7 @@ from vigil.events.deadletter import DeadLetter
 from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
 from vigil.response.model import Action
 from vigil.response.policy import Proposal
-from vigil.response.stage import TargetError, resolve_target
+from vigil.response.templates import bind
 from vigil.rules.model import RemediateAction, RuleSet
 from vigil.streams.kafka_state import PartitionDetectors
 
@@ -142,15 +142,14 @@ class Detect:
                 event if event is not None and event.id == first else self.detectors.event(partition, first)
             )
             for index, action in enumerate(actions):
-                try:
-                    target, problem = resolve_target(action.target, trigger, first), ""
-                except TargetError as exc:
-                    target, problem = action.target, str(exc)
-                intent = {
-                    "rule": f.rule, "action": index, "finding": fid, "target": target,
-                    "time_ms": to_ms(f.time), "problem": problem,
+                bound = bind(action, trigger, first)
+                intent: dict[str, Any] = {
+                    "rule": f.rule, "action": index, "finding": fid, "target": bound.target,
+                    "time_ms": to_ms(f.time), "problem": bound.problem,
                 }  # fmt: skip
-                out.append(Out("intents", target.encode(), orjson.dumps(intent)))
+                if bound.params is not None:  # templated parameters travel resolved, with their binding
+                    intent |= {"params": bound.params, "binding": bound.binding}
+                out.append(Out("intents", bound.target.encode(), orjson.dumps(intent)))
         return out
 
 
@@ -184,6 +183,8 @@ class Act:
             str(intent["target"]),
             int(intent["time_ms"]) / 1000,
             str(intent.get("problem") or ""),
+            _params(intent.get("params")),
+            str(intent.get("binding") or ""),
         )
 
     async def run(self, values: Sequence[tuple[str, bytes]]) -> tuple[list[Action], list[Out]]:
@@ -198,3 +199,12 @@ class Act:
         actions = await self.submit(proposals) if proposals else []
         self.actions += len(actions)
         return actions, letters
+
+
+def _params(value: object) -> dict[str, object] | None:
+    """An intent's resolved parameters: a JSON object, or absent (none templated)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"params must be an object, not {type(value).__name__}")
+    return value
