@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import httpx
 
 from vigil.alerts.model import Alert, AlertKind, Sink
 from vigil.alerts.outbox import Outbox
 from vigil.alerts.redact import redact_text
-from vigil.alerts.worker import Clock, Random, SinkWorker, Sleep, pause
+from vigil.alerts.worker import SinkWorker, WorkerOptions, pause
 
 log = logging.getLogger(__name__)
 #: severities whose new triggers a sink with a full outbox sheds (reliability D4); higher ones always wait
@@ -51,15 +50,9 @@ class AlertDispatcher:
         sinks: Mapping[str, Sink],
         client: httpx.AsyncClient,
         *,
-        backoff_base: float = 1.0,
-        backoff_max: float = 300.0,
-        horizon: float = 86400.0,
-        queue_size: int = 1000,
         max_waiting: int = 0,
         keep_sent: float = 0.0,
-        clock: Clock = time.time,
-        sleep: Sleep = asyncio.sleep,
-        rng: Random = random,
+        **worker: Unpack[WorkerOptions],
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -68,15 +61,9 @@ class AlertDispatcher:
         self.keep_sent = keep_sent
         #: delivered rows deleted so far
         self.pruned = 0
-        self._clock = clock
-        self._sleep = sleep
-        self.workers = {
-            name: SinkWorker(
-                outbox, sink, client, backoff_base=backoff_base, backoff_max=backoff_max, horizon=horizon,
-                queue_size=queue_size, clock=clock, sleep=sleep, rng=rng,
-            )
-            for name, sink in sinks.items()
-        }  # fmt: skip
+        self._clock = worker.get("clock", time.time)
+        self._sleep = worker.get("sleep", asyncio.sleep)
+        self.workers = {name: SinkWorker(outbox, sink, client, **worker) for name, sink in sinks.items()}
         for name, sink in sinks.items():
             if sink.name != name:
                 raise ValueError(f"sink {sink!r} is configured under another name, {name!r}")

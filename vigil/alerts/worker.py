@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypedDict
 
 import httpx
 
@@ -108,6 +108,19 @@ class WorkerCounters:
     queue_overflow: int = 0
     #: low and informational triggers not stored for this sink: its outbox already held ``max_waiting``
     shed: int = 0
+
+
+class WorkerOptions(TypedDict, total=False):
+    """:class:`SinkWorker`'s keyword arguments, which :class:`~vigil.alerts.dispatcher.AlertDispatcher`
+    passes through to each of its workers (so each option and its default are written once, here)."""
+
+    backoff_base: float
+    backoff_max: float
+    horizon: float
+    queue_size: int
+    clock: Clock
+    sleep: Sleep
+    rng: Random
 
 
 class SinkWorker:
