@@ -63,6 +63,8 @@ class Env:
         self.audit = AuditLog(root / "audit.db", self.vault)
         self.store = ActionStore(root / "vigil.db")
         self.clock = Clock()
+        #: the engine's monotonic clock; None: the wall clock ``clock`` (most tests need one time only)
+        self.monotonic: Clock | None = None
         self.alerts: list[tuple[str, str, dict[str, Any]]] = []
         self.engine: ResponseEngine | None = None
         self.baseline = 0
@@ -74,7 +76,14 @@ class Env:
         executor = Executor(self.store, self.ctx, self.audit)
         config = ResponseSettings(**({"approvers": ["carol", "alice"]} | settings))
         self.engine = ResponseEngine(
-            self.store, executor, self.ctx, self.audit, config, alert=self._alert, clock=self.clock
+            self.store,
+            executor,
+            self.ctx,
+            self.audit,
+            config,
+            alert=self._alert,
+            clock=self.clock,
+            monotonic=self.monotonic or self.clock,
         )
         self.baseline = len(self.observer.events)
         return self.engine
@@ -354,6 +363,30 @@ def test_breaker_opens_after_failures_and_refuses(env: Env) -> None:
     assert refused.state is S.REFUSED and refused.reason == "circuit breaker open"
     assert trial.state is S.SUCCEEDED
     assert len(env.alerted("failure")) == 2
+
+
+def test_breaker_cooldown_runs_on_the_monotonic_clock_whatever_the_wall_clock_does(env: Env) -> None:
+    """Reliability I2: the wall clock stepping back five minutes during the cool-down (NTP, ``date -s``)
+    neither stretches the cool-down nor, stepping forward, cuts it short; the wall clock still stamps
+    what is stored."""
+    env.monotonic = Clock()
+
+    async def main() -> list[Action]:
+        engine = await env.start(breaker_failures=1, breaker_cooldown="5m")
+        failed = await engine.submit([prop("ghost")])
+        env.clock.now += 3600  # the wall clock jumps an hour ahead: the breaker stays open
+        early = await engine.submit([prop("n0")])
+        env.clock.now -= 3600 + 300  # ... then five minutes behind where it was
+        assert env.monotonic is not None
+        env.monotonic.now += 300  # five real minutes pass
+        trial = await engine.submit([prop("n1")])
+        return failed + early + trial
+
+    failed, early, trial = run(main)
+    assert failed.state is S.FAILED
+    assert early.state is S.REFUSED and early.reason == "circuit breaker open"
+    assert trial.state is S.SUCCEEDED
+    assert trial.created == env.clock.now  # stored times are wall times
 
 
 def test_expired_approval_cannot_be_approved(env: Env) -> None:

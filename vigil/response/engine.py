@@ -94,7 +94,13 @@ class ResponseEngine:
         *,
         alert: Alert | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (wall seconds) stamps what is stored: action times, approval expiry, idempotency
+        windows. ``monotonic`` (default :func:`time.monotonic`; tests pass their fake ``clock`` for both)
+        times what is only held in memory, the rate limit, the circuit breaker's cool-down and the audit
+        retry, so a wall-clock step (NTP, an operator's ``date -s``) neither stretches nor cuts them
+        (reliability I2)."""
         self.store = store
         self.executor = executor
         self.ctx = ctx
@@ -106,9 +112,10 @@ class ResponseEngine:
         self.protected = protection(settings, ctx.protected, always_keys=frozenset({SIGNING_KEY, HMAC_KEY}))
         self._window = parse_duration(settings.idempotency_window).total_seconds()
         self._ttl = parse_duration(settings.approval_ttl).total_seconds()
-        self.limiter = RateLimiter(settings.rate_limit, clock=clock)
+        self._monotonic = monotonic or time.monotonic
+        self.limiter = RateLimiter(settings.rate_limit, clock=self._monotonic)
         cooldown = parse_duration(settings.breaker_cooldown).total_seconds()
-        self.breaker = CircuitBreaker(settings.breaker_failures, cooldown, clock=clock)
+        self.breaker = CircuitBreaker(settings.breaker_failures, cooldown, clock=self._monotonic)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._submitting = asyncio.Lock()
         self._held: set[str] = set()  # approved actions the rate limit holds (noted on the timeline once)
@@ -233,7 +240,7 @@ class ResponseEngine:
         name = current.remediation
         if self.breaker.state(name) is BreakerState.OPEN:
             return await self._refuse(current, "circuit breaker open")
-        if self._clock() < self._retry_at:  # the audit log failed a moment ago
+        if self._monotonic() < self._retry_at:  # the audit log failed a moment ago
             return current
         if not self.limiter.acquire(name):
             if current.id not in self._held:
@@ -248,7 +255,7 @@ class ResponseEngine:
             done = await self.executor.run(current)
         except NOT_RECORDED:
             self.breaker.cancel(name)
-            self._retry_at = self._clock() + AUDIT_RETRY_SECONDS
+            self._retry_at = self._monotonic() + AUDIT_RETRY_SECONDS
             raise
         if done.state is S.FAILED:
             self.breaker.failure(name)
