@@ -242,6 +242,11 @@ class ResponseSettings(Section):
     rate_limit: int = Field(default=10, ge=1, description="actions per remediator per minute")
     breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open a breaker")
     breaker_cooldown: DurationText = Field(default="5m", description="an open breaker's pause")
+    step_timeout: DurationText = Field(
+        default="15m",
+        description="a remediator call (check, step, verify, rollback) running longer is cancelled; "
+        "a check or step then ends its action timed_out",
+    )
     protected_keys: list[str] = Field(
         default_factory=list, description="keys no remediation may touch (the audit keys always are)"
     )

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.response.test_executor import Stuck
 from vigil.audit.log import AuditLog, AuditUnavailableError
 from vigil.audit.record import ActorKind, AuditKind
 from vigil.platform.compute import NodeState
@@ -69,11 +70,11 @@ class Env:
         self.engine: ResponseEngine | None = None
         self.baseline = 0
 
-    async def start(self, nodes: int = 3, **settings: Any) -> ResponseEngine:
+    async def start(self, nodes: int = 3, step_timeout: float = 900.0, **settings: Any) -> ResponseEngine:
         await self.audit.open()
         for i in range(nodes):
             await self.compute.register("vigil", f"n{i}", node_principal=f"node-n{i}", measurement=M1)
-        executor = Executor(self.store, self.ctx, self.audit)
+        executor = Executor(self.store, self.ctx, self.audit, step_timeout=step_timeout)
         config = ResponseSettings(**({"approvers": ["carol", "alice"]} | settings))
         self.engine = ResponseEngine(
             self.store,
@@ -387,6 +388,26 @@ def test_breaker_cooldown_runs_on_the_monotonic_clock_whatever_the_wall_clock_do
     assert early.state is S.REFUSED and early.reason == "circuit breaker open"
     assert trial.state is S.SUCCEEDED
     assert trial.created == env.clock.now  # stored times are wall times
+
+
+def test_a_timed_out_action_is_alerted_and_counted_by_the_breaker(env: Env) -> None:
+    """Reliability A9 at the engine: a remediator stuck past the deadline ends its action timed_out, pages
+    like a failure, and opens the breaker like one, so the next action of that remediator is refused."""
+    stuck = RemediateAction(Stuck.name, "{{ node.id }}", "auto")
+
+    async def main() -> list[Action]:
+        await env.start(step_timeout=0.1, breaker_failures=1)
+        assert env.engine is not None
+        first = await env.engine.submit([prop("step", stuck)])
+        second = await env.engine.submit([prop("n1", stuck, finding="f2")])
+        return first + second
+
+    timed_out, refused = run(main)
+    assert timed_out.state is S.TIMED_OUT
+    assert refused.state is S.REFUSED and refused.reason == "circuit breaker open"
+    page, breaker = env.alerted("failure")
+    assert "timed_out" in page and "did not finish within 0.1 s" in page
+    assert "circuit breaker open" in breaker
 
 
 def test_expired_approval_cannot_be_approved(env: Env) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from pydantic import BaseModel
 
 from tests.response.crash_worker import CONTAINER, NODE, Platform, new_action
 from vigil.audit.log import AuditLog, AuditUnavailableError
@@ -25,7 +26,7 @@ from vigil.audit.record import ActorKind, AuditKind
 from vigil.audit.verify import public_keys, verify
 from vigil.platform.events import CollectingObserver
 from vigil.platform.storage import Lock
-from vigil.remediators.base import Context, NotReversibleError, Plan, Protected, remediators
+from vigil.remediators.base import Context, NotReversibleError, Plan, Protected, Remediator, Step, remediators
 from vigil.response.executor import Executor
 from vigil.response.model import Action, ActionState
 from vigil.response.store import ActionConflictError, ActionStore
@@ -404,6 +405,75 @@ def test_a_deferred_step_keeps_the_action_running_until_it_is_due(tmp_path: Path
             assert env.executor.next_due() is None
             info = await env.platform.vault.get_key("vigil", "model-key")
             assert [v.enabled for v in info.versions] == [False, True]
+            await verified(env)
+
+    run(main())
+
+
+# -- deadlines (reliability A9) ---------------------------------------------------------------------------
+
+
+@remediators.register("test_stuck")
+class Stuck(Remediator):
+    """A remediator plug-in that hangs where its target says (``check`` or ``step``), as one blocked on a
+    dead socket would; otherwise a one-step, reversible no-op."""
+
+    name = "test_stuck"
+    summary = "hangs for the deadline tests"
+    target_kind = "node"
+    reversible = True
+
+    async def fleet(self, ctx: Context) -> list[str]:
+        return ["step", "check"]
+
+    async def check(self, ctx: Context, target: str, params: BaseModel) -> dict[str, Any]:
+        if target == "check":
+            await asyncio.Event().wait()
+        return {"state": "open"}
+
+    def plan(self, target: str, params: BaseModel, state: dict[str, Any]) -> Plan:
+        return Plan(self.name, target, {}, (Step("close", "close it"),), before=state)
+
+    async def apply_step(self, ctx: Context, plan: Plan, index: int) -> dict[str, Any]:
+        if plan.target == "step":
+            await asyncio.Event().wait()
+        return {}
+
+    async def verify(self, ctx: Context, plan: Plan) -> str | None:
+        return None
+
+    async def rollback(self, ctx: Context, plan: Plan) -> dict[str, Any]:
+        return {"restored": plan.before}
+
+
+def test_a_stuck_step_or_check_is_cancelled_and_the_action_ends_timed_out(tmp_path: Path) -> None:
+    """A remediator that never answers holds nothing: the step is cancelled at the deadline, the action
+    ends ``timed_out`` (audited, never retried, since the step's effect is unknown), the next action runs,
+    and a timed-out action can still be rolled back."""
+
+    async def main() -> None:
+        async with opened(tmp_path) as env:
+            executor = Executor(env.store, env.platform.ctx, env.audit, step_timeout=0.2)
+            started = time.monotonic()
+            stuck = await executor.run(env.add(new_action("test_stuck", "step", 1)))
+            assert time.monotonic() - started < 5
+            assert stuck.state is S.TIMED_OUT and stuck.progress == 0
+            assert (
+                stuck.reason == "step 0 (close): StepTimeoutError: step 0 (close) did not finish within 0.2 s"
+            )
+            checking = await executor.run(env.add(new_action("test_stuck", "check", 2)))
+            assert checking.state is S.TIMED_OUT and checking.reason.endswith(
+                "check did not finish within 0.2 s"
+            )
+            fine = await executor.run(env.add(new_action("lock_storage", CONTAINER, 3)))
+            assert fine.state is S.SUCCEEDED
+            assert (await executor.run(stuck)).state is S.TIMED_OUT  # final: not run again
+            outcomes = [d.get("outcome") for k, d in env.records() if k is AuditKind.ACTION_RESULT]
+            assert outcomes.count("timed_out") == 2
+            rolled = await executor.rollback(stuck, "alice")
+            assert rolled.state is S.ROLLED_BACK and rolled.result["rollback"] == {
+                "restored": {"state": "open"}
+            }
             await verified(env)
 
     run(main())

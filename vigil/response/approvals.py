@@ -38,8 +38,9 @@ from vigil.audit.record import Actor, AuditKind, check_no_secrets
 from vigil.errors import VigilError
 from vigil.platform.errors import UnavailableError
 from vigil.remediators.base import Context, Plan, RemediationError, remediators
-from vigil.response.executor import AuditAppender, Executor
+from vigil.response.executor import Executor
 from vigil.response.model import Action, ActionState
+from vigil.response.recorder import AuditAppender
 from vigil.response.store import ActionConflictError, ActionNotFoundError, ActionStore
 from vigil.sections import ResponseSettings
 from vigil.store.sqlite import StoreError

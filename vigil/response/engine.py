@@ -46,7 +46,7 @@ from vigil.errors import RegistryError
 from vigil.platform.errors import PlatformError
 from vigil.remediators.base import Context, RemediationError, Remediator, remediators
 from vigil.response.approvals import NOT_RECORDED, ActionForbiddenError, Approvals, PlanChangedError
-from vigil.response.executor import AuditAppender, Executor
+from vigil.response.executor import Executor
 from vigil.response.model import Action, ActionState
 from vigil.response.policy import (
     BreakerState,
@@ -60,6 +60,7 @@ from vigil.response.policy import (
     protection,
     same_action,
 )
+from vigil.response.recorder import AuditAppender
 from vigil.response.store import ActionStore
 from vigil.rules.schema_forms import parse_duration
 from vigil.sections import ResponseSettings
@@ -257,7 +258,7 @@ class ResponseEngine:
             self.breaker.cancel(name)
             self._retry_at = self._monotonic() + AUDIT_RETRY_SECONDS
             raise
-        if done.state is S.FAILED:
+        if done.state in (S.FAILED, S.TIMED_OUT):
             self.breaker.failure(name)
             await self._failed(done)
         else:
@@ -366,7 +367,7 @@ class ResponseEngine:
         except Exception:
             log.exception("action %s: resume failed", action.id)
             return self.store.get(action.id) or action
-        if done.state is S.FAILED:
+        if done.state in (S.FAILED, S.TIMED_OUT):
             self.breaker.failure(done.remediation)
             await self._failed(done)
         return done

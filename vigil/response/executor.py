@@ -42,6 +42,12 @@ changed nothing: progress stays, the action stays ``running`` with ``result.defe
 before ``T`` returns it unchanged, and a run after (:meth:`Executor.next_due` tells the engine when) runs
 the step again. An action marked ``dry_run`` is only ever dry-run, whichever method is called.
 
+**Deadlines** (reliability A9): each remediator call is cancelled after ``step_timeout`` seconds, so a
+remediator stuck on a dead socket cannot hold the engine and every action behind it. A check or step that
+times out ends the action ``timed_out`` (the step's effect is unknown: not retried, alerted and counted by
+the breaker; a reversible remediator can roll back what its plan recorded); a timed-out verify is a
+failure, a timed-out rollback ``rollback_failed``, a dry run's check a "plan failed" outcome.
+
 ``RemediationError`` and ``PlatformError`` (and an unknown remediation or bad parameters) end the action
 ``failed`` with the reason, audited. Other exceptions are bugs: they propagate and leave the action
 ``running``, for the operator and the next resume.
@@ -49,11 +55,11 @@ the step again. An action marked ``dry_run`` is only ever dry-run, whichever met
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -70,27 +76,25 @@ from vigil.remediators.base import (
     remediators,
 )
 from vigil.response.model import Action, ActionState
-from vigil.response.store import ActionConflictError, ActionNotFoundError, ActionStore
-from vigil.store.sqlite import StoreError
+from vigil.response.recorder import AuditAppender, Recorder
+from vigil.response.store import ActionConflictError, ActionStore
 from vigil.streams.crash import crash_point
 
 log = logging.getLogger(__name__)
 S = ActionState
+T = TypeVar("T")
+#: the default of ``response.step_timeout``: longer than any ARM long-running operation Vigil waits on
+DEFAULT_STEP_TIMEOUT = 900.0
 
-#: what every action record of the audit log carries besides its own details
-_AUDIT_CONTEXT = ("rule", "remediation", "finding_id", "incident_id", "decided_by", "plan_digest")
+
+class StepTimeoutError(RemediationError):
+    """A remediator call ran past the executor's ``step_timeout`` and was cancelled."""
+
+
 #: errors that end an action ``failed`` (the remediation cannot proceed as planned)
 _FAILURES = (RemediationError, PlatformError, RegistryError, ValidationError)
 #: errors that mean "nothing changed, nothing recorded": the action keeps its state and is retried later
 _NOT_RECORDED = (AuditUnavailableError, UnavailableError)
-
-
-class AuditAppender(Protocol):
-    """What the executor needs of the audit log (:class:`vigil.audit.log.AuditLog` is one)."""
-
-    async def append(
-        self, actor: Actor, kind: AuditKind, subject: str, details: Mapping[str, Any] | None = None, /
-    ) -> object: ...
 
 
 class Executor:
@@ -103,15 +107,25 @@ class Executor:
         audit: AuditAppender,
         *,
         clock: Callable[[], float] = time.time,
+        step_timeout: float = DEFAULT_STEP_TIMEOUT,
     ) -> None:
         self.store = store
         self.ctx = ctx
         self.audit = audit
+        self._rec = Recorder(store, audit)
         self._clock = clock
+        self.step_timeout = step_timeout
         self._busy: set[str] = set()  # actions being run or rolled back by this process
 
     def __repr__(self) -> str:
         return f"Executor({self.store!r}, principal={self.ctx.principal!r})"
+
+    async def _bounded(self, call: Awaitable[T], what: str) -> T:
+        """``call``, cancelled after :attr:`step_timeout` seconds (StepTimeoutError then)."""
+        try:
+            return await asyncio.wait_for(call, self.step_timeout)
+        except TimeoutError:
+            raise StepTimeoutError(f"{what} did not finish within {self.step_timeout:g} s") from None
 
     # -- running -----------------------------------------------------------------------------------------
 
@@ -121,10 +135,10 @@ class Executor:
         if action.dry_run:
             return await self.dry_run(action)
         if action.id in self._busy:
-            return self._stored(action.id)
+            return self._rec.stored(action.id)
         self._busy.add(action.id)
         try:
-            return await self._run(action.state, self._stored(action.id), self._clock())
+            return await self._run(action.state, self._rec.stored(action.id), self._clock())
         finally:
             self._busy.discard(action.id)
 
@@ -145,21 +159,21 @@ class Executor:
                     result={},
                 )
             except ActionConflictError:
-                return self._stored(action.id)  # another run won the race
+                return self._rec.stored(action.id)  # another run won the race
             crash_point("response.after_running")
         elif action.state is not S.RUNNING or action.result.get("deferred_until", 0) > self._clock():
             return action  # nothing to run, or a deferred step that is not due yet
         try:
             remediator = remediators.get(action.remediation)()
             params = remediator.params(action.params)
-            fresh = remediator.plan(
-                action.target, params, await remediator.check(self.ctx, action.target, params)
-            )
+            live = await self._bounded(remediator.check(self.ctx, action.target, params), "check")
+            fresh = remediator.plan(action.target, params, live)
         except _NOT_RECORDED as exc:
-            self._blocked(action, "check", exc)
+            self._rec.blocked(action, "check", exc)
             raise
         except _FAILURES as exc:
-            return await self._finish(action, S.FAILED, f"{type(exc).__name__}: {exc}", started)
+            to = S.TIMED_OUT if isinstance(exc, StepTimeoutError) else S.FAILED
+            return await self._finish(action, to, f"{type(exc).__name__}: {exc}", started)
         reconciled = False
         if action.plan is None:  # the first planning of this run
             digest = fresh.digest()
@@ -193,15 +207,16 @@ class Executor:
             step = plan.steps[index]
             what = f"step {index} ({step.name})"
             intent = {"step": index, "name": step.name, "description": step.description, "data": step.data}
-            await self._audit(action, AuditKind.ACTION_INTENT, what, intent)
+            await self._rec.record(action, AuditKind.ACTION_INTENT, what, intent)
             crash_point("response.after_intent")
             try:
-                out = await remediator.apply_step(self.ctx, plan, index)
+                out = await self._bounded(remediator.apply_step(self.ctx, plan, index), what)
             except _NOT_RECORDED as exc:
-                self._blocked(action, what, exc)
+                self._rec.blocked(action, what, exc)
                 raise
             except (RemediationError, PlatformError) as exc:
-                return await self._finish(action, S.FAILED, f"{what}: {type(exc).__name__}: {exc}", started)
+                to = S.TIMED_OUT if isinstance(exc, StepTimeoutError) else S.FAILED
+                return await self._finish(action, to, f"{what}: {type(exc).__name__}: {exc}", started)
             crash_point("response.after_apply")
             result = {k: v for k, v in action.result.items() if k != "deferred_until"}
             if out.get("deferred"):  # not due yet (a grace period): the same step runs again later
@@ -215,11 +230,11 @@ class Executor:
                     details={"due": due},
                     result={**result, "deferred_until": due},
                 )
-                await self._audit(action, AuditKind.ACTION_RESULT, what, {"step": index, "result": out})
+                await self._rec.record(action, AuditKind.ACTION_RESULT, what, {"step": index, "result": out})
                 return action
             done = [*result.get("steps", [])[:index], {"name": step.name, **out}]
             action = self.store.set_progress(action.id, index + 1, {**result, "steps": done})
-            await self._audit(
+            await self._rec.record(
                 action, AuditKind.ACTION_RESULT, what, {"step": index, "name": step.name, "result": out}
             )
         problem = await self._verify(action, remediator, plan)
@@ -240,7 +255,7 @@ class Executor:
         """Audit the outcome, then make it the action's final state (the record comes first)."""
         outcome = {**action.result, **result, "seconds": round(self._clock() - started, 6)}
         details = {"outcome": to.value, "reason": reason, **result}
-        await self._audit(action, AuditKind.ACTION_RESULT, f"outcome {to.value}", details)
+        await self._rec.record(action, AuditKind.ACTION_RESULT, f"outcome {to.value}", details)
         crash_point("response.before_done")
         fields: dict[str, Any] = {"reason": reason, "result": outcome}
         if plan is not None:
@@ -256,9 +271,9 @@ class Executor:
     async def _verify(self, action: Action, remediator: Remediator, plan: Plan) -> str | None:
         """What is wrong with the live state (None: the desired state holds)."""
         try:
-            return await remediator.verify(self.ctx, plan)
+            return await self._bounded(remediator.verify(self.ctx, plan), "verify")
         except _NOT_RECORDED as exc:
-            self._blocked(action, "verify", exc)
+            self._rec.blocked(action, "verify", exc)
             raise
         except (RemediationError, PlatformError) as exc:
             return f"verify: {type(exc).__name__}: {exc}"
@@ -268,16 +283,15 @@ class Executor:
     async def dry_run(self, action: Action) -> Action:
         """Check and plan, store the plan, audit it as a dry-run intent, end ``dry_run``: no mutation.
         A plan that cannot be made is a dry-run outcome too (``reason`` says why)."""
-        action = self._stored(action.id)
+        action = self._rec.stored(action.id)
         if action.state not in (S.APPROVED, S.PENDING_APPROVAL):
             return action
         fields: dict[str, Any]
         try:
             remediator = remediators.get(action.remediation)()
             params = remediator.params(action.params)
-            fresh = remediator.plan(
-                action.target, params, await remediator.check(self.ctx, action.target, params)
-            )
+            live = await self._bounded(remediator.check(self.ctx, action.target, params), "check")
+            fresh = remediator.plan(action.target, params, live)
         except _FAILURES as exc:
             reason = f"plan failed: {type(exc).__name__}: {exc}"
             details: dict[str, Any] = {"dry_run": True, "outcome": "plan failed", "reason": reason}
@@ -290,21 +304,25 @@ class Executor:
                 "plan_digest": digest,
                 "result": {"noop": fresh.noop, "steps": len(fresh.steps)},
             }
-        await self._audit(action, AuditKind.ACTION_INTENT, "dry run", details)
+        await self._rec.record(action, AuditKind.ACTION_INTENT, "dry run", details)
         try:
             return self.store.transition(
                 action.id, {action.state}, S.DRY_RUN, actor="vigil", message="dry run", **fields
             )
         except ActionConflictError:
-            return self._stored(action.id)
+            return self._rec.stored(action.id)
 
     # -- rollback ----------------------------------------------------------------------------------------
 
     async def rollback(self, action: Action, user: str) -> Action:
-        """Restore what the action's plan recorded as ``before`` (succeeded or noop actions of reversible
-        remediators); ActionConflictError in another state, NotReversibleError for the others."""
-        action = self._stored(action.id)
-        if action.state not in (S.SUCCEEDED, S.NOOP) or action.plan is None or action.id in self._busy:
+        """Restore what the action's plan recorded as ``before`` (succeeded, noop or timed-out actions of
+        reversible remediators); ActionConflictError in another state, NotReversibleError for the others."""
+        action = self._rec.stored(action.id)
+        if (
+            action.state not in (S.SUCCEEDED, S.NOOP, S.TIMED_OUT)
+            or action.plan is None
+            or action.id in self._busy
+        ):
             raise ActionConflictError(action.id, action.state, "roll back")
         remediator = remediators.get(action.remediation)()
         if not remediator.reversible:
@@ -314,21 +332,21 @@ class Executor:
         self._busy.add(action.id)
         try:
             intent = {"stage": "intent", "before": plan.before}
-            await self._audit(action, AuditKind.ROLLBACK, "rollback", intent, actor=actor)
+            await self._rec.record(action, AuditKind.ROLLBACK, "rollback", intent, actor=actor)
             try:
-                out = await remediator.rollback(self.ctx, plan)
+                out = await self._bounded(remediator.rollback(self.ctx, plan), "rollback")
             except _NOT_RECORDED as exc:
-                self._blocked(action, "rollback", exc)
+                self._rec.blocked(action, "rollback", exc)
                 raise
             except (RemediationError, PlatformError) as exc:
                 reason = f"rollback: {type(exc).__name__}: {exc}"
                 failed = {"stage": "result", "outcome": S.ROLLBACK_FAILED.value, "reason": reason}
-                await self._audit(action, AuditKind.ROLLBACK, "rollback", failed, actor=actor)
+                await self._rec.record(action, AuditKind.ROLLBACK, "rollback", failed, actor=actor)
                 return self.store.transition(
                     action.id, {action.state}, S.ROLLBACK_FAILED, actor=f"user:{user}", reason=reason
                 )
             details = {"stage": "result", "outcome": S.ROLLED_BACK.value, "result": out}
-            await self._audit(action, AuditKind.ROLLBACK, "rollback", details, actor=actor)
+            await self._rec.record(action, AuditKind.ROLLBACK, "rollback", details, actor=actor)
             result = {**action.result, "rollback": out}
             to = S.ROLLED_BACK
             return self.store.transition(action.id, {action.state}, to, actor=f"user:{user}", result=result)
@@ -347,11 +365,11 @@ class Executor:
                 out.append(await self.run(action))
             except AuditUnavailableError as exc:
                 log.error("resume stopped: audit log unavailable (%s); actions keep their state", exc)
-                out.append(self._stored(action.id))
+                out.append(self._rec.stored(action.id))
                 break
             except Exception:
                 log.exception("action %s: resume failed; it stays %s", action.id, action.state.value)
-                out.append(self._stored(action.id))
+                out.append(self._rec.stored(action.id))
         return out
 
     def next_due(self) -> float | None:
@@ -360,38 +378,3 @@ class Executor:
         return min(
             (a.result["deferred_until"] for a in running if "deferred_until" in a.result), default=None
         )
-
-    # -- helpers -----------------------------------------------------------------------------------------
-
-    def _stored(self, action_id: str) -> Action:
-        action = self.store.get(action_id)
-        if action is None:
-            raise ActionNotFoundError(f"no action {action_id}")
-        return action
-
-    async def _audit(
-        self,
-        action: Action,
-        kind: AuditKind,
-        what: str,
-        details: Mapping[str, Any],
-        *,
-        actor: Actor | None = None,
-    ) -> None:
-        """Append the record; on any failure note it on the timeline and re-raise (the step must not run)."""
-        record = action.to_json()
-        base = {"action": action.id, **{key: record[key] for key in _AUDIT_CONTEXT}}
-        try:
-            await self.audit.append(
-                actor or Actor.rule(action.rule), kind, action.target, {**base, **details}
-            )
-        except Exception as exc:
-            self._blocked(action, what, exc)
-            raise
-
-    def _blocked(self, action: Action, what: str, exc: Exception) -> None:
-        """Note on the timeline that ``what`` did not run because it could not be recorded."""
-        error = {"error": f"{type(exc).__name__}: {exc}"}
-        with contextlib.suppress(StoreError, ActionNotFoundError):  # the store may share the full disk
-            self.store.log(action.id, "vigil", f"{what} not run: not recorded", error)
-        log.error("action %s: %s not run, the action stays %s: %s", action.id, what, action.state.value, exc)

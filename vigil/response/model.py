@@ -4,16 +4,17 @@ States (the only transitions the store allows; anything else is a conflict)::
 
     ┌──────────────► refused        (maturity, blast radius, self-protection, breaker: decided, never run)
     │
- decided ──► pending_approval ──► approved ──► running ──► succeeded | noop | failed
+ decided ──► pending_approval ──► approved ──► running ──► succeeded | noop | failed | timed_out
     │             │  │                          ▲   │
     │             │  └──► rejected | expired    │   └──► (crash) running again on resume: check, then
     │             │                             │        continue at ``progress`` (steps done)
     ├──────────────────────────────────────────►┘ (approval auto)
     └──► dry_run                    (planned, audited and alerted; zero mutations)
 
-    succeeded | noop ──► rolled_back | rollback_failed   (reversible remediators, on request)
+    succeeded | noop | timed_out ──► rolled_back | rollback_failed   (reversible remediators, on request)
 
-The idempotency key is ``(rule, target, remediation, window)``, window = the start of the
+The idempotency key is ``(rule, target, remediation, window)`` (and the parameters resolved from templates,
+``templates.py``), window = the start of the
 ``response.idempotency_window`` the finding falls in: the store keeps one action per key, so a finding
 re-detected after a crash, events delivered three times, or two findings racing for the same target give
 one action and one mutation.
@@ -36,6 +37,9 @@ class ActionState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     NOOP = "noop"
     FAILED = "failed"
+    #: a remediator call ran past ``response.step_timeout`` and was cancelled: whether the step took
+    #: effect is unknown, so the action ends here (alerted, counted by the breaker) for a person to check
+    TIMED_OUT = "timed_out"
     REJECTED = "rejected"
     EXPIRED = "expired"
     REFUSED = "refused"
@@ -50,6 +54,7 @@ FINAL = frozenset(
         ActionState.SUCCEEDED,
         ActionState.NOOP,
         ActionState.FAILED,
+        ActionState.TIMED_OUT,
         ActionState.REJECTED,
         ActionState.EXPIRED,
         ActionState.REFUSED,

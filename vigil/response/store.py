@@ -47,9 +47,10 @@ SCHEMA_VERSION: Final = 1
 TRANSITIONS: Final[Mapping[ActionState, frozenset[ActionState]]] = {
     S.PENDING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.EXPIRED, S.REFUSED, S.DRY_RUN}),
     S.APPROVED: frozenset({S.RUNNING, S.DRY_RUN, S.REFUSED}),
-    S.RUNNING: frozenset({S.RUNNING, S.SUCCEEDED, S.NOOP, S.FAILED}),
+    S.RUNNING: frozenset({S.RUNNING, S.SUCCEEDED, S.NOOP, S.FAILED, S.TIMED_OUT}),
     S.SUCCEEDED: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
     S.NOOP: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
+    S.TIMED_OUT: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
 }
 INITIAL: Final = frozenset({S.PENDING_APPROVAL, S.APPROVED, S.REFUSED, S.DRY_RUN})
 #: states that do not count against blast-radius windows and rate limits (nothing was or will be done)

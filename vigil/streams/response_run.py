@@ -29,6 +29,7 @@ from vigil.response.policy import protection
 from vigil.response.stage import ResponseStage
 from vigil.response.store import ActionStore
 from vigil.rules.model import RuleSet
+from vigil.rules.schema_forms import parse_duration
 from vigil.streams import RunState
 from vigil.streams.azure_run import AzureRuntime
 from vigil.streams.platform_run import PlatformRuntime
@@ -98,7 +99,8 @@ def start_response(
             except Exception:
                 log.exception("response alert [%s] could not be queued for the sinks", kind)
 
-    executor = Executor(store, ctx, runtime.audit)
+    step_timeout = parse_duration(settings.response.step_timeout).total_seconds()
+    executor = Executor(store, ctx, runtime.audit, step_timeout=step_timeout)
     engine = ResponseEngine(store, executor, ctx, runtime.audit, settings.response, alert=alert)
 
     def rules() -> RuleSet:
