@@ -601,3 +601,46 @@ def test_a_batch_of_alerts_is_judged_and_stored_as_if_one_by_one(tmp_path: Path)
         assert results["batch"] == (["alert 0", "alert 1", "alert 3"], 2, 3)
 
     run(scenario)
+
+
+def test_a_dead_letter_is_raised_on_the_other_sinks_once_a_minute(tmp_path: Path) -> None:
+    """Reliability D2: PagerDuty refusing a page for good (400) is not only a counter: the other sinks get
+    a notice naming the sink, the alert and the reason; a burst of dead letters is one notice (the next
+    counts the rest), and a notice that is itself refused raises nothing further."""
+    outbox = Outbox(tmp_path / "vigil.db")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        with (
+            LoopServer(lambda n, body: (400, {"error": "summary too long"})) as pd,
+            LoopServer(lambda n, body: (200, {})) as teams,
+        ):
+            sinks = {"pd": LoopSink("pd", {"url": pd.url}), "teams": LoopSink("teams", {"url": teams.url})}
+            d = AlertDispatcher(outbox, sinks, client, backoff_base=0.01)
+            for n in range(3):
+                await d.submit(["pd"], alert(n))
+            await drive(d, lambda: states(outbox, "pd")["dead"] == 3 and states(outbox, "teams")["sent"] == 1)
+            await asyncio.sleep(0.05)
+            notices = [body for _, body, _ in teams.ledger]
+        [notice] = notices
+        assert notice["kind"] == "notice" and notice["rule"] == "vigil.alert-dead-letter"
+        assert notice["title"] == "alerts to pd are failing" and notice["severity"] == "high"
+        assert notice["summary"].startswith("pd refused alert 1 (alert 0): HTTP 400")
+        assert states(outbox, "pd")["dead"] == 3 and states(outbox, "teams")["dead"] == 0
+
+    run(scenario)
+
+
+def test_a_refused_dead_letter_notice_raises_nothing_further(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "vigil.db")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        with LoopServer(lambda n, body: (400, {})) as pd, LoopServer(lambda n, body: (400, {})) as teams:
+            sinks = {"pd": LoopSink("pd", {"url": pd.url}), "teams": LoopSink("teams", {"url": teams.url})}
+            d = AlertDispatcher(outbox, sinks, client, backoff_base=0.01)
+            await d.submit(["pd"], alert(1))
+            await drive(d, lambda: states(outbox, "teams")["dead"] == 1)
+            await asyncio.sleep(0.1)
+            assert (len(pd.ledger), len(teams.ledger)) == (1, 1)  # no notice about the notice
+        assert states(outbox, "pd")["dead"] == 1
+
+    run(scenario)

@@ -12,6 +12,13 @@ of low or informational severity is not stored for that sink; it is counted in `
 always stored. The finding and its incident are in the store either way: only that sink's message is left
 out.
 
+**Dead letters are raised elsewhere** (reliability D2): an alert that a sink refuses for good (a 400, the
+retry horizon passed) is counted and logged, and the dispatcher also sends a ``notice``
+(``rule: vigil.alert-dead-letter``, severity high) to every *other* configured sink, saying which sink
+dropped what and why, so a page that never reached PagerDuty is seen in Teams or Slack. At most one such
+notice per failing sink every :data:`DEAD_NOTICE_EVERY` seconds (a storm of 400s is one notice, which
+counts the others); a notice that is itself dead-lettered raises nothing further.
+
 Retention: delivered rows are deleted after ``keep_sent`` seconds (``alerts.keep_sent``, 7 days), at start
 and every :data:`PRUNE_EVERY` seconds; undelivered and dead rows are kept.
 """
@@ -20,14 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Unpack
 
 import httpx
 
-from vigil.alerts.model import Alert, AlertKind, Sink
-from vigil.alerts.outbox import Outbox
+from vigil.alerts.model import Alert, AlertKind, Sink, dedup_key
+from vigil.alerts.outbox import Outbox, OutboxEntry
 from vigil.alerts.redact import redact_text
 from vigil.alerts.worker import SinkWorker, WorkerOptions, pause
 
@@ -38,6 +46,10 @@ SHEDDABLE: Final = frozenset({"informational", "low"})
 PRUNE_EVERY: Final = 600.0
 #: delivered rows deleted per transaction
 PRUNE_SLICE: Final = 5000
+#: the rule of the notice that raises a dead letter on the other sinks
+DEAD_RULE: Final = "vigil.alert-dead-letter"
+#: seconds between two dead-letter notices about one sink (the ones in between are counted in the next)
+DEAD_NOTICE_EVERY: Final = 60.0
 
 
 class AlertDispatcher:
@@ -63,13 +75,56 @@ class AlertDispatcher:
         self.pruned = 0
         self._clock = worker.get("clock", time.time)
         self._sleep = worker.get("sleep", asyncio.sleep)
-        self.workers = {name: SinkWorker(outbox, sink, client, **worker) for name, sink in sinks.items()}
+        self.workers = {
+            name: SinkWorker(outbox, sink, client, on_dead=self._dead_letter, **worker)
+            for name, sink in sinks.items()
+        }
+        #: per failing sink: (monotonic time of its last dead-letter notice, dead letters since)
+        self._dead_notices: dict[str, tuple[float, int]] = {}
+        self._notices: set[asyncio.Task[Any]] = set()
         for name, sink in sinks.items():
             if sink.name != name:
                 raise ValueError(f"sink {sink!r} is configured under another name, {name!r}")
 
     def __repr__(self) -> str:
         return f"AlertDispatcher({sorted(self.workers)})"
+
+    def _dead_letter(self, entry: OutboxEntry, reason: str) -> None:
+        """A worker dead-lettered ``entry``: raise it on the other sinks (see module docstring)."""
+        others = [name for name in self.workers if name != entry.sink]
+        if entry.alert.rule == DEAD_RULE or not others:
+            return
+        now = time.monotonic()
+        last, held = self._dead_notices.get(entry.sink, (-math.inf, 0))
+        if now - last < DEAD_NOTICE_EVERY:
+            self._dead_notices[entry.sink] = (last, held + 1)
+            return
+        self._dead_notices[entry.sink] = (now, 0)
+        more = f" ({held} more since the last notice)" if held else ""
+        notice = Alert(
+            kind=AlertKind.NOTICE,
+            dedup_key=dedup_key(DEAD_RULE, entry.sink),
+            rule=DEAD_RULE,
+            title=f"alerts to {entry.sink} are failing",
+            severity="high",
+            summary=f"{entry.sink} refused alert {entry.id} ({entry.alert.title}): {reason}{more}",
+            time=self._clock(),
+            details={"sink": entry.sink, "entry": entry.id, "dedup_key": entry.dedup_key, "more": held},
+        )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (workers settle rows on the event loop; this is only a guard)
+            log.error("alerts: dead-letter notice not sent, no event loop: %s", notice.summary)
+            return
+        task = loop.create_task(self._notify_others(others, notice))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _notify_others(self, names: list[str], notice: Alert) -> None:
+        try:
+            await self.submit(names, notice)
+        except Exception:
+            log.exception("alerts: dead-letter notice not stored: %s", notice.summary)
 
     async def submit(self, sink_names: Iterable[str], alert: Alert) -> list[int]:
         """Store ``alert`` for every sink named (committed before this returns), then wake their workers.

@@ -139,9 +139,12 @@ class SinkWorker:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: Random = random,
+        on_dead: Callable[[OutboxEntry, str], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.sink = sink
+        #: told of every dead letter (the dispatcher raises it on the other sinks, reliability D2)
+        self.on_dead = on_dead
         self.name = sink.name
         self.client = client
         self.backoff_base = backoff_base
@@ -287,6 +290,8 @@ class SinkWorker:
         log.warning(
             "alerts: %s: dead letter %s (%s): %s", self.name, entry.id, entry.dedup_key, redact_text(reason)
         )
+        if self.on_dead is not None:
+            self.on_dead(entry, redact_text(reason))
 
     def _expire(self, entry: OutboxEntry, last_error: str, status: int | None = None) -> None:
         self.counters.expired += 1
