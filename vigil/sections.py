@@ -197,6 +197,10 @@ class PlatformSettings(Section):
         default_factory=dict, description="minimum TCB component versions, e.g. {snp: 22, microcode: 213}"
     )
     allow_debug: bool = Field(default=False, description="accept guests whose policy allows debugging")
+    min_guest_svn: int = Field(
+        default=0, ge=0, le=0xFFFFFFFF, description="the lowest GUEST_SVN (image security version) accepted"
+    )
+    allow_smt: bool = Field(default=True, description="accept guests whose policy allows SMT")
     tee_key_bits: int = Field(
         default=4096, ge=2048, le=4096, description="RSA size of the software TEE's local ARK and ASK"
     )

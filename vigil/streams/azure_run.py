@@ -183,7 +183,13 @@ async def _vault(settings: Settings, credential: Any, runtime: AzureRuntime) -> 
     verifier = None
     if a.attestation.maa_issuers:
         tcb = {k: p.min_tcb.get(k, 0) for k in ("bootloader", "tee", "snp", "microcode")}
-        policy = AttestationPolicy.build(p.allowed_measurements, tcb, allow_debug=p.allow_debug)
+        policy = AttestationPolicy.build(
+            p.allowed_measurements,
+            tcb,
+            allow_debug=p.allow_debug,
+            min_guest_svn=p.min_guest_svn,
+            allow_smt=p.allow_smt,
+        )
         verifier = MaaTokenVerifier(
             a.attestation.maa_issuers,
             policy,

@@ -4,9 +4,10 @@ One :class:`AttestationPolicy` judges both kinds of evidence the platform accept
 the same rules whether its proof is a raw report (the local attestation service,
 :mod:`vigil.platform.local.attestation`) or a Microsoft Azure Attestation token (:func:`verify_maa_token`):
 both are first reduced to :class:`SnpFacts` (:func:`facts_from_report`, :func:`facts_from_claims`).
-:meth:`AttestationPolicy.check_platform` (DEBUG and MIGRATE_MA bits, VMPL, every TCB component against
-its minimum, component by component) and :meth:`AttestationPolicy.check_identity` (launch measurement and
-HOST_DATA allow-lists) are split so the local service can check the VCEK's TCB and chip id in between.
+:meth:`AttestationPolicy.check_platform` (DEBUG, MIGRATE_MA and SMT bits, VMPL, GUEST_SVN, every TCB
+component against its minimum, component by component) and :meth:`AttestationPolicy.check_identity`
+(launch measurement and HOST_DATA allow-lists) are split so the local service can check the VCEK's TCB,
+the committed firmware and the chip id in between.
 
 Claims follow ``../shared/reference/azure.md`` §4.3: :func:`report_claims` names the report fields as MAA
 does (hex strings, ints, booleans, the TCB as ``-bootloader-svn``, ``-tee-svn``, ``-snpfw-svn``,
@@ -56,6 +57,8 @@ class SnpFacts:
     migration_allowed: bool
     vmpl: int
     tcb: TcbVersion
+    guest_svn: int = 0
+    smt_allowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,13 @@ class AttestationPolicy:
     allow_migration: bool = False
     vmpl: int = 0
     compliance_statuses: frozenset[str] = field(default=COMPLIANT)
+    #: the lowest GUEST_SVN accepted (the image's security version: raise it to retire vulnerable images)
+    min_guest_svn: int = 0
+    #: whether a guest whose policy allows SMT is accepted (SMT siblings share a core with other tenants)
+    allow_smt: bool = True
+    #: whether a report whose COMMITTED TCB or firmware differs from the CURRENT one is accepted (an
+    #: uncommitted firmware update can still be rolled back; checked on raw reports, which carry both)
+    allow_uncommitted: bool = False
 
     @classmethod
     def build(
@@ -98,8 +108,12 @@ class AttestationPolicy:
             raise AttestationError("debug policy bit set")
         if facts.migration_allowed and not self.allow_migration:
             raise AttestationError("migration agent allowed by policy")
+        if facts.smt_allowed and not self.allow_smt:
+            raise AttestationError("SMT allowed by policy")
         if facts.vmpl != self.vmpl:
             raise AttestationError(f"VMPL {facts.vmpl}, expected {self.vmpl}")
+        if facts.guest_svn < self.min_guest_svn:
+            raise AttestationError(f"guest SVN {facts.guest_svn} below minimum {self.min_guest_svn}")
         for name in facts.tcb.below(self.min_tcb):
             have, need = getattr(facts.tcb, name), getattr(self.min_tcb, name)
             raise AttestationError(f"TCB component {name} {have} below minimum {need}")
@@ -126,6 +140,8 @@ def facts_from_report(report: AttestationReport, product: str = "Milan") -> SnpF
         migration_allowed=report.migrate_ma,
         vmpl=report.vmpl,
         tcb=report.tcb("reported", product),
+        guest_svn=report.guest_svn,
+        smt_allowed=report.smt_allowed,
     )
 
 
@@ -179,6 +195,8 @@ def facts_from_claims(scope: Mapping[str, Any]) -> SnpFacts:
         migration_allowed=claim("migration-allowed", bool),
         vmpl=claim("vmpl", int),
         tcb=TcbVersion(**tcb),
+        guest_svn=claim("guestsvn", int),
+        smt_allowed=claim("smt-allowed", bool),
     )
 
 

@@ -126,6 +126,8 @@ def snp_claims(issuer: str, *, nested: bool = False, **changes: Any) -> dict[str
         "x-ms-sevsnpvm-is-debuggable": False,
         "x-ms-sevsnpvm-migration-allowed": False,
         "x-ms-sevsnpvm-vmpl": 0,
+        "x-ms-sevsnpvm-guestsvn": 2,
+        "x-ms-sevsnpvm-smt-allowed": True,
         "x-ms-sevsnpvm-bootloader-svn": 3,
         "x-ms-sevsnpvm-tee-svn": 0,
         "x-ms-sevsnpvm-snpfw-svn": 8,

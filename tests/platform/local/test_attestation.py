@@ -356,6 +356,25 @@ def test_f5_tcb_minimums_per_component_and_the_vcek_tcb(env: Env) -> None:
     nonce, bundle = env.evidence()
     behind = env.resign(bundle, current_tcb=replace(TCB, snp=21).to_raw())
     assert env.reason(behind, nonce) == "reported TCB exceeds the current TCB"
+    # COMMITTED != CURRENT: an uncommitted firmware update can still be rolled back
+    uncommitted = "committed TCB or firmware differs from the current one"
+    for changes in (
+        {"committed_tcb": replace(TCB, snp=TCB.snp - 1).to_raw()},
+        {"committed_build": 20},
+        {"committed_minor": 54},
+    ):
+        nonce, bundle = env.evidence()
+        assert env.reason(env.resign(bundle, **changes), nonce) == uncommitted
+
+
+def test_f5_guest_svn_minimum_and_uncommitted_firmware_by_policy(
+    token_issuer: TokenIssuer, amd: SoftwareAmd, node_a_key: rsa.RSAPrivateKey
+) -> None:
+    strict = make_env(token_issuer, amd, node_a_key, min_guest_svn=2)
+    nonce, bundle = strict.evidence()  # the image's GUEST_SVN is 1
+    assert strict.reason(bundle, nonce) == "guest SVN 1 below minimum 2"
+    nonce, bundle = strict.evidence(strict.tee.with_config(guest_svn=2))
+    assert strict.attest(bundle, nonce)
 
 
 def test_f6_identity_measurement_host_data_vmpl_chip_and_signer(env: Env, detector: Detector) -> None:
@@ -365,6 +384,11 @@ def test_f6_identity_measurement_host_data_vmpl_chip_and_signer(env: Env, detect
         (env.tee.with_config(vmpl=1), "VMPL 1, expected 0"),
         (env.tee.with_config(policy=guest_policy(migrate_ma=True)), "migration agent allowed by policy"),
     ]
+    no_smt = make_env(env.issuer, env.tee.amd, env.key, allow_smt=False)
+    nonce, bundle = no_smt.evidence(no_smt.tee.with_config(policy=guest_policy(smt=True)))
+    assert no_smt.reason(bundle, nonce) == "SMT allowed by policy"
+    nonce, bundle = no_smt.evidence(no_smt.tee.with_config(policy=guest_policy(smt=False)))
+    assert no_smt.attest(bundle, nonce)
     for tee, reason in cases:
         nonce, bundle = env.evidence(tee)
         assert env.reason(bundle, nonce) == reason

@@ -38,6 +38,8 @@ CVM_CLAIMS: dict[str, Any] = {
         "x-ms-compliance-status": "azure-compliant-cvm",
         "x-ms-sevsnpvm-is-debuggable": False,
         "x-ms-sevsnpvm-vmpl": 0,
+        "x-ms-sevsnpvm-guestsvn": 2,
+        "x-ms-sevsnpvm-smt-allowed": True,
     },
 }
 

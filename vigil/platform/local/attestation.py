@@ -94,6 +94,8 @@ class LocalAttestationService:
         allow_debug: bool = False,
         allow_migration: bool = False,
         vmpl: int = 0,
+        min_guest_svn: int = 0,
+        allow_smt: bool = True,
         nonce_ttl: float = MAX_NONCE_TTL,
         token_ttl: float = 3600.0,
         observer: PlatformObserver | None = None,
@@ -115,6 +117,8 @@ class LocalAttestationService:
             allow_debug=allow_debug,
             allow_migration=allow_migration,
             vmpl=vmpl,
+            min_guest_svn=min_guest_svn,
+            allow_smt=allow_smt,
         )
         self._ark = x509.load_pem_x509_certificate(root_pem)
         try:
@@ -203,6 +207,11 @@ class LocalAttestationService:
             raise AttestationError("VCEK TCB does not match the reported TCB")
         if report.tcb("current", self._product).below(facts.tcb):
             raise AttestationError("reported TCB exceeds the current TCB")
+        if not self.policy.allow_uncommitted:
+            current = (report.current_major, report.current_minor, report.current_build)
+            committed = (report.committed_major, report.committed_minor, report.committed_build)
+            if report.committed_tcb != report.current_tcb or committed != current:
+                raise AttestationError("committed TCB or firmware differs from the current one")
         if report.mask_chip_id or not hmac.compare_digest(report.chip_id[: len(hwid)], hwid):
             raise AttestationError("chip id does not match the VCEK")
         self.policy.check_identity(facts)

@@ -112,6 +112,8 @@ class LocalPlatform:
                 allowed_measurements=settings.allowed_measurements,
                 min_tcb={part: settings.min_tcb.get(part, 0) for part in TCB_PARTS},
                 allow_debug=settings.allow_debug,
+                min_guest_svn=settings.min_guest_svn,
+                allow_smt=settings.allow_smt,
                 observer=self._observer,
             )
         return self._attestation
