@@ -5,6 +5,7 @@ during the reloads is lost."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,6 +131,14 @@ def test_reload_endpoint_and_no_event_lost_while_reloading(daemon: tuple[str, st
             (work / "rules" / "main.yaml").write_text(text, encoding="utf-8")
             r = httpx.post(f"{base}/v1/rules/reload", headers=auth, timeout=30)
             assert r.status_code == 200 and r.json()["ok"] is True, r.text
+        # a broken set through the endpoint: 422 with the diagnostics, at path:line:col; the set runs on
+        (work / "rules" / "main.yaml").write_text(BURST.replace("severity: high", "severity: urgent"))
+        r = httpx.post(f"{base}/v1/rules/reload", headers=auth, timeout=30)
+        assert r.status_code == 422 and r.json()["ok"] is False, r.text
+        assert any(re.search(r"main\.yaml:\d+:\d+: E112", e) for e in r.json()["errors"]), r.text
+        assert [x["id"] for x in httpx.get(f"{base}/v1/rules").json()["rules"]] == ["t.burst", "t.any-delete"]
+        (work / "rules" / "main.yaml").write_text(BURST, encoding="utf-8")
+        assert httpx.post(f"{base}/v1/rules/reload", headers=auth, timeout=30).status_code == 200
     finally:
         stop.set()
         thread.join(30)
