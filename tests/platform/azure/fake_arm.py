@@ -116,6 +116,7 @@ class Fault:
     retry_after: str | None
     times: int
     after_apply: bool
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,10 +266,14 @@ class FakeArm:
 
     def fail(
         self, method: str, pattern: str, status: int, *, retry_after: str | None = None, times: int = 1,
-        after_apply: bool = False,
+        after_apply: bool = False, headers: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
-        """Answer the next ``times`` requests ``method`` whose path matches ``pattern`` with ``status``."""
-        self.faults.append(Fault(method, re.compile(pattern, re.I), status, retry_after, times, after_apply))
+        """Answer the next ``times`` requests ``method`` whose path matches ``pattern`` with ``status``
+        (and ``headers``, such as ``retry-after-ms``)."""
+        fault = Fault(
+            method, re.compile(pattern, re.I), status, retry_after, times, after_apply, headers or {}
+        )
+        self.faults.append(fault)
 
     def calls(self, method: str | None = None, pattern: str = "") -> list[Call]:
         with self.lock:
@@ -302,6 +307,7 @@ class FakeArm:
                 if fault.after_apply:
                     self._route(method, path, query, body)
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                headers |= fault.headers
                 code = "TooManyRequests" if fault.status == 429 else "ServiceUnavailable"
                 return fault.status, headers, {"error": {"code": code, "message": "injected by the fake"}}
         return self._route(method, path, query, body)

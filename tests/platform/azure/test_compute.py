@@ -177,6 +177,28 @@ def test_429_retry_after_is_honoured_and_a_503_after_deallocate_is_not_resent(
     assert power(fake) == "deallocated"
 
 
+@pytest.mark.parametrize("header", ["retry-after-ms", "x-ms-retry-after-ms"])
+def test_429_with_a_millisecond_retry_header_is_honoured(
+    env: tuple[FakeArm, ArmConfig], tmp_path: Path, header: str
+) -> None:
+    """ARM's other throttling headers (reliability C4): the wait they advise, in milliseconds, is kept."""
+    fake, arm = env
+    fake.fail("GET", r"/networkInterfaces/cvm-1-nic0$", 429, headers={header: "1200"})
+
+    async def main() -> None:
+        provider = compute(arm, tmp_path, snapshot=False)
+        try:
+            node = await provider.quarantine("vigil", "cvm-1", reason="test", evidence={})
+            assert node.state == NodeState.QUARANTINED
+        finally:
+            await provider.close()
+
+    asyncio.run(main())
+    throttled, retried = fake.calls("GET", r"/networkInterfaces/cvm-1-nic0$")[:2]
+    assert (throttled.status, retried.status) == (429, 200)
+    assert retried.time - throttled.time >= 1.15
+
+
 def test_crash_during_deallocate_resumes_polling_without_a_second_post(
     env: tuple[FakeArm, ArmConfig], tmp_path: Path
 ) -> None:
