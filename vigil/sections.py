@@ -83,6 +83,12 @@ class HttpSettings(Section):
         default=200_000, ge=1, description="events stored but not yet detected before ingestion answers 429"
     )
     max_skew: int = Field(default=300, ge=1, description="seconds an HMAC signature's timestamp may be off")
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=600, description="seconds a connection has to send each request head"
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="open connections past this are closed at once"
+    )
     read_auth: bool = Field(
         default=False,
         description="require a bearer token (the local token or a platform API token) on the read API: "

@@ -250,6 +250,18 @@ def render_metrics(state: RunState) -> str:
             for (src, why), v in sorted(http.rejected.items())
         ],
     )
+    metric(
+        "vigil_http_connections_refused_total",
+        "counter",
+        "Connections closed at once, past http.max_connections.",
+        http.connections_refused,
+    )
+    metric(
+        "vigil_http_header_timeouts_total",
+        "counter",
+        "Connections closed for not sending a request head within http.header_timeout.",
+        http.header_timeouts,
+    )
     for name, kind, help_text, samples in platform_metrics(state):
         family(name, kind, help_text, samples)
     return "\n".join(lines) + "\n"

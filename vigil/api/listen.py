@@ -1,15 +1,30 @@
 """The daemon's listening socket and HTTP server: bound by us rather than by uvicorn, so that a busy port is
 a clear error and exit status 1 instead of uvicorn's ``sys.exit`` inside our loop, and so that the real port
-is known and logged when ``http.port`` is 0."""
+is known and logged when ``http.port`` is 0.
+
+:func:`guarded_protocol` adds the two connection limits uvicorn lacks (reliability E2). uvicorn closes an
+idle keep-alive connection after a few seconds, but a connection that never completes a request head is
+kept for ever: ten thousand idle sockets, or a slowloris trickling one header byte at a time, hold a file
+descriptor each until the process can accept nothing. So a connection must complete each request head
+within ``header_timeout`` seconds of waiting for it (from the connection, or from the first byte after a
+response), and past ``max_connections`` open connections a new one is closed at once, before it costs
+more than its accept. Both are counted (``vigil_http_header_timeouts_total``,
+``vigil_http_connections_refused_total``). A request whose head arrived is the application's: its body
+is bounded by ``http.max_body_bytes``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 from collections.abc import Generator
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from vigil.streams import HttpIngestStats
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -46,3 +61,51 @@ class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def guarded_protocol(
+    stats: HttpIngestStats, header_timeout: float, max_connections: int
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a request-head deadline and a connection cap (see module docstring)."""
+
+    class Guarded(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                stats.connections_refused += 1
+                transport.close()
+                return
+            self._await_head()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_request():
+                self._stop_head_timer()
+            else:
+                self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _in_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _await_head(self) -> None:
+            if self._head_timer is None and not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(header_timeout, self._head_expired)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            if not self._in_request() and not self.transport.is_closing():
+                stats.header_timeouts += 1
+                self.transport.close()
+
+    return Guarded

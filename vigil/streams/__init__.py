@@ -81,6 +81,10 @@ class HttpIngestStats:
     throttled: dict[str, int] = field(default_factory=dict)
     #: requests answered 503 because the store could not commit them
     store_errors: dict[str, int] = field(default_factory=dict)
+    #: connections closed at once, past ``http.max_connections`` (``vigil.api.listen``)
+    connections_refused: int = 0
+    #: connections closed for not sending a request head within ``http.header_timeout``
+    header_timeouts: int = 0
 
     @staticmethod
     def bump(counter: dict[K, int], key: K, n: int = 1) -> None:

@@ -31,7 +31,7 @@ import uvicorn
 from vigil import logs
 from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
-from vigil.api.listen import Server, bind, url_of
+from vigil.api.listen import Server, bind, guarded_protocol, url_of
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
 from vigil.fsutil import DAEMON_URL_FILE, LockedError, ProcessLock, atomic_write
@@ -260,6 +260,7 @@ async def _serve(
         access_log=settings.log_level == "DEBUG",  # probes every few seconds would drown the log
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn logs through ours, in the same format
+        http=guarded_protocol(state.http_ingest, settings.http.header_timeout, settings.http.max_connections),
     )
     server = Server(config)
     stopping = asyncio.Event()

@@ -1,0 +1,100 @@
+"""The HTTP server's connection limits (reliability E2) over real TCP: uvicorn with Vigil's guarded protocol
+on a loopback port, raw sockets as the slow and idle clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import uvicorn
+
+from vigil.api.listen import Server, bind, guarded_protocol, url_of
+from vigil.streams import HttpIngestStats
+
+
+async def _ok(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
+    """A minimal ASGI app: 200 "ok" to every request."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _serving(stats: HttpIngestStats, header_timeout: float, max_connections: int) -> tuple[Server, str]:
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(
+        _ok, log_config=None, http=guarded_protocol(stats, header_timeout, max_connections), lifespan="off"
+    )
+    server = Server(config)
+    asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, url_of(sock)
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.settimeout(5)
+    return s
+
+
+async def _closed_by_server(s: socket.socket) -> bool:
+    """Whether the server closed ``s`` (a read gives EOF)."""
+    try:
+        return await asyncio.to_thread(s.recv, 1) == b""
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_on() -> None:
+    async def main() -> None:
+        stats = HttpIngestStats()
+        server, url = await _serving(stats, header_timeout=0.3, max_connections=100)
+        try:
+            idle = [_connect(url) for _ in range(20)]  # never send a byte
+            slow = _connect(url)
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+            started = time.monotonic()
+            assert all(await asyncio.gather(*(_closed_by_server(s) for s in [*idle, slow])))
+            assert time.monotonic() - started < 3
+            assert stats.header_timeouts == 21
+            async with httpx.AsyncClient(base_url=url) as client:  # keep-alive: two requests, one socket
+                assert (await client.get("/")).text == "ok"
+                await asyncio.sleep(0.5)  # idle between requests: uvicorn's keep-alive, not the head deadline
+                assert (await client.get("/")).text == "ok"
+            assert stats.header_timeouts == 21
+            for s in [*idle, slow]:
+                s.close()
+        finally:
+            server.should_exit = True
+            await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+
+
+def test_connections_past_the_cap_are_closed_at_once() -> None:
+    async def main() -> None:
+        stats = HttpIngestStats()
+        server, url = await _serving(stats, header_timeout=5.0, max_connections=5)
+        try:
+            held = [_connect(url) for _ in range(5)]
+            await asyncio.sleep(0.1)
+            extra = _connect(url)
+            assert await _closed_by_server(extra)
+            assert stats.connections_refused == 1
+            held.pop().close()  # one slot frees up: a request gets through again
+            await asyncio.sleep(0.1)
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/")).status_code == 200
+            for s in [*held, extra]:
+                s.close()
+        finally:
+            server.should_exit = True
+            await asyncio.sleep(0.2)
+
+    asyncio.run(main())
