@@ -644,3 +644,45 @@ def test_a_refused_dead_letter_notice_raises_nothing_further(tmp_path: Path) -> 
         assert states(outbox, "pd")["dead"] == 1
 
     run(scenario)
+
+
+class WallClock:
+    """Wall time: a monotonic fake plus an offset that a test steps (NTP, ``date -s``)."""
+
+    def __init__(self, mono: FakeClock) -> None:
+        self.mono = mono
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self.mono() + self.offset
+
+
+def test_a_wall_clock_step_back_does_not_stretch_a_rate_limit(tmp_path: Path) -> None:
+    """Reliability I2: the sink's rate limit runs on the monotonic clock. On wall time, a step back of five
+    minutes right after a send would have held the next alert for five minutes and a second."""
+    mono = FakeClock()
+    wall = WallClock(mono)
+    outbox = Outbox(tmp_path / "vigil.db", clock=wall)
+
+    class Teams(LoopSink):
+        per_second = 1.0
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        with LoopServer(clock=mono) as server:
+            d = AlertDispatcher(
+                outbox,
+                {"teams": Teams("teams", {"url": server.url})},
+                client,
+                clock=wall,
+                monotonic=mono,
+                sleep=mono.sleep,
+            )
+            await d.submit(["teams"], alert(0))
+            await drive(d, lambda: states(outbox, "teams")["sent"] == 1)
+            wall.offset -= 300.0
+            await d.submit(["teams"], alert(1))
+            await drive(d, lambda: states(outbox, "teams")["sent"] == 2)
+            first, second = (t for t, _, _ in server.ledger)
+        assert second - first < 5.0
+
+    run(scenario)

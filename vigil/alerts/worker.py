@@ -119,6 +119,7 @@ class WorkerOptions(TypedDict, total=False):
     horizon: float
     queue_size: int
     clock: Clock
+    monotonic: Clock | None
     sleep: Sleep
     rng: Random
 
@@ -139,8 +140,13 @@ class SinkWorker:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: Random = random,
+        monotonic: Clock | None = None,
         on_dead: Callable[[OutboxEntry, str], None] | None = None,
     ) -> None:
+        """``clock`` (wall seconds) times what the outbox stores (``next_at``, the retry horizon);
+        ``monotonic`` the sink's rate limits, held only in memory, so that a wall-clock step back does not
+        hold pages for as long as the step (reliability I2). None: :func:`time.monotonic`, or ``clock`` when
+        one was injected (tests drive a single fake time)."""
         self.outbox = outbox
         self.sink = sink
         #: told of every dead letter (the dispatcher raises it on the other sinks, reliability D2)
@@ -154,6 +160,7 @@ class SinkWorker:
         self._queue: asyncio.Queue[int] = asyncio.Queue(maxsize=max(1, queue_size))
         self._wake = asyncio.Event()
         self._clock = clock
+        self._mono = monotonic or (time.monotonic if clock is time.time else clock)
         self._sleep = sleep
         self._rng = rng
         limits = (RateLimit.of(sink.per_second, 1.0), RateLimit.of(sink.per_hour, 3600.0))
@@ -242,14 +249,14 @@ class SinkWorker:
         if self._clock() - entry.created >= self.horizon:
             self._expire(entry, entry.last_error or "never attempted")
             return
-        while (wait := max((limit.wait(self._clock()) for limit in self._limits), default=0.0)) > 0:
+        while (wait := max((limit.wait(self._mono()) for limit in self._limits), default=0.0)) > 0:
             await self._pause(stop, wait)
             if stop.is_set():
                 return
         if not self.outbox.mark_sending(entry_id):
             return
         for limit in self._limits:
-            limit.record(self._clock())
+            limit.record(self._mono())
         self.counters.attempts += 1
         self.counters.in_flight += 1
         try:
