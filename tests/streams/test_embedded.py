@@ -234,6 +234,23 @@ def test_a_busy_port_is_a_clear_error(workdir: Path) -> None:
             proc.stop()
 
 
+def test_a_corrupt_store_stops_the_start_and_is_left_as_it_is(workdir: Path) -> None:
+    """Reliability H4: a damaged vigil.db is a clear error and exit 1, never a fresh store in its place
+    (that would lose the dedup state, the cursors and the actions): nothing runs, nothing is remediated,
+    and the file is kept for the operator to inspect or restore."""
+    store = workdir / "var" / "vigil.db"
+    store.parent.mkdir(parents=True)
+    garbage = bytes(range(256)) * 32
+    store.write_bytes(garbage)
+    proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
+    try:
+        assert proc.wait(30) == 1
+        proc.wait_for_log(rf"cannot open the store: {re.escape(str(store))}: .*file is not a database")
+    finally:
+        proc.stop()
+    assert store.read_bytes() == garbage
+
+
 def test_a_second_daemon_on_the_same_store_stops_and_a_killed_one_leaves_no_stale_lock(workdir: Path) -> None:
     argv = [*COMMANDS["serve"], str(workdir / "profile.yaml")]
     first = Daemon(argv, workdir)
