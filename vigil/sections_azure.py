@@ -75,6 +75,11 @@ class AzureAttestation(Section):
     )
     leeway: float = Field(default=60.0, ge=0, description="seconds of clock skew allowed on exp/iat")
     min_refresh: float = Field(default=300.0, gt=0, description="seconds between JWKS refreshes")
+    jwks_max_age: float = Field(
+        default=86400.0,
+        gt=0,
+        description="seconds a fetched JWKS verifies tokens; then a new fetch must succeed",
+    )
 
 
 class AzureHub(Section):

@@ -195,6 +195,7 @@ async def _vault(settings: Settings, credential: Any, runtime: AzureRuntime) -> 
             policy,
             leeway=a.attestation.leeway,
             min_refresh=a.attestation.min_refresh,
+            max_age=a.attestation.jwks_max_age,
             verify_tls=a.ca_bundle or True,
         )
     kv = a.keyvault

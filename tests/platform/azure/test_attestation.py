@@ -48,6 +48,8 @@ class Maa:
         self.ca_path = str(ca)
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.fetches = 0
+        #: serve a non-JSON body instead of the JWKS (an endpoint in trouble)
+        self.garbage = False
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         outer = self
@@ -59,6 +61,8 @@ class Maa:
             def do_GET(self) -> None:
                 outer.fetches += 1
                 body = json.dumps(outer.jwks() if self.path == "/certs" else {}).encode()
+                if outer.garbage:
+                    body = b"<html>maintenance</html>"
                 self.send_response(200 if self.path == "/certs" else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -213,6 +217,30 @@ def test_key_rollover_refetches_once_and_rate_limits(maa: Maa, rsa_keys: list[rs
     now[0] += 301
     with pytest.raises(ReleaseDeniedError, match="unknown key id"):
         check.verify(forged)
+    assert maa.fetches == 3
+
+
+def test_a_jwks_endpoint_serving_garbage_keeps_the_last_keys_until_max_age_then_fails_closed(
+    maa: Maa,
+) -> None:
+    """Reliability E6: the last good keys keep verifying for max_age; after it, tokens are refused until a
+    fetch succeeds, and the fetches stay min_refresh apart however many tokens arrive."""
+    now = [1000.0]
+    check = verifier(maa, min_refresh=300.0, max_age=3600.0, clock=lambda: now[0])
+    token = maa.token("k1", snp_claims(maa.issuer))
+    check.verify(token)
+    maa.garbage = True
+    now[0] += 3000  # within max_age: the cached keys verify, nothing is fetched
+    check.verify(token)
+    assert maa.fetches == 1
+    now[0] += 700  # past max_age: a fetch is due, it gets garbage, the token is refused
+    for _ in range(20):
+        with pytest.raises(ReleaseDeniedError, match="no JWKS for the issuer"):
+            check.verify(token)
+    assert maa.fetches == 2  # one attempt, not twenty
+    maa.garbage = False
+    now[0] += 301
+    assert check.verify(token).issuer == maa.issuer
     assert maa.fetches == 3
 
 

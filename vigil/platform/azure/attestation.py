@@ -14,6 +14,10 @@ adds is what a long-running daemon needs around it:
   issuer has no cached set yet, makes the verifier fetch that issuer's JWKS again and retry once. Fetches
   per issuer are at least ``min_refresh`` seconds apart, so tokens with made-up key ids cannot turn the
   verifier into a load generator against MAA; inside that window the token is refused.
+* **Keys expire** (reliability E6). A cached JWKS is used for ``max_age`` seconds after it was fetched
+  (24 h by default); past that it no longer verifies anything until a fetch succeeds. So an endpoint that is
+  down or serves garbage keeps the last good keys working for a day, then fails closed instead of trusting
+  keys that MAA may have retired; the fetch it then needs is rate-limited by ``min_refresh`` like any other.
 * **The protocol's error.** ``verify_maa_token`` raises AttestationError; a TokenVerifier raises
   :class:`~vigil.platform.errors.ReleaseDeniedError`, with the same fixed reason (never the token).
 
@@ -57,6 +61,7 @@ class MaaTokenVerifier:
         *,
         leeway: float = 60.0,
         min_refresh: float = 300.0,
+        max_age: float = 86400.0,
         timeout: float = 5.0,
         verify_tls: str | bool = True,  # a CA bundle path for a private CA (tests)
         clock: Callable[[], float] = time.monotonic,
@@ -67,18 +72,21 @@ class MaaTokenVerifier:
         for issuer in self._issuers:
             if not issuer.startswith("https://"):
                 raise ValueError(f"MAA issuer {issuer!r} is not an https URL")
-        if leeway < 0 or min_refresh < 0 or timeout <= 0:
-            raise ValueError("leeway and min_refresh must not be negative, timeout must be positive")
+        if leeway < 0 or min_refresh < 0 or timeout <= 0 or max_age <= 0:
+            raise ValueError("leeway and min_refresh must not be negative, timeout and max_age positive")
         self._policy = policy
         self._leeway = leeway
         self._min_refresh = min_refresh
+        self._max_age = max_age
         self._timeout = timeout
         self._verify_tls: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=verify_tls) if isinstance(verify_tls, str) else verify_tls
         )
         self._clock = clock
         self._jwks: dict[str, Mapping[str, Any]] = {}
+        #: when each issuer's JWKS was last fetched (attempted) and last fetched successfully
         self._fetched: dict[str, float] = {}
+        self._valid_from: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
@@ -126,6 +134,7 @@ class MaaTokenVerifier:
             return False
         with self._lock:
             self._jwks[issuer] = document
+            self._valid_from[issuer] = now
         log.info("JWKS of %s refreshed (%d keys)", issuer, len(document.get("keys", [])))
         return True
 
@@ -135,8 +144,9 @@ class MaaTokenVerifier:
             await asyncio.to_thread(self.refresh, issuer)
 
     def _verify(self, token: str) -> VerifiedToken:
-        with self._lock:
-            jwks = dict(self._jwks)
+        now = self._clock()
+        with self._lock:  # (a JWKS past max_age is as good as none: the token's verify asks for a fetch)
+            jwks = {i: d for i, d in self._jwks.items() if now - self._valid_from[i] < self._max_age}
         return verify_maa_token(
             token, issuers=self._issuers, jwks=jwks, policy=self._policy, leeway=self._leeway
         )
