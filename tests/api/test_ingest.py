@@ -204,6 +204,21 @@ def test_auth_rules() -> None:
     assert signature(auth, "garbage", body, now, 300) == "bad_signature"
 
 
+def test_credential_rotation_overlaps_for_tokens_and_query_codes() -> None:
+    """Reliability H7: during a rotation both the old and the new credential are listed and both work;
+    once the old one is removed it is refused, whichever kind it is."""
+    rotating = SourceAuth(tokens=["old-token", "new-token"], query_secrets=["old-code", "new-code"])
+    for token in ("old-token", "new-token"):
+        assert pre_body(rotating, {"authorization": f"Bearer {token}"}, {}, None) == ""
+    for code in ("old-code", "new-code"):
+        assert pre_body(rotating, {}, {"code": code}, None) == ""
+    rotated = SourceAuth(tokens=["new-token"], query_secrets=["new-code"])
+    assert pre_body(rotated, {"authorization": "Bearer new-token"}, {}, None) == ""
+    assert pre_body(rotated, {}, {"code": "new-code"}, None) == ""
+    assert pre_body(rotated, {"authorization": "Bearer old-token"}, {}, None) == "bad_token"
+    assert pre_body(rotated, {}, {"code": "old-code"}, None) == "bad_code"
+
+
 def test_readiness_and_store_failures(tmp_path: Path) -> None:
     profile = tmp_path / "profile.yaml"
     profile.write_text(f"data_dir: {tmp_path / 'var'}\nhttp:\n  max_backlog: 10\n", encoding="utf-8")
