@@ -250,6 +250,12 @@ class ResponseSettings(Section):
         description="seconds a rule's findings are gathered before blast-radius checks",
     )
     rate_limit: int = Field(default=10, ge=1, description="actions per remediator per minute")
+    max_targets: int | None = Field(
+        default=10,
+        ge=1,
+        description="blast radius of an action whose rule sets neither max_targets nor max_percent: more "
+        "targets in one idempotency window stops them all (null: no default cap)",
+    )
     breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open a breaker")
     breaker_cooldown: DurationText = Field(default="5m", description="an open breaker's pause")
     step_timeout: DurationText = Field(

@@ -152,6 +152,24 @@ def test_blast_radius_helper_without_caps() -> None:
     assert blast_radius({f"n{i}" for i in range(1000)}, AUTO, 1000, "node") is None
 
 
+def test_a_rule_that_sets_no_cap_gets_the_default_one() -> None:
+    """Reliability B5: a match-everything rule whose author left the caps out does not reach the fleet:
+    response.max_targets (10) applies; the rule's own cap, count or percent, replaces it."""
+    ds = decide([prop(f"n{i}") for i in range(40)])
+    assert outcomes(ds) == ["refused"] * 40
+    assert {d.reason for d in ds} == {
+        "blast radius: 40 targets > response.max_targets 10 (the rule sets no cap of its own)"
+    }
+    assert outcomes(decide([prop(f"n{i}") for i in range(10)])) == ["run"] * 10
+    assert outcomes(decide([prop(f"n{i}") for i in range(8)], recent={"x1", "x2", "x3"})) == ["refused"] * 8
+    wide = RemediateAction("quarantine_vm", "{{ node.id }}", approval="auto", max_targets=50)
+    assert outcomes(decide([prop(f"n{i}", wide) for i in range(40)])) == ["run"] * 40
+    share = RemediateAction("quarantine_vm", "{{ node.id }}", approval="auto", max_percent=50)
+    assert outcomes(decide([prop(f"n{i}", share) for i in range(40)], fleet=100)) == ["run"] * 40
+    unlimited = ResponseSettings(max_targets=None)
+    assert outcomes(decide([prop(f"n{i}") for i in range(40)], settings=unlimited)) == ["run"] * 40
+
+
 def test_a_batch_is_one_rule_and_one_action() -> None:
     other = Proposal("r.other", "stable", "bob", AUTO, "f", None, "n1", 0.0)
     with pytest.raises(ValueError, match="one rule and one remediate action"):

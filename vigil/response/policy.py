@@ -109,11 +109,26 @@ def protected_reason(target: str, target_kind: str, protected: Protected) -> str
     return None
 
 
-def blast_radius(targets: set[str], action: RemediateAction, fleet_size: int, target_kind: str) -> str | None:
-    """Why ``targets`` (this batch and the recent ones) exceed the action's caps, or None when they don't."""
+def blast_radius(
+    targets: set[str],
+    action: RemediateAction,
+    fleet_size: int,
+    target_kind: str,
+    default_max_targets: int | None = None,
+) -> str | None:
+    """Why ``targets`` (this batch and the recent ones) exceed the action's caps, or None when they don't.
+
+    An action that sets neither cap gets ``default_max_targets`` (``response.max_targets``): a rule that
+    matches everything must not reach the whole fleet because its author left the caps out (B5)."""
     count = len(targets)
     if action.max_targets is not None and count > action.max_targets:
         return f"blast radius: {count} targets > max_targets {action.max_targets}"
+    uncapped = action.max_targets is None and action.max_percent is None
+    if uncapped and default_max_targets is not None and count > default_max_targets:
+        return (
+            f"blast radius: {count} targets > response.max_targets {default_max_targets} "
+            "(the rule sets no cap of its own)"
+        )
     if action.max_percent is not None and count:
         if fleet_size <= 0:
             return f"blast radius: the fleet of {target_kind}s is empty or unknown; max_percent cannot hold"
@@ -146,7 +161,7 @@ def decide_batch(
     if any(not same_action(proposals[0], p) for p in proposals):
         raise ValueError("decide_batch takes the proposals of one rule and one remediate action")
     resolved = {p.target for p in proposals if not p.problem}
-    too_far = blast_radius(resolved | recent_targets, action, fleet_size, target_kind)
+    too_far = blast_radius(resolved | recent_targets, action, fleet_size, target_kind, settings.max_targets)
     dry_run = settings.dry_run
     needs_person = action.approval != "auto" or proposals[0].rule_status != "stable"
     out: list[Decision] = []
