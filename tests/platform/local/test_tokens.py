@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 import stat
 import time
 from pathlib import Path
@@ -71,12 +72,17 @@ def test_reserved_claims_belong_to_the_issuer(token_issuer: TokenIssuer) -> None
 
 def test_expired_and_not_yet_valid_tokens(token_issuer: TokenIssuer) -> None:
     verifier = JwksTokenVerifier({ISSUER: token_issuer.jwks()}, leeway=60)
-    assert denied(verifier, token_issuer.issue({}, ttl=3600, now=time.time() - 7200)) == "expired"
+    assert re.fullmatch(  # reliability I1: the refusal says how far off the clock is
+        r"expired \((3599|3600|3601) s past exp, leeway 60 s; is a clock off\?\)",
+        denied(verifier, token_issuer.issue({}, ttl=3600, now=time.time() - 7200)),
+    )
     # inside the leeway a token that just expired still verifies; without leeway it does not
     just_expired = token_issuer.issue({}, ttl=3600, now=time.time() - 3630)
     assert verifier.verify(just_expired).issuer == ISSUER
-    assert denied(JwksTokenVerifier({ISSUER: token_issuer.jwks()}, leeway=0), just_expired) == "expired"
-    assert denied(verifier, token_issuer.issue({}, ttl=3600, now=time.time() + 600)) == "not yet valid"
+    strict = denied(JwksTokenVerifier({ISSUER: token_issuer.jwks()}, leeway=0), just_expired)
+    assert re.fullmatch(r"expired \(3[01] s past exp, leeway 0 s; is a clock off\?\)", strict)
+    ahead = denied(verifier, token_issuer.issue({}, ttl=3600, now=time.time() + 600))
+    assert re.fullmatch(r"not yet valid \((599|600|601) s until iat, leeway 60 s; is a clock off\?\)", ahead)
 
 
 def test_untrusted_issuer_and_unknown_key(

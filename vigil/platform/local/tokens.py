@@ -164,7 +164,9 @@ class JwksTokenVerifier:
 
     def verify(self, token: str) -> VerifiedToken:
         """Verified claims, or ReleaseDeniedError with one of: "malformed token", "unsupported algorithm",
-        "untrusted issuer", "unknown key id", "bad signature", "expired", "not yet valid"."""
+        "untrusted issuer", "unknown key id", "bad signature", "expired", "not yet valid" (the last two
+        followed by how far off the claim is, when it is a number: ``expired (412 s past exp, leeway
+        60 s; is a clock off?)``)."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             raise ReleaseDeniedError("malformed token")
         try:
@@ -194,14 +196,27 @@ class JwksTokenVerifier:
                 options={"require": ["exp", "iat", "nbf"], "enforce_minimum_key_length": True},
             )
         except jwt.ExpiredSignatureError:
-            raise ReleaseDeniedError("expired") from None
+            raise ReleaseDeniedError(f"expired{self._skew(unverified, 'exp')}") from None
         except jwt.ImmatureSignatureError:
-            raise ReleaseDeniedError("not yet valid") from None
+            raise ReleaseDeniedError(f"not yet valid{self._skew(unverified, 'iat', 'nbf')}") from None
         except jwt.InvalidSignatureError:
             raise ReleaseDeniedError("bad signature") from None
         except (jwt.InvalidTokenError, jwt.InvalidKeyError):
             raise ReleaseDeniedError("malformed token") from None
         return VerifiedToken(issuer=raw_issuer.rstrip("/"), claims=claims, expires=float(claims["exp"]))
+
+    def _skew(self, claims: Mapping[str, Any], *names: str) -> str:
+        """How far this clock is from the claim that failed (reliability I1: a clock-skew refusal says so,
+        so the operator looks at NTP rather than at the token)."""
+        now = time.time()
+        for name in names:
+            value = claims.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                offset = now - value if name == "exp" else value - now
+                if offset > self._leeway:
+                    where = "past exp" if name == "exp" else f"until {name}"
+                    return f" ({offset:.0f} s {where}, leeway {self._leeway:g} s; is a clock off?)"
+        return ""
 
     def __repr__(self) -> str:
         return f"JwksTokenVerifier(issuers={self.issuers!r}, leeway={self._leeway})"
