@@ -154,6 +154,22 @@ class Grouper:
         self.counters["immediate"] += 1
         return [*out, alert]
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """The grouping state, for :meth:`restore` when what was offered could not be stored: the stage
+        offers alerts before the outbox commit, and after a failed commit it offers them again, which must
+        not find their groups already open (the first alert would then wait a window as an update)."""
+        folds = (self._rules, self._stale)
+        copies = [
+            {k: replace(f, individual=set(f.individual), groups=set(f.groups)) for k, f in d.items()}
+            for d in folds
+        ]
+        groups = {k: replace(g) for k, g in self._groups.items()}
+        return groups, *copies, dict(self._passed), dict(self.counters)
+
+    def restore(self, state: tuple[Any, ...]) -> None:
+        """Go back to a :meth:`snapshot`."""
+        self._groups, self._rules, self._stale, self._passed, self.counters = state
+
     def _pass(self, key: GroupKey, alert: Alert, now: float) -> list[Alert]:
         for kind in (AlertKind.TRIGGER, AlertKind.NOTICE):
             held = self._groups.pop((alert.rule, alert.dedup_key, kind), None)

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -92,10 +92,25 @@ class AlertStage:
     async def step(self) -> int:
         """Alerts for new findings and newly verified remediations; held group updates whose window closed.
         Returns the number of alerts handed to the outbox."""
-        sent = await self._findings() + await self._verified()
+        sent = await self._grouped(self._findings) + await self._grouped(self._verified)
+        sent += await self._grouped(self._flush)
+        self.sent += sent
+        return sent
+
+    async def _grouped(self, source: Callable[[], Awaitable[int]]) -> int:
+        """Run one source; if it fails (the outbox could not commit: a full disk), the grouper goes back to
+        where it was, so that the rows read again meet the groups as they were, not as if sent."""
+        saved = self.grouper.snapshot()
+        try:
+            return await source()
+        except Exception:
+            self.grouper.restore(saved)
+            raise
+
+    async def _flush(self) -> int:
+        sent = 0
         for alert in self.grouper.flush(time.time()):
             sent += await self._send(alert)
-        self.sent += sent
         return sent
 
     async def _findings(self) -> int:
