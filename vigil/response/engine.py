@@ -38,13 +38,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pydantic import ValidationError
-
 from vigil.audit.log import HMAC_KEY, SIGNING_KEY
 from vigil.audit.record import Actor, AuditKind
-from vigil.errors import RegistryError
 from vigil.platform.errors import PlatformError
-from vigil.remediators.base import Context, RemediationError, Remediator, remediators
+from vigil.remediators.base import Context, RemediationError, Remediator
 from vigil.response.approvals import NOT_RECORDED, ActionForbiddenError, Approvals, PlanChangedError
 from vigil.response.executor import Executor
 from vigil.response.model import Action, ActionState
@@ -57,7 +54,9 @@ from vigil.response.policy import (
     decide_batch,
     decision_record,
     new_action,
+    params_problem,
     protection,
+    remediator_for,
     same_action,
 )
 from vigil.response.recorder import AuditAppender
@@ -153,11 +152,11 @@ class ResponseEngine:
         self, items: list[tuple[int, Proposal]], out: list[Action | None]
     ) -> list[tuple[int, Action]]:
         first = items[0][1]
-        remediator, kind, problem = _remediator(first)
+        remediator, kind, problem = remediator_for(first)
         batch: list[Proposal] = []
         for _, p in items:
             # templated parameters differ per proposal: each is checked once resolved
-            reason = problem or (_params_problem(remediator, p) if p.params is not None else "")
+            reason = problem or (params_problem(remediator, p) if p.params is not None else "")
             batch.append(p if p.problem or not reason else dataclasses.replace(p, problem=reason))
         fleet = 0
         if remediator is not None and first.action.max_percent is not None:
@@ -393,27 +392,3 @@ class ResponseEngine:
 
 def _when(epoch: float | None) -> str:
     return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-def _remediator(p: Proposal) -> tuple[Remediator | None, str, str]:
-    """(remediator, its target kind, "") or (…, a reason to refuse every proposal of the group)."""
-    name = p.action.remediation
-    try:
-        remediator = remediators.get(name)()
-    except RegistryError as exc:
-        return None, "", f"unknown remediation {name!r}: {exc}"
-    if p.params is not None:  # templated: checked per proposal, resolved (_params_problem)
-        return remediator, remediator.target_kind, ""
-    return remediator, remediator.target_kind, _params_problem(remediator, p)
-
-
-def _params_problem(remediator: Remediator | None, p: Proposal) -> str:
-    """Why ``remediator`` rejects ``p``'s parameters (as they will run), or "" when it takes them."""
-    if remediator is None:
-        return ""
-    try:
-        remediator.params(dict(p.effective_params))
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(x) for x in e["loc"]) for e in exc.errors())
-        return f"invalid params for {p.action.remediation}: {fields}"
-    return ""

@@ -35,7 +35,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from vigil.remediators.base import Protected
+from pydantic import ValidationError
+
+from vigil.errors import RegistryError
+from vigil.remediators.base import Protected, Remediator, remediators
 from vigil.response.model import Action, ActionState, idempotency_key
 from vigil.rules.model import RemediateAction
 from vigil.sections import ResponseSettings
@@ -348,3 +351,27 @@ class CircuitBreaker:
         b.failures += 1
         if b.state is BreakerState.CLOSED and b.failures >= self.failures:
             b.state, b.opened_at = BreakerState.OPEN, self._clock()
+
+
+def remediator_for(p: Proposal) -> tuple[Remediator | None, str, str]:
+    """(remediator, its target kind, "") or (…, a reason to refuse every proposal of the group)."""
+    name = p.action.remediation
+    try:
+        remediator = remediators.get(name)()
+    except RegistryError as exc:
+        return None, "", f"unknown remediation {name!r}: {exc}"
+    if p.params is not None:  # templated: checked per proposal, once resolved (params_problem)
+        return remediator, remediator.target_kind, ""
+    return remediator, remediator.target_kind, params_problem(remediator, p)
+
+
+def params_problem(remediator: Remediator | None, p: Proposal) -> str:
+    """Why ``remediator`` rejects ``p``'s parameters (as they will run), or "" when it takes them."""
+    if remediator is None:
+        return ""
+    try:
+        remediator.params(dict(p.effective_params))
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(x) for x in e["loc"]) for e in exc.errors())
+        return f"invalid params for {p.action.remediation}: {fields}"
+    return ""
