@@ -27,6 +27,7 @@ from vigil.platform.local.storage import LocalStorage
 from vigil.remediators.base import Context
 from vigil.response.engine import ActionForbiddenError, PlanChangedError, ResponseEngine
 from vigil.response.executor import Executor
+from vigil.response.killswitch import KillSwitchForbiddenError
 from vigil.response.model import Action, ActionState
 from vigil.response.policy import Proposal
 from vigil.response.store import ActionConflictError, ActionStore
@@ -408,6 +409,33 @@ def test_a_timed_out_action_is_alerted_and_counted_by_the_breaker(env: Env) -> N
     page, breaker = env.alerted("failure")
     assert "timed_out" in page and "did not finish within 0.1 s" in page
     assert "circuit breaker open" in breaker
+
+
+def test_the_kill_switch_is_audited_kept_across_restarts_and_cannot_undo_the_configured_one(env: Env) -> None:
+    async def main() -> tuple[list[Action], bool, bool]:
+        engine = await env.start()
+        with pytest.raises(KillSwitchForbiddenError):
+            await engine.kill.set(True, "mallory", "no")
+        await engine.kill.set(True, "carol", "IR-7")
+        stopped = await engine.submit([prop("n1")])
+        restarted = ResponseEngine(env.store, engine.executor, env.ctx, env.audit, engine.settings)
+        kept = restarted.kill.on
+        configured = ResponseEngine(
+            env.store,
+            engine.executor,
+            env.ctx,
+            env.audit,
+            engine.settings.model_copy(update={"dry_run": True}),
+        )
+        await configured.kill.set(False, "carol", "done")
+        return stopped, kept, configured.kill.on
+
+    [stopped], kept, still_on = run(main)
+    assert stopped.state is S.DRY_RUN and env.changes("platform.node.") == []
+    assert kept is True and still_on is True
+    changes = [r.details for r in env.audit.db.query(kind="config_change")]
+    assert [(d["on"], d["reason"]) for d in changes] == [(True, "IR-7"), (False, "done")]
+    assert "remediation stays stopped" in changes[1]["note"]
 
 
 def test_expired_approval_cannot_be_approved(env: Env) -> None:

@@ -291,3 +291,40 @@ def test_an_approval_waits_refuses_the_author_and_outsiders_runs_once_and_rolls_
     assert rolled.json()["state"] == "rolled_back"
     assert daemon.platform(lambda c: c.storage.get_container("vigil", "leaky")).lock is Lock.NONE
     assert daemon.platform_events("platform.storage.set_lock") == locks + 1  # the rollback's, nothing else
+
+
+def test_the_kill_switch_stops_remediation_at_run_time_and_only_an_approver_turns_it(daemon: Running) -> None:
+    """Reliability C11: during an incident an approver stops every remediation without a restart; the auto
+    rule's action is then a dry run with zero mutations; an outsider cannot turn it; turning it off lets
+    the next action run."""
+
+    async def register(client: PlatformClient) -> None:
+        for name in ("ks-1", "ks-2"):
+            await client.compute.register("vigil", name, node_principal=name, measurement=MEASUREMENT)
+
+    daemon.platform(register)
+    (daemon.work / "carol.token").write_text(daemon.tokens["carol"])
+    (daemon.work / "bob.token").write_text(daemon.tokens["bob"])
+    cli = ["actions", "--config", "profile.yaml", "kill-switch"]
+    shown = run_vigil(*cli, cwd=daemon.work)
+    assert shown.returncode == 0 and shown.stdout.decode().strip() == "remediation running", shown
+    outsider = run_vigil(*cli, "on", "--token-file", "carol.token", cwd=daemon.work)
+    assert outsider.returncode == 1 and b"403" in outsider.stderr, outsider
+    assert httpx.post(f"{daemon.base}/v1/response/kill-switch", json={"on": True}).status_code == 401
+    on = run_vigil(*cli, "on", "--reason", "IR-142", "--token-file", "bob.token", cwd=daemon.work)
+    assert on.returncode == 0 and "STOPPED" in on.stdout.decode() and "by bob" in on.stdout.decode(), on
+    switch = daemon.get("/v1/response/kill-switch").json()
+    assert switch["on"] is True and switch["switched"]["reason"] == "IR-142"
+
+    daemon.post([_event("ks-e1", "node.compromised", node={"id": "ks-1"})])
+    _wait(lambda: [a["state"] for a in daemon.actions("t.fleet-quarantine")] == ["dry_run"], "a dry run")
+    assert daemon.platform(lambda c: c.compute.get_node("vigil", "ks-1")).state is NodeState.PENDING
+
+    off = run_vigil(*cli, "off", "--token-file", "bob.token", cwd=daemon.work)
+    assert off.returncode == 0 and "running" in off.stdout.decode(), off
+    daemon.post([_event("ks-e2", "node.compromised", node={"id": "ks-2"})])
+    _wait(
+        lambda: sorted(a["state"] for a in daemon.actions("t.fleet-quarantine")) == ["dry_run", "succeeded"],
+        "the run after the switch is off",
+    )
+    assert daemon.platform(lambda c: c.compute.get_node("vigil", "ks-2")).state is NodeState.QUARANTINED

@@ -3,6 +3,8 @@
 - ``GET /v1/actions?state=&rule=&incident=&limit=``: newest first.
 - ``GET /v1/actions/{id}``: one action with its plan and its timeline (every decision and step); a pending
   one also has ``proposed``: the plan approving would run, made now, and its ``plan_digest``.
+- ``GET`` / ``POST /v1/response/kill-switch`` (``{"on": true, "reason": "..."}``): stop or resume every
+  remediation at run time, as an approver (``vigil/response/killswitch.py``).
 - ``POST /v1/actions/{id}/approve`` (optionally ``{"plan_digest": "..."}``: approve only that plan; 409 if
   the target changed and the plan with it), ``.../reject`` (``{"reason": "..."}``), ``.../rollback``: by a
   person.
@@ -30,6 +32,7 @@ from vigil.audit.log import AuditUnavailableError
 from vigil.errors import VigilError
 from vigil.platform.principals import TokenFileError
 from vigil.response.engine import ActionForbiddenError, ResponseEngine
+from vigil.response.killswitch import KillSwitchForbiddenError
 from vigil.response.model import ActionState
 from vigil.response.store import ActionConflictError, ActionNotFoundError
 
@@ -80,17 +83,9 @@ async def _decide(
     engine = _engine(request)
     if isinstance(engine, JSONResponse):
         return engine
-    try:
-        user = _principal(request)
-    except TokenFileError as exc:  # says which file, never its content
-        log.error("actions API: %s", exc)
-        return error(503, "the platform's token file cannot be read; nothing was decided")
-    if user is None:
-        return JSONResponse(
-            {"error": "a platform API token is required (vigil platform principals add NAME)"},
-            status_code=401,
-            headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
-        )
+    user = _user(request)
+    if isinstance(user, JSONResponse):
+        return user
     body = await request.body()
     if len(body) > REASON_LIMIT:
         return error(413, f"body over {REASON_LIMIT} bytes")
@@ -122,6 +117,22 @@ async def _decide(
     return JSONResponse(action.to_json())
 
 
+def _user(request: Request) -> str | JSONResponse:
+    """The principal of the call's platform API token, or the answer that refuses the call."""
+    try:
+        user = _principal(request)
+    except TokenFileError as exc:  # says which file, never its content
+        log.error("actions API: %s", exc)
+        return error(503, "the platform's token file cannot be read; nothing was decided")
+    if user is None:
+        return JSONResponse(
+            {"error": "a platform API token is required (vigil platform principals add NAME)"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
+        )
+    return user
+
+
 def _principal(request: Request) -> str | None:
     """The principal a platform API token names, or None."""
     runtime = state_of(request).platform
@@ -144,3 +155,41 @@ async def reject(request: Request, action_id: str) -> Response:
 @router.post("/v1/actions/{action_id}/rollback", response_model=None)
 async def rollback(request: Request, action_id: str) -> Response:
     return await _decide(request, action_id, "rollback")
+
+
+@router.get("/v1/response/kill-switch", response_model=None)
+async def get_kill_switch(request: Request) -> dict[str, Any] | JSONResponse:
+    """Whether remediation is stopped: ``on`` (effective), ``configured`` (``response.dry_run``) and the
+    run-time switch (who turned it, when, why)."""
+    engine = _engine(request)
+    return engine if isinstance(engine, JSONResponse) else engine.kill.document()
+
+
+@router.post("/v1/response/kill-switch", response_model=None)
+async def set_kill_switch(request: Request) -> Response:
+    """Stop (``{"on": true, "reason": "..."}``) or resume (``{"on": false}``) every remediation now, as an
+    approver; audited first, kept across restarts (vigil/response/killswitch.py)."""
+    engine = _engine(request)
+    if isinstance(engine, JSONResponse):
+        return engine
+    user = _user(request)
+    if isinstance(user, JSONResponse):
+        return user
+    body = await request.body()
+    if len(body) > REASON_LIMIT:
+        return error(413, f"body over {REASON_LIMIT} bytes")
+    try:
+        fields = orjson.loads(body)
+        on, reason = fields["on"], fields.get("reason", "")
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return error(400, 'body: expected {"on": true|false, "reason": "..."}')
+    if not isinstance(on, bool) or not isinstance(reason, str):
+        return error(400, "on: expected true or false; reason: expected a string")
+    try:
+        document = await engine.kill.set(on, user, reason)
+    except KillSwitchForbiddenError as exc:
+        return error(403, str(exc))
+    except AuditUnavailableError as exc:
+        return error(503, f"not done: it cannot be audited: {exc}")
+    log.warning("kill switch turned %s by %s: %s", "on" if on else "off", user, reason or "(no reason)")
+    return JSONResponse(document)

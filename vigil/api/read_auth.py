@@ -37,6 +37,7 @@ READ_PREFIXES: Final = (
     "/v1/rules",
     "/v1/status",
     "/v1/actions",
+    "/v1/response",
     "/v1/alerts",
     "/metrics",
     "/openapi.json",

@@ -1,4 +1,4 @@
-"""``vigil actions list|show|approve|reject|rollback``: the approver's command line.
+"""``vigil actions list|show|approve|reject|rollback|kill-switch``: the approver's command line.
 
 It talks to the running daemon (``/v1/actions``), because the engine that holds the actions, checks the
 approver and writes the audit log runs there. Approving needs a principal of one's own: a platform API token
@@ -26,6 +26,9 @@ Examples:
   vigil actions approve 3f0c... --token-file ~/.vigil/alice.token --plan-digest 9a1b...
   vigil actions reject 3f0c... --reason "false positive" --token-file ~/.vigil/alice.token
   vigil actions rollback 3f0c... --token-file ~/.vigil/alice.token
+  vigil actions kill-switch                      # is remediation stopped?
+  vigil actions kill-switch on --reason "IR-142: runaway rule" --token-file ~/.vigil/alice.token
+  vigil actions kill-switch off --token-file ~/.vigil/alice.token
 """
 
 STATES = [state.value for state in ActionState]
@@ -62,6 +65,16 @@ def add_parsers(sub: Any) -> None:
                 help="approve only this plan (the proposed plan_digest that 'show' prints); refused if the "
                 "target changed since",
             )
+    kill = ops.add_parser(
+        "kill-switch",
+        help="show, or turn on/off, the run-time stop of every remediation",
+        description="On: every action is planned, audited and alerted, and nothing is changed, as with "
+        "response.dry_run, from now and across restarts; off: remediation resumes (unless response.dry_run "
+        "is set in the configuration). Turning it needs an approver's token.",
+    )
+    kill.add_argument("state", nargs="?", choices=["on", "off"], help="omit to show the switch")
+    kill.add_argument("--reason", default="", help="why (kept in the audit log)")
+    kill.add_argument("--token-file", metavar="FILE", help="your platform API token (to turn it)")
     _json_anywhere(ops)
 
 
@@ -111,6 +124,8 @@ def _call(args: argparse.Namespace, client: Any) -> int:
         _check(r)
         print(json.dumps(r.json(), indent=None if args.json else 2, sort_keys=True))
         return 0
+    if args.op == "kill-switch":
+        return _kill_switch(args, client)
     token = Path(args.token_file).read_text(encoding="ascii").strip()
     body = {"reason": args.reason} if args.op == "reject" else {}
     if args.op == "approve" and args.plan_digest:
@@ -121,6 +136,27 @@ def _call(args: argparse.Namespace, client: Any) -> int:
     _check(r)
     action = r.json()
     print(json.dumps(action, sort_keys=True) if args.json else f"{action['id']}: {action['state']}")
+    return 0
+
+
+def _kill_switch(args: argparse.Namespace, client: Any) -> int:
+    if args.state is None:
+        r = client.get("/v1/response/kill-switch")
+    else:
+        if not args.token_file:
+            raise VigilError("turning the kill switch needs --token-file (an approver's platform API token)")
+        token = Path(args.token_file).read_text(encoding="ascii").strip()
+        body = {"on": args.state == "on", "reason": args.reason}
+        r = client.post("/v1/response/kill-switch", json=body, headers={"Authorization": f"Bearer {token}"})
+    _check(r)
+    doc = r.json()
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+        return 0
+    switched = doc["switched"]
+    who = f" (turned {'on' if switched.get('on') else 'off'} by {switched['by']})" if "by" in switched else ""
+    why = " by response.dry_run in the configuration" if doc["configured"] else ""
+    print(f"remediation {'STOPPED' if doc['on'] else 'running'}{why}{who}")
     return 0
 
 

@@ -14,8 +14,8 @@ the executor (:mod:`.executor`), and the only place those meet. The flow of :met
 3. Then: a dry-run is planned by the executor (zero mutations) and alerted; a pending approval is alerted;
    a blast-radius refusal alerts once for the batch; an approved action starts, subject to the circuit
    breaker (open: refused, audited) and the rate limit (exhausted: it stays ``approved`` and a later
-   :meth:`ResponseEngine.tick` starts it). The global ``response.dry_run`` is checked again at run time,
-   so flipping the kill switch turns even approved actions into dry-runs.
+   :meth:`ResponseEngine.tick` starts it). The global dry run (``response.dry_run``, or the run-time kill
+   switch, ``killswitch.py``) is checked again at run time, so it turns even approved actions into dry-runs.
 
 People decide later (:meth:`ResponseEngine.approve`, ``reject``, ``rollback``); the engine delegates those to
 :mod:`.approvals`, handing it the target locks and its own start path, so an approved action starts
@@ -44,6 +44,7 @@ from vigil.platform.errors import PlatformError
 from vigil.remediators.base import Context, RemediationError, Remediator
 from vigil.response.approvals import NOT_RECORDED, ActionForbiddenError, Approvals, PlanChangedError
 from vigil.response.executor import Executor
+from vigil.response.killswitch import KillSwitch
 from vigil.response.model import Action, ActionState
 from vigil.response.policy import (
     BreakerState,
@@ -112,6 +113,8 @@ class ResponseEngine:
         self.protected = protection(settings, ctx.protected, always_keys=frozenset({SIGNING_KEY, HMAC_KEY}))
         self._window = parse_duration(settings.idempotency_window).total_seconds()
         self._ttl = parse_duration(settings.approval_ttl).total_seconds()
+        #: the global dry run: ``response.dry_run``, or the run-time switch of an approver (killswitch.py)
+        self.kill = KillSwitch(store, audit, settings, clock=clock)
         self._monotonic = monotonic or time.monotonic
         self.limiter = RateLimiter(settings.rate_limit, clock=self._monotonic)
         cooldown = parse_duration(settings.breaker_cooldown).total_seconds()
@@ -126,7 +129,7 @@ class ResponseEngine:
         )  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"ResponseEngine({self.store!r}, dry_run={self.settings.dry_run})"
+        return f"ResponseEngine({self.store!r}, dry_run={self.kill.on})"
 
     # -- proposals ---------------------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class ResponseEngine:
             batch,
             fleet_size=fleet,
             recent_targets=self.store.targets_recent(first.rule, first.action.remediation, since),
-            settings=self.settings,
+            settings=self.settings.model_copy(update={"dry_run": True}) if self.kill.on else self.settings,
             protected=self.protected,
             target_kind=kind,
         )
@@ -235,7 +238,7 @@ class ResponseEngine:
         current = self.store.get(action.id)
         if current is None or current.state is not S.APPROVED:
             return current or action
-        if self.settings.dry_run or current.dry_run:
+        if self.kill.on or current.dry_run:
             return await self._dry_run(current)
         name = current.remediation
         if self.breaker.state(name) is BreakerState.OPEN:
@@ -337,7 +340,7 @@ class ResponseEngine:
                     return
         for action in self.store.by_states([S.APPROVED]):
             await self._start_logged(action)
-        if self.settings.dry_run:
+        if self.kill.on:
             return  # the kill switch: nothing already running moves on
         for action in self.store.by_states([S.RUNNING]):
             due = action.result.get("deferred_until")
@@ -349,8 +352,8 @@ class ResponseEngine:
         approved ones through the breaker and the rate limit; the actions as stored afterwards."""
         out: list[Action] = []
         running = self.store.by_states([S.RUNNING])
-        if self.settings.dry_run and running:
-            log.warning("response.dry_run is on: %d running action(s) stay as they are", len(running))
+        if self.kill.on and running:
+            log.warning("the kill switch is on: %d running action(s) stay as they are", len(running))
         elif running:
             out += [await self._continue(a) for a in running]
         out += [await self._start_logged(a) for a in self.store.by_states([S.APPROVED])]

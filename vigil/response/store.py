@@ -282,6 +282,18 @@ class ActionStore(SidecarTables):
         )
         return int(self._read(sql, (rule, since, *NOT_COUNTED))[0][0])
 
+    def setting(self, key: str) -> str | None:
+        """A value kept in the store's ``meta`` table (the run-time kill switch), or None."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     def targets_recent(self, rule: str, remediation: str, since: float) -> set[str]:
         """The distinct targets of ``rule``'s ``remediation`` actions counted as :meth:`count_recent` does."""
         sql = (
