@@ -80,15 +80,10 @@ async def get_action(request: Request, action_id: str) -> dict[str, Any] | JSONR
 async def _decide(
     request: Request, action_id: str, what: Literal["approve", "reject", "rollback"]
 ) -> Response:
-    engine = _engine(request)
-    if isinstance(engine, JSONResponse):
-        return engine
-    user = _user(request)
-    if isinstance(user, JSONResponse):
-        return user
-    body = await request.body()
-    if len(body) > REASON_LIMIT:
-        return error(413, f"body over {REASON_LIMIT} bytes")
+    call = await _person(request)
+    if isinstance(call, JSONResponse):
+        return call
+    engine, user, body = call
     try:
         fields = orjson.loads(body) if body else {}
         reason = str(fields.get("reason", ""))
@@ -115,6 +110,21 @@ async def _decide(
     except VigilError as exc:
         return error(409, str(exc))
     return JSONResponse(action.to_json())
+
+
+async def _person(request: Request) -> tuple[ResponseEngine, str, bytes] | JSONResponse:
+    """(engine, principal, body) of a person's call, or the answer that refuses it (no engine, no platform
+    token, a body over the limit)."""
+    engine = _engine(request)
+    if isinstance(engine, JSONResponse):
+        return engine
+    user = _user(request)
+    if isinstance(user, JSONResponse):
+        return user
+    body = await request.body()
+    if len(body) > REASON_LIMIT:
+        return error(413, f"body over {REASON_LIMIT} bytes")
+    return engine, user, body
 
 
 def _user(request: Request) -> str | JSONResponse:
@@ -169,15 +179,10 @@ async def get_kill_switch(request: Request) -> dict[str, Any] | JSONResponse:
 async def set_kill_switch(request: Request) -> Response:
     """Stop (``{"on": true, "reason": "..."}``) or resume (``{"on": false}``) every remediation now, as an
     approver; audited first, kept across restarts (vigil/response/killswitch.py)."""
-    engine = _engine(request)
-    if isinstance(engine, JSONResponse):
-        return engine
-    user = _user(request)
-    if isinstance(user, JSONResponse):
-        return user
-    body = await request.body()
-    if len(body) > REASON_LIMIT:
-        return error(413, f"body over {REASON_LIMIT} bytes")
+    call = await _person(request)
+    if isinstance(call, JSONResponse):
+        return call
+    engine, user, body = call
     try:
         fields = orjson.loads(body)
         on, reason = fields["on"], fields.get("reason", "")
