@@ -276,6 +276,13 @@ def test_protected_target_is_refused(env: Env) -> None:
     assert refused.state is S.REFUSED and refused.reason.startswith("protected: node n1")
     assert ran.state is S.SUCCEEDED
     assert env.changes("platform.node.") == ["platform.node.quarantine"]
+    # reliability C13: the refusal is audited and alerted (an attempt on Vigil's own resources)
+    [page] = env.alerted("protected")
+    assert refused.id in page and "protected: node n1" in page
+    decisions = [
+        r.details for r in env.audit.db.query(kind="action_intent") if r.details["action"] == refused.id
+    ]
+    assert [(d["outcome"], d["reason"][:18]) for d in decisions] == [("refused", "protected: node n1")]
 
 
 def test_audit_log_keys_are_always_protected(env: Env) -> None:

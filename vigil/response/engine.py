@@ -71,7 +71,7 @@ __all__ = ["ActionForbiddenError", "Alert", "PlanChangedError", "ResponseEngine"
 log = logging.getLogger(__name__)
 S = ActionState
 
-#: alert(kind, message, details); kinds: blast_radius, dry_run, approval, failure
+#: alert(kind, message, details); kinds: blast_radius, protected, dry_run, approval, failure
 Alert = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 #: after an audit outage stopped a run, runs wait this long before trying again
 AUDIT_RETRY_SECONDS: Final = 5.0
@@ -97,11 +97,8 @@ class ResponseEngine:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
-        """``clock`` (wall seconds) stamps what is stored: action times, approval expiry, idempotency
-        windows. ``monotonic`` (default :func:`time.monotonic`; tests pass their fake ``clock`` for both)
-        times what is only held in memory, the rate limit, the circuit breaker's cool-down and the audit
-        retry, so a wall-clock step (NTP, an operator's ``date -s``) neither stretches nor cuts them
-        (reliability I2)."""
+        """``clock`` (wall) stamps what is stored; ``monotonic`` (default :func:`time.monotonic`) times the
+        rate limit, the breaker's cool-down and the audit retry, that a wall-clock step must not move."""
         self.store = store
         self.executor = executor
         self.ctx = ctx
@@ -190,6 +187,12 @@ class ResponseEngine:
             )
         starts: list[tuple[int, Action]] = []
         for i, decision, action in new:
+            if decision.outcome == "refused" and decision.reason.startswith("protected"):  # self-harm (C13)
+                await self._notify(
+                    "protected",
+                    f"action {action.id}: {action.remediation} on {action.target} refused: {decision.reason}",
+                    {"action": action.id, "rule": action.rule, "target": action.target},
+                )
             if decision.outcome == "approval":
                 await self._notify(
                     "approval",
