@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -329,3 +330,59 @@ def test_the_kill_switch_stops_remediation_at_run_time_and_only_an_approver_turn
     daemon.post([_event("ks-e2", "node.compromised", node={"id": "ks-2"})])
     _wait(lambda: mine() == ["dry_run", "succeeded"], "the run after the switch is off")
     assert daemon.platform(lambda c: c.compute.get_node("vigil", "ks-2")).state is NodeState.QUARANTINED
+
+
+GRACE_RULE = """\
+id: t.rotate-graceful
+title: Key exported (rotation with a grace period)
+status: stable
+severity: high
+author: alice
+kind: generic
+match: action == "key.export"
+actions:
+  - remediate: rotate_key
+    target: "{{ resource.id }}"
+    approval: auto
+    params: {grace_seconds: 4}
+"""
+
+
+def test_sigterm_while_a_remediation_runs_and_a_restart_finishes_it_once(tmp_path: Path) -> None:
+    """Reliability H1: SIGTERM arrives while an action is running (rotate_key waiting out its grace
+    period before disabling the old version); the daemon stops cleanly, the action stays running in the
+    store, and the next start finishes it: one rotation, the old version disabled once."""
+    (tmp_path / "rules.yaml").write_text(GRACE_RULE, encoding="utf-8")
+    (tmp_path / "profile.yaml").write_text(
+        "data_dir: var\nhttp:\n  port: 0\ndetect:\n  rules: rules.yaml\nresponse:\n  batch_window: 0.2\n",
+        encoding="utf-8",
+    )
+    argv = [*COMMANDS["cli"], str(tmp_path / "profile.yaml")]
+    first = Daemon(argv, tmp_path)
+    try:
+        base = first.wait_for_log(r"serving on (http://127\.0\.0\.1:\d+)").group(1)
+        running = Running(base, tmp_path, first)
+        running.platform(lambda c: c.keys.create_key("vigil", "grace-key"))
+        running.post([_event("g-1", "key.export", resource={"id": "grace-key"})])
+        _wait(
+            lambda: [a["state"] for a in running.actions("t.rotate-graceful")] == ["running"],
+            "the rotation waiting out its grace period",
+        )
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+    finally:
+        first.stop()
+    second = Daemon(argv, tmp_path)
+    try:
+        base = second.wait_for_log(r"serving on (http://127\.0\.0\.1:\d+)").group(1)
+        running = Running(base, tmp_path, second)
+        _wait(
+            lambda: [a["state"] for a in running.actions("t.rotate-graceful")] == ["succeeded"],
+            "the rotation finished after the restart",
+        )
+        info = running.platform(lambda c: c.keys.get_key("vigil", "grace-key"))
+        assert len(info.versions) == 2  # rotated once, not again after the restart
+        assert [v.enabled for v in info.versions] == [False, True]  # the old version disabled
+        assert running.platform_events("platform.key.rotate") == 1
+    finally:
+        second.stop()
