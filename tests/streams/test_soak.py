@@ -7,8 +7,8 @@ resources), so the detectors' open state reaches a plateau after warm-up instead
 tail. Its resident memory, threads and open descriptors are sampled from ``/proc`` every two seconds, its
 event loop's tasks from ``/metrics`` (``vigil_asyncio_tasks``).
 
-After warm-up (the first 40 % of the run) threads, descriptors and tasks must not grow, and resident memory must
-not grow by more than a budget: the default suite runs a 45-second smoke (gross leaks: a reference kept per
+After warm-up (the first 40 % of the run) descriptors and tasks must not grow, threads not past the default
+executor's cap (it adds workers on demand), and resident memory not by more than a budget: the default suite runs a 45-second smoke (gross leaks: a reference kept per
 event, a descriptor per request), ``-m slow`` a 10-minute run that also bounds the slope of a
 least-squares line through the samples. At the end every event must have been processed and none
 dead-lettered.
@@ -165,7 +165,9 @@ def _soak(work: Path, seconds: float) -> dict[str, object]:
 def _check(result: dict[str, object], rss_budget_mb: float) -> None:
     print({k: v for k, v in result.items() if k != "samples"})
     assert result["alerts"], "the soak rule must alert (the alert path is part of the soak)"
-    assert result["thread_growth"] <= 1, result
+    # asyncio's default executor adds worker threads on demand, up to min(32, cpus + 4), when to_thread
+    # calls overlap (more of them on a loaded machine); growth past that cap is a leak (a thread per call)
+    assert result["thread_growth"] <= min(32, (os.cpu_count() or 1) + 4), result
     assert result["fd_spread"] <= 2, result
     assert result["task_growth"] <= 2, result
     assert result["rss_growth_mb"] <= rss_budget_mb, result
