@@ -155,8 +155,7 @@ class ResponseEngine:
         remediator, kind, problem = remediator_for(first)
         batch: list[Proposal] = []
         for _, p in items:
-            # templated parameters differ per proposal: each is checked once resolved
-            reason = problem or (params_problem(remediator, p) if p.params is not None else "")
+            reason = problem if remediator is None else params_problem(remediator, p)
             batch.append(p if p.problem or not reason else dataclasses.replace(p, problem=reason))
         fleet = 0
         if remediator is not None and first.action.max_percent is not None:

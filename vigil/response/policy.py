@@ -354,21 +354,19 @@ class CircuitBreaker:
 
 
 def remediator_for(p: Proposal) -> tuple[Remediator | None, str, str]:
-    """(remediator, its target kind, "") or (…, a reason to refuse every proposal of the group)."""
+    """(remediator, its target kind, "") or (None, "", why every proposal of the group is refused: the
+    remediation is unknown). Parameters are checked per proposal (:func:`params_problem`): templated ones
+    differ from one proposal to the next."""
     name = p.action.remediation
     try:
         remediator = remediators.get(name)()
     except RegistryError as exc:
         return None, "", f"unknown remediation {name!r}: {exc}"
-    if p.params is not None:  # templated: checked per proposal, once resolved (params_problem)
-        return remediator, remediator.target_kind, ""
-    return remediator, remediator.target_kind, params_problem(remediator, p)
+    return remediator, remediator.target_kind, ""
 
 
-def params_problem(remediator: Remediator | None, p: Proposal) -> str:
+def params_problem(remediator: Remediator, p: Proposal) -> str:
     """Why ``remediator`` rejects ``p``'s parameters (as they will run), or "" when it takes them."""
-    if remediator is None:
-        return ""
     try:
         remediator.params(dict(p.effective_params))
     except ValidationError as exc:
