@@ -4,9 +4,10 @@ on a loopback port, raw sockets as the slow and idle clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,16 +25,22 @@ async def _ok(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def _serving(stats: HttpIngestStats, header_timeout: float, max_connections: int) -> tuple[Server, str]:
+@contextlib.asynccontextmanager
+async def _serving(stats: HttpIngestStats, header_timeout: float, max_connections: int) -> AsyncIterator[str]:
+    """uvicorn with the guarded protocol on a loopback port, for the block (its URL)."""
     sock = bind("127.0.0.1", 0)
     config = uvicorn.Config(
         _ok, log_config=None, http=guarded_protocol(stats, header_timeout, max_connections), lifespan="off"
     )
     server = Server(config)
-    asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    return server, url_of(sock)
+    try:
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 5)
 
 
 def _connect(url: str) -> socket.socket:
@@ -54,8 +61,7 @@ async def _closed_by_server(s: socket.socket) -> bool:
 def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_on() -> None:
     async def main() -> None:
         stats = HttpIngestStats()
-        server, url = await _serving(stats, header_timeout=0.3, max_connections=100)
-        try:
+        async with _serving(stats, header_timeout=0.3, max_connections=100) as url:
             idle = [_connect(url) for _ in range(20)]  # never send a byte
             slow = _connect(url)
             slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
@@ -70,9 +76,6 @@ def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_
             assert stats.header_timeouts == 21
             for s in [*idle, slow]:
                 s.close()
-        finally:
-            server.should_exit = True
-            await asyncio.sleep(0.2)
 
     asyncio.run(main())
 
@@ -80,8 +83,7 @@ def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_
 def test_connections_past_the_cap_are_closed_at_once() -> None:
     async def main() -> None:
         stats = HttpIngestStats()
-        server, url = await _serving(stats, header_timeout=5.0, max_connections=5)
-        try:
+        async with _serving(stats, header_timeout=5.0, max_connections=5) as url:
             held = [_connect(url) for _ in range(5)]
             await asyncio.sleep(0.1)
             extra = _connect(url)
@@ -93,8 +95,5 @@ def test_connections_past_the_cap_are_closed_at_once() -> None:
                 assert (await client.get("/")).status_code == 200
             for s in [*held, extra]:
                 s.close()
-        finally:
-            server.should_exit = True
-            await asyncio.sleep(0.2)
 
     asyncio.run(main())

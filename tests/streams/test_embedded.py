@@ -205,17 +205,22 @@ def _findings(db: Path) -> list[tuple[str]]:
         return conn.execute("SELECT rule FROM findings").fetchall()
 
 
+def _start_fails(workdir: Path, *patterns: str) -> None:
+    """``vigil run`` on the work dir's profile exits with status 1, logging each of ``patterns``."""
+    proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
+    try:
+        assert proc.wait(30) == 1
+        for pattern in patterns:
+            proc.wait_for_log(pattern)
+    finally:
+        proc.stop()
+
+
 def test_a_rule_set_with_errors_stops_the_start(workdir: Path) -> None:
     (workdir / "rules.yaml").write_text(
         RULES.replace("severity: medium", "severity: urgent"), encoding="utf-8"
     )
-    proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
-    try:
-        assert proc.wait(30) == 1
-        proc.wait_for_log(r"rules\.yaml:3:11: E112 severity")
-        proc.wait_for_log(r"has errors; not starting")
-    finally:
-        proc.stop()
+    _start_fails(workdir, r"rules\.yaml:3:11: E112 severity", r"has errors; not starting")
 
 
 def test_a_busy_port_is_a_clear_error(workdir: Path) -> None:
@@ -226,12 +231,7 @@ def test_a_busy_port_is_a_clear_error(workdir: Path) -> None:
         (workdir / "profile.yaml").write_text(
             f"data_dir: var\nhttp:\n  port: {port}\n{PROFILE_RULES}", encoding="utf-8"
         )
-        proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
-        try:
-            assert proc.wait(30) == 1
-            proc.wait_for_log(rf"cannot listen on 127\.0\.0\.1:{port}")
-        finally:
-            proc.stop()
+        _start_fails(workdir, rf"cannot listen on 127\.0\.0\.1:{port}")
 
 
 def test_a_corrupt_store_stops_the_start_and_is_left_as_it_is(workdir: Path) -> None:
@@ -242,12 +242,7 @@ def test_a_corrupt_store_stops_the_start_and_is_left_as_it_is(workdir: Path) -> 
     store.parent.mkdir(parents=True)
     garbage = bytes(range(256)) * 32
     store.write_bytes(garbage)
-    proc = Daemon([*COMMANDS["serve"], str(workdir / "profile.yaml")], workdir)
-    try:
-        assert proc.wait(30) == 1
-        proc.wait_for_log(rf"cannot open the store: {re.escape(str(store))}: .*file is not a database")
-    finally:
-        proc.stop()
+    _start_fails(workdir, rf"cannot open the store: {re.escape(str(store))}: .*file is not a database")
     assert store.read_bytes() == garbage
 
 

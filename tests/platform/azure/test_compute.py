@@ -159,19 +159,8 @@ def test_429_retry_after_is_honoured_and_a_503_after_deallocate_is_not_resent(
     fake, arm = env
     fake.fail("GET", r"/networkInterfaces/cvm-1-nic0$", 429, retry_after="1")
     fake.fail("POST", r"/deallocate$", 503, after_apply=True)
-
-    async def main() -> None:
-        provider = compute(arm, tmp_path, snapshot=False)
-        try:
-            node = await provider.quarantine("vigil", "cvm-1", reason="test", evidence={})
-            assert node.state == NodeState.QUARANTINED
-        finally:
-            await provider.close()
-
-    asyncio.run(main())
-    throttled, retried = fake.calls("GET", r"/networkInterfaces/cvm-1-nic0$")[:2]
-    assert (throttled.status, retried.status) == (429, 200)
-    assert retried.time - throttled.time >= 0.95  # the advised second, not azure-core's immediate retry
+    _quarantine_cvm1(arm, tmp_path)
+    assert _throttled_gap(fake) >= 0.95  # the advised second, not azure-core's immediate retry
     posts = fake.calls("POST", r"/deallocate$")
     assert [c.status for c in posts] == [503]  # ran on the server; reconciled by reading, never re-sent
     assert power(fake) == "deallocated"
@@ -184,6 +173,12 @@ def test_429_with_a_millisecond_retry_header_is_honoured(
     """ARM's other throttling headers (reliability C4): the wait they advise, in milliseconds, is kept."""
     fake, arm = env
     fake.fail("GET", r"/networkInterfaces/cvm-1-nic0$", 429, headers={header: "1200"})
+    _quarantine_cvm1(arm, tmp_path)
+    assert _throttled_gap(fake) >= 1.15
+
+
+def _quarantine_cvm1(arm: ArmConfig, tmp_path: Path) -> None:
+    """Quarantine cvm-1 (no snapshot) through the provider; it must end quarantined."""
 
     async def main() -> None:
         provider = compute(arm, tmp_path, snapshot=False)
@@ -194,9 +189,13 @@ def test_429_with_a_millisecond_retry_header_is_honoured(
             await provider.close()
 
     asyncio.run(main())
+
+
+def _throttled_gap(fake: FakeArm) -> float:
+    """Seconds between the throttled GET of cvm-1's NIC (429) and its successful retry."""
     throttled, retried = fake.calls("GET", r"/networkInterfaces/cvm-1-nic0$")[:2]
     assert (throttled.status, retried.status) == (429, 200)
-    assert retried.time - throttled.time >= 1.15
+    return retried.time - throttled.time
 
 
 def test_crash_during_deallocate_resumes_polling_without_a_second_post(
