@@ -13,7 +13,8 @@ NODES  ?= 2
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+# (the C sources too: the install builds the compiled window table, vigil/detectors/counts.py)
+$(STAMP): pyproject.toml constraints.txt $(wildcard vigil/*/*.c)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Vigil needs Python >= 3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
@@ -55,4 +56,5 @@ bench: $(STAMP)  ## run the benchmarks in bench/
 	$(BIN)/python bench/kafka.py --events 2000
 
 clean:  ## remove the virtual environment and local state
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache
+	find vigil -name "*.so" -delete

@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from vigil.detectors.clock import to_ms
+from vigil.detectors.counts import CountTable
 from vigil.detectors.engine import Detector
 from vigil.detectors.finding import Finding
 from vigil.events.model import Actor, Event, Node, Resource, freeze
@@ -18,6 +21,14 @@ from vigil.rules.model import Rule, RuleSet
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 BASE_MS = to_ms(BASE)
 MINUTE = 60.0
+
+#: both homes of plain count windows: pure Python, and the compiled table (skipped where it is not built)
+NATIVE_MODES = [
+    pytest.param(False, id="python"),
+    pytest.param(
+        True, id="native", marks=pytest.mark.skipif(CountTable is None, reason="count table not built")
+    ),
+]
 
 #: the common head of a test rule (kind generic); append match/threshold/... lines
 HEAD = """\

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.detectors.stateful_helpers import ev, rule_doc, rules
+from tests.detectors.stateful_helpers import NATIVE_MODES, ev, rule_doc, rules
+from vigil.detectors.counts import CountState
 from vigil.detectors.engine import Detector
 from vigil.detectors.fastpath import attribute_path, count_update
 from vigil.detectors.threshold import ThresholdDetector
@@ -105,10 +106,15 @@ def test_a_hot_reload_rebinds_the_update_to_the_adopted_state(tmp_path: Path) ->
     assert th(new, "t.c").state.size == 1
 
 
-def test_generated_updates_agree_with_the_general_path_on_random_streams(tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", NATIVE_MODES)
+def test_generated_updates_agree_with_the_general_path_on_random_streams(
+    tmp_path: Path, native: bool
+) -> None:
     """A differential check of every written-out case (new group, same bucket, next bucket, one and two
     key fields, bound 1) against ``ThresholdDetector.on_event`` on the same events, including gaps of
-    several buckets and late events, which the generated code hands to that general path."""
+    several buckets and late events, which the generated code hands to that general path. With
+    ``native`` the windows are in the compiled table (and the general path runs on it too), and a pure
+    Python detector must agree with it finding for finding and key for key."""
     docs = [
         doc(f"t.{name}{n}", f"{{count: {n}, window: 1m, group_by: {fields}}}")
         for n in (1, 2, 3, 5)
@@ -119,9 +125,11 @@ def test_generated_updates_agree_with_the_general_path_on_random_streams(tmp_pat
         )
     ]
     loaded = rules(tmp_path, *docs)
-    fast = Detector(loaded, lateness=timedelta(seconds=90))
-    general = Detector(loaded, lateness=timedelta(seconds=90))
+    fast = Detector(loaded, lateness=timedelta(seconds=90), native=native)
+    general = Detector(loaded, lateness=timedelta(seconds=90), native=native)
     general._updates = {k: d.on_event for k, d in general.thresholds.items()}
+    python = Detector(loaded, lateness=timedelta(seconds=90), native=False)
+    assert all(isinstance(d.state, CountState) == native for d in fast.thresholds.values())
     assert all(count_update(d) is not None for d in fast.thresholds.values())
     rng = random.Random(20261126)
     now = 0.0
@@ -137,9 +145,12 @@ def test_generated_updates_agree_with_the_general_path_on_random_streams(tmp_pat
             labels={"team": rng.choice(["red", "blue"])},
         )
         got, want = fast.process(event), general.process(event)
-        assert got == want, i
+        theirs = python.process(event)
+        assert got == want == theirs, i
+        assert [type(f.value) for f in got] == [type(f.value) for f in theirs], i  # (3, not 3.0)
         fired += len(got)
     assert fired > 100
     for rid, det in fast.thresholds.items():
         assert dict(det.state.items()) == dict(general.thresholds[rid].state.items())
-        assert det.stale == general.thresholds[rid].stale
+        assert dict(det.state.items()) == dict(python.thresholds[rid].state.items())
+        assert det.stale == general.thresholds[rid].stale == python.thresholds[rid].stale

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as observe
 from hypothesis import strategies as st
 
-from tests.detectors.stateful_helpers import BASE_MS, at, ev, feed, load, rule_doc, rules
+from tests.detectors.stateful_helpers import BASE_MS, NATIVE_MODES, at, ev, feed, load, rule_doc, rules
 from vigil.detectors.clock import from_ms, to_ms
 from vigil.detectors.engine import Detector
 from vigil.detectors.threshold import M24, ThresholdDetector, distinct_parts, value_hash
@@ -474,11 +474,11 @@ class CountModel:
         return sum(1 for x in self.times if t - W < x <= t)
 
 
-def check_count_stream(rules: tuple[Rule, ...], steps: Steps) -> Counter[str]:
-    """Run ``steps`` through a detector and check every event against the brute-force model; returns
-    what the stream exercised."""
+def check_count_stream(rules: tuple[Rule, ...], steps: Steps, native: bool) -> Counter[str]:
+    """Run ``steps`` through a detector (plain count windows compiled or in Python) and check every event
+    against the brute-force model; returns what the stream exercised."""
     seen: Counter[str] = Counter()
-    det = Detector(rules, lateness=timedelta(milliseconds=LATENESS))
+    det = Detector(rules, lateness=timedelta(milliseconds=LATENESS), native=native)
     counters = {n: th(det, f"p.count{n}") for n in BOUNDS}
     models = {n: {g: CountModel() for g in GROUPS} for n in BOUNDS}
     stale = dict.fromkeys(BOUNDS, 0)
@@ -617,10 +617,13 @@ def distinct_steps() -> st.SearchStrategy[Steps]:
     )
 
 
+@pytest.mark.parametrize("native", NATIVE_MODES)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=count_steps())
-def test_property_count_matches_brute_force(property_rules: tuple[Rule, ...], steps: Steps) -> None:
-    for what in check_count_stream(property_rules, steps):
+def test_property_count_matches_brute_force(
+    property_rules: tuple[Rule, ...], steps: Steps, native: bool
+) -> None:
+    for what in check_count_stream(property_rules, steps, native):
         observe(what)
 
 
@@ -644,12 +647,13 @@ def dense_stream(rng: random.Random, n: int, *, disorder: bool) -> Steps:
     return out
 
 
-def test_dense_random_streams_match_brute_force(property_rules: tuple[Rule, ...]) -> None:
+@pytest.mark.parametrize("native", NATIVE_MODES)
+def test_dense_random_streams_match_brute_force(property_rules: tuple[Rule, ...], native: bool) -> None:
     """Seeded long, dense streams: every bound is crossed, and late and stale events occur."""
     rng = random.Random(20261126)
     seen: Counter[str] = Counter()
     for _ in range(12):
-        seen += check_count_stream(property_rules, dense_stream(rng, 150, disorder=True))
+        seen += check_count_stream(property_rules, dense_stream(rng, 150, disorder=True), native)
         seen += check_distinct_stream(property_rules, dense_stream(rng, 150, disorder=False))
     for n in BOUNDS:
         assert seen[f"count fired (bound {n})"] > 0, seen

@@ -27,12 +27,13 @@ from datetime import timedelta
 from typing import Final, Protocol
 
 from vigil.detectors.clock import EventClock, to_ms
+from vigil.detectors.counts import NATIVE
 from vigil.detectors.fastpath import Update, count_update
 from vigil.detectors.finding import Finding, group_of, single
 from vigil.detectors.flatline import FlatlineDetector
 from vigil.detectors.match import Matcher
 from vigil.detectors.sequence import SequenceDetector
-from vigil.detectors.state import DEFAULT_MAX_KEYS, KeyedState, Packed
+from vigil.detectors.state import DEFAULT_MAX_KEYS, Packed, WindowState
 from vigil.detectors.suppress import Suppressor
 from vigil.detectors.threshold import ThresholdDetector
 from vigil.events.model import Event
@@ -49,7 +50,7 @@ class Stateful(Protocol):
     """What the engine needs from every stateful detector."""
 
     rule: Rule
-    state: KeyedState
+    state: WindowState
     next_due: int
 
     @property
@@ -72,7 +73,10 @@ class Detector:
         live: bool = False,
         max_keys: int = DEFAULT_MAX_KEYS,
         clock: EventClock | None = None,
+        native: bool = NATIVE,
     ) -> None:
+        """``native``: plain count rules keep their windows in the compiled table (counts.py) where it
+        is built; False runs them in pure Python (tests compare the two)."""
         self.rules = tuple(rules)
         self._clock_args = (lateness, max_future, live)
         self.clock = clock or EventClock(lateness, max_future=max_future, live=live)
@@ -89,7 +93,7 @@ class Detector:
             if rule.suppress is not None:
                 self.suppressors[rule.id] = Suppressor(rule, max_keys)
             if rule.threshold is not None:
-                self.thresholds[id(rule)] = ThresholdDetector(rule, max_keys)
+                self.thresholds[id(rule)] = ThresholdDetector(rule, max_keys, native=native)
             elif rule.flatline is not None:
                 self.flatlines[id(rule)] = FlatlineDetector(rule, max_keys)
             elif rule.sequence is not None:
@@ -112,7 +116,7 @@ class Detector:
         self._timed += [d for d in self.thresholds.values() if d.high is not None]
         #: id(rule) -> its state update, for the threshold and flatline filters the matcher returns
         self._updates: dict[int, Update] = {}
-        self._sweepable: list[tuple[KeyedState, Stateful | Suppressor]] = []
+        self._sweepable: list[tuple[WindowState, Stateful | Suppressor]] = []
         self._sweep_next = 0
         self._bind_states()
         #: whether anything needs event time at all (else events skip the clock)
@@ -243,7 +247,7 @@ class Detector:
             "rules": per_rule,
         }
 
-    def states(self) -> dict[str, tuple[Rule, KeyedState]]:
+    def states(self) -> dict[str, tuple[Rule, WindowState]]:
         """Every keyed state by a stable name (for snapshots): ``<rule id>`` and ``<rule id>!suppress``."""
         out = {d.rule.id: (d.rule, d.state) for d in self.stateful}
         out |= {rid + SUPPRESS_SUFFIX: (s.rule, s.state) for rid, s in self.suppressors.items()}
@@ -269,7 +273,11 @@ class Detector:
         kept: list[str] = []
         for det in self.stateful:
             prev = previous.get(det.rule.id)
-            if prev is not None and prev[0].content_hash == det.rule.content_hash:
+            if (
+                prev is not None
+                and prev[0].content_hash == det.rule.content_hash
+                and type(prev[1]) is type(det.state)  # (a native=False detector next to a native one)
+            ):
                 det.state = prev[1]
                 kept.append(det.rule.id)
         for rid, sup in self.suppressors.items():

@@ -37,8 +37,9 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
+from vigil.detectors.counts import CountState
 from vigil.detectors.finding import SEP, Finding, finding, group_from_key
-from vigil.detectors.state import SHARDS
+from vigil.detectors.state import SHARDS, KeyedState
 from vigil.detectors.threshold import ThresholdDetector
 from vigil.events.model import Event
 from vigil.rules.expr_source import SCALARS, STRUCTS
@@ -85,6 +86,10 @@ def count_update(det: ThresholdDetector) -> Update | None:
         return None
     w, low = fast
     lines = ["def _count(e, t, out):", *_key_lines(det.fields)]
+    state = det.state
+    if isinstance(state, CountState):
+        return _compiled(det, state, lines)
+    assert isinstance(state, KeyedState)
     lines += [
         f"    s = SHARDS[hash(k) & {SHARDS - 1}]",
         "    st = s.get(k)",
@@ -124,11 +129,32 @@ def count_update(det: ThresholdDetector) -> Update | None:
         "        out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), before + 1))",
     ]
     namespace: dict[str, Any] = {
-        "KEY": det.key_of,
-        "SHARDS": det.state.shards,
-        "STATE": det.state,
-        "GENERAL": det.on_event,
+        "SHARDS": state.shards,
+        "STATE": state,
         "LOW": low,
+    }
+    return _build(det, lines, namespace)
+
+
+def _compiled(det: ThresholdDetector, state: CountState, lines: list[str]) -> Update:
+    """The update of a rule whose windows are in the compiled table: the key as above, then one call
+    that counts the event and says whether the bound was crossed (or that the general path must run)."""
+    lines += [
+        "    v = UPDATE(k, t)",
+        "    if v is None:",
+        "        return",
+        "    if v is ...:  # a gap, or a late event",
+        "        GENERAL(e, t, out)",
+        "        return",
+        "    out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), v))",
+    ]
+    return _build(det, lines, {"UPDATE": state.table.update})
+
+
+def _build(det: ThresholdDetector, lines: list[str], namespace: dict[str, Any]) -> Update:
+    namespace |= {
+        "KEY": det.key_of,
+        "GENERAL": det.on_event,
         "FINDING": finding,
         "RULE": det.rule,
         "GROUP": group_from_key,

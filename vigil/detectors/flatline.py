@@ -18,7 +18,7 @@ from typing import Final
 
 from vigil.detectors.clock import from_ms
 from vigil.detectors.finding import Finding, finding, group_from_key, key_function
-from vigil.detectors.state import KeyedState, Packed
+from vigil.detectors.state import KeyedState, Packed, WindowState
 from vigil.events.model import Event
 from vigil.rules.model import Rule
 
@@ -36,7 +36,7 @@ class FlatlineDetector:
         self.key_of = key_function(spec.group_by)
         self.period = int(spec.period.total_seconds() * 1000)
         self.expire = int(spec.expire.total_seconds() * 1000)
-        self.state = KeyedState(limit)
+        self.state: WindowState = KeyedState(limit)
         self.next_due = NO_TIMER
 
     def on_event(self, event: Event, t: int, out: list[Finding]) -> None:

@@ -26,7 +26,7 @@ from typing import Final
 
 from vigil.detectors.clock import from_ms
 from vigil.detectors.finding import Finding, finding, group_from_key, key_function
-from vigil.detectors.state import KeyedState, Packed
+from vigil.detectors.state import KeyedState, Packed, WindowState
 from vigil.events.model import Event
 from vigil.rules.model import Rule
 
@@ -59,7 +59,7 @@ class SequenceDetector:
         self.absent = seq.steps[-1].absent
         #: steps that must happen (all of them unless the last is absent)
         self.n_pos = len(seq.steps) - (1 if self.absent else 0)
-        self.state = KeyedState(limit)
+        self.state: WindowState = KeyedState(limit)
         self.next_due = NO_TIMER
 
     def on_event(self, event: Event, t: int, matched: list[int], out: list[Finding]) -> None:

@@ -15,7 +15,7 @@ counts every time that happens so the operator sees it in the metrics.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, Protocol
 
 #: the packed value of one key: never a container
 Packed = int | bytes | str
@@ -39,10 +39,6 @@ class KeyedState:
         self._generation = -1
         self._todo = SHARDS
 
-    def shard(self, key: str) -> dict[str, Packed]:
-        """The dict that holds ``key`` (hot paths use it directly: one hash, cached on the string)."""
-        return self.shards[hash(key) & (SHARDS - 1)]
-
     def get(self, key: str) -> Packed | None:
         return self.shards[hash(key) & (SHARDS - 1)].get(key)
 
@@ -55,14 +51,6 @@ class KeyedState:
                 return False
             self.size += 1
         shard[key] = value
-        return True
-
-    def admit(self, shard: dict[str, Packed]) -> bool:
-        """For a hot path about to add a new key to ``shard``: room left? (counts it if so)."""
-        if self.size >= self.limit:
-            self.limited += 1
-            return False
-        self.size += 1
         return True
 
     def pop(self, key: str) -> Packed | None:
@@ -108,3 +96,32 @@ class KeyedState:
         for shard in self.shards:
             shard.clear()
         self.size = 0
+
+
+class WindowState(Protocol):
+    """What the engine, expiry and snapshots use of a rule's keyed state: :class:`KeyedState`, or for a
+    plain count rule the compiled :class:`~vigil.detectors.counts.CountState` (same packed values)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def limited(self) -> int: ...
+
+    def get(self, key: str) -> Packed | None: ...
+
+    def put(self, key: str, value: Packed) -> bool: ...
+
+    def pop(self, key: str) -> Packed | None: ...
+
+    def items(self) -> Iterator[tuple[str, Packed]]: ...
+
+    def pending(self, generation: int) -> bool: ...
+
+    def sweep(
+        self, dead: Callable[[Packed], bool], shards: int = 1, generation: int | None = None
+    ) -> int: ...
+
+    def sweep_all(self, dead: Callable[[Packed], bool]) -> int: ...
+
+    def clear(self) -> None: ...

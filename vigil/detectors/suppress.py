@@ -15,7 +15,7 @@ from typing import Final
 import msgspec
 
 from vigil.detectors.finding import Finding, group_key
-from vigil.detectors.state import KeyedState, Packed
+from vigil.detectors.state import KeyedState, Packed, WindowState
 from vigil.rules.model import Rule
 
 _LOW: Final = (1 << 32) - 1
@@ -28,7 +28,7 @@ class Suppressor:
         assert rule.suppress is not None
         self.rule = rule
         self.period = max(1, int(rule.suppress.total_seconds() * 1000))
-        self.state = KeyedState(limit)
+        self.state: WindowState = KeyedState(limit)
         self.held = 0
 
     def admit(self, found: Finding, t: int) -> Finding | None:

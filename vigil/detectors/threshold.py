@@ -36,8 +36,9 @@ from collections.abc import Callable
 from typing import Final
 
 from vigil.detectors.clock import from_ms
+from vigil.detectors.counts import NATIVE, BucketBelow, CountState
 from vigil.detectors.finding import Finding, field_getter, finding, group_from_key, key_function
-from vigil.detectors.state import SHARDS, KeyedState, Packed
+from vigil.detectors.state import SHARDS, KeyedState, Packed, WindowState
 from vigil.events.model import Event
 from vigil.rules.model import Rule
 
@@ -96,7 +97,7 @@ def distinct_from_v1(st: bytes) -> bytes:
 class ThresholdDetector:
     """One threshold rule's windows (see module docstring)."""
 
-    def __init__(self, rule: Rule, limit: int) -> None:
+    def __init__(self, rule: Rule, limit: int, *, native: bool = NATIVE) -> None:
         spec = rule.threshold
         assert spec is not None
         self.rule = rule
@@ -105,7 +106,12 @@ class ThresholdDetector:
         self.w = max(1, int(spec.window.total_seconds() * 1000))
         self.low = spec.at_least
         self.high = spec.at_most
-        self.state = KeyedState(limit)
+        self.measure = spec.measure
+        fast = self.fast_count
+        #: a plain count rule's windows live in the compiled table where it is built (counts.py)
+        self.state: WindowState = (
+            CountState(fast[0], fast[1], limit) if native and fast is not None else KeyedState(limit)
+        )
         self.stale = 0
         self.bad_values = 0
         self.cap = int(max(self.low or 0, (self.high or 0) + 1)) if spec.measure == "distinct" else 0
@@ -114,7 +120,6 @@ class ThresholdDetector:
             self._raw_get = field_getter(spec.field)
         #: earliest watermark at which due() has work (at_most rules judge closed buckets)
         self.next_due = NO_TIMER
-        self.measure = spec.measure
         self.on_event: Callable[[Event, int, list[Finding]], None] = {
             "count": self._count,
             "sum": self._sum,
@@ -141,14 +146,14 @@ class ThresholdDetector:
     # -- count ---------------------------------------------------------------------------------------
 
     def _count(self, event: Event, t: int, out: list[Finding]) -> None:
+        # The general path (generic state API): the hot cases of plain count rules are generated
+        # (fastpath.py) or compiled (counts.py) and come here only for gaps and late events.
         key = self.key_of(event)
         w = self.w
         b = t // w
-        shard = self.state.shard(key)
-        st = shard.get(key)
+        state = self.state
+        st = state.get(key)
         if st is None:
-            if not self.state.admit(shard):
-                return
             kb, cur, prev = b, 0, 0
         else:
             assert type(st) is int
@@ -163,7 +168,7 @@ class ThresholdDetector:
                     self.stale += 1
                     return
                 total = cur + prev  # late into the previous bucket: all of it is still in the window
-                shard[key] = (kb << 48) | (cur << 24) | min(prev + 1, M24)
+                state.put(key, (kb << 48) | (cur << 24) | min(prev + 1, M24))
                 if self._crossed(total, total + 1):
                     out.append(
                         finding(
@@ -172,7 +177,8 @@ class ThresholdDetector:
                     )
                 return
         before: float = cur + prev * (1 - (t - kb * w) / w) if prev else cur
-        shard[key] = (kb << 48) | (min(cur + 1, M24) << 24) | prev
+        if not state.put(key, (kb << 48) | (min(cur + 1, M24) << 24) | prev):
+            return  # a new key past the limit (counted)
         if self.high is not None:
             self._arm(kb)
         elif self._crossed(before, before + 1):
@@ -236,10 +242,11 @@ class ThresholdDetector:
         w = self.w
         b = t // w
         high = self.high
-        shard = self.state.shards[hash(key) & _SHARD_MASK]
+        state = self.state
+        assert type(state) is KeyedState  # (only plain count rules get another kind)
+        shard = state.shards[hash(key) & _SHARD_MASK]
         st = shard.get(key)
         if st is None:  # a new group: its first value (cap is at least 1)
-            state = self.state
             if state.size >= state.limit:  # a new key past the limit (as KeyedState.put)
                 state.limited += 1
                 return
@@ -342,8 +349,7 @@ class ThresholdDetector:
         if self.high is not None:
             return lambda st: False
         if self.measure == "count":
-            below = oldest << 48  # packed ints order by bucket first
-            return lambda st: st < below  # type: ignore[operator]
+            return BucketBelow(oldest)
         return lambda st: self._unpack(st)[0] < oldest
 
     @property

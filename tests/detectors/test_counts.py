@@ -1,0 +1,167 @@
+"""The compiled window table of plain count rules (``counts.py``): the KeyedState interface over it, its
+hash table under inserts and deletions, expiry, snapshots across both kinds of state, and the GC."""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.detectors.stateful_helpers import ev, feed, rule_doc, rules
+from vigil.detectors.counts import BucketBelow, CountState, CountTable, pack
+from vigil.detectors.engine import Detector
+from vigil.detectors.snapshot import restore, snapshot
+from vigil.detectors.state import SHARDS, KeyedState
+from vigil.errors import VigilError
+
+pytestmark = pytest.mark.skipif(CountTable is None, reason="the compiled count table is not built")
+
+COUNT = 'kind: generic\nmatch: action == "login"\nthreshold: {count: 3, window: 1m, group_by: [actor.ip]}\n'
+
+
+def test_the_table_is_built_where_make_setup_ran() -> None:
+    """``make setup`` builds the extension; a silent fallback would leave the fast path untested."""
+    from vigil.detectors import counts
+
+    assert counts.NATIVE, "set VIGIL_PURE_PYTHON only to compare; the build must produce _counttable"
+
+
+def test_put_get_pop_items_clear_and_the_key_limit() -> None:
+    s = CountState(60_000, 3, limit=3)
+    assert s.get("a") is None and s.size == 0
+    big = pack(29_000_000, 5, 7)  # a real bucket number: the packed int outgrows 64 bits
+    assert big > 1 << 64
+    assert s.put("a", big) and s.get("a") == big
+    assert s.put("b", pack(1, 0, 0)) and s.put("c", 0)
+    assert not s.put("d", 1) and s.limited == 1 and s.size == 3
+    assert s.put("a", pack(2, 1, 1)) and s.get("a") == pack(2, 1, 1) and s.limited == 1  # existing: fine
+    assert sorted(s.items()) == [("a", pack(2, 1, 1)), ("b", pack(1, 0, 0)), ("c", 0)]
+    assert s.pop("b") == pack(1, 0, 0) and s.pop("b") is None and s.size == 2
+    assert s.put("d", 1) and s.size == 3
+    s.clear()
+    assert s.size == 0 and list(s.items()) == [] and s.get("a") is None
+
+
+def test_bad_values_and_keys_are_refused() -> None:
+    s = CountState(60_000, 3)
+    with pytest.raises(ValueError, match="packed"):
+        s.put("a", b"xy")
+    with pytest.raises(ValueError, match="packed"):
+        s.put("a", -1)
+    with pytest.raises(ValueError, match="2\\*\\*24"):
+        s.table.set("a", 0, 1 << 24, 0)
+    with pytest.raises(TypeError, match="str"):
+        s.table.update(b"a", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str"):
+        s.get(1)  # type: ignore[arg-type]
+    assert s.size == 0
+
+
+def test_random_inserts_and_deletions_agree_with_a_dict() -> None:
+    """Growth and backward-shift deletion: 60,000 random operations over a few thousand keys, checked
+    against a dict at every thousandth step and at the end (every key, and nothing else)."""
+    rng = random.Random(7)
+    s = CountState(1000, 1 << 20, limit=1 << 30)
+    model: dict[str, int] = {}
+    keys = [f"k{i}" for i in range(5000)]
+    for step in range(60_000):
+        key = rng.choice(keys)
+        if rng.random() < 0.4:
+            assert (s.pop(key) is not None) == (model.pop(key, None) is not None)
+        else:
+            value = pack(rng.randrange(1 << 30), rng.randrange(1 << 24), rng.randrange(1 << 24))
+            assert s.put(key, value)
+            model[key] = value
+        if step % 1000 == 0:
+            assert s.size == len(model)
+            assert all(s.get(k) == v for k, v in model.items())
+    assert dict(s.items()) == model and s.size == len(model)
+    assert all(s.get(k) is None for k in keys if k not in model)
+
+
+def test_update_counts_rolls_and_hands_gaps_and_late_events_back() -> None:
+    table = CountState(1000, 3).table
+    assert table.update("a", 5_000) is None and table.get("a") == (5, 1, 0)
+    assert table.update("a", 5_100) is None
+    assert table.update("a", 5_200) == 3 and type(table.update("a", 5_300)) is not int  # None: once
+    assert table.get("a") == (5, 4, 0)
+    crossed = table.update("a", 6_500)  # the next bucket: before it, 4 * 0.5 = 2 < 3 <= 3
+    assert crossed == 3.0 and type(crossed) is float and table.get("a") == (6, 1, 4)
+    assert table.update("a", 8_000) is ...  # a gap: the general path decides
+    assert table.update("a", 4_000) is ...  # a late event too
+    assert table.get("a") == (6, 1, 4)  # (and neither touched the state)
+    assert table.update("b", -1) is None and table.get("b") == (-1, 1, 0)  # floor division, as Python's
+
+
+def test_sweeps_drop_dead_keys_in_c_or_by_a_predicate_alike() -> None:
+    a, b = CountState(1000, 3), CountState(1000, 3)
+    for i in range(3000):
+        for s in (a, b):
+            s.put(f"k{i}", pack(i % 10, 1, 0))
+    dead = BucketBelow(5)
+    assert a.sweep(dead, shards=SHARDS // 2) + a.sweep(dead, shards=SHARDS) == 1500  # (compiled expiry)
+    assert b.sweep_all(lambda v: type(v) is int and v >> 48 < 5) == 1500  # (a predicate per key)
+    assert dict(a.items()) == dict(b.items()) and a.size == b.size == 1500
+    assert all(v >> 48 >= 5 for _, v in a.items())
+    # with a generation, each shard is visited once until it changes
+    assert a.pending(1) and a.sweep(BucketBelow(10), shards=SHARDS, generation=1) == 1500
+    assert not a.pending(1) and a.sweep(BucketBelow(10), shards=SHARDS, generation=1) == 0
+
+
+def test_keys_are_released_and_nothing_is_gc_tracked() -> None:
+    s = CountState(1000, 3)
+    key = "".join(["grp", "-1"])  # a fresh str, referenced only here
+    base = sys.getrefcount(key)
+    s.table.update(key, 0)
+    assert sys.getrefcount(key) == base + 1
+    s.pop(key)
+    assert sys.getrefcount(key) == base
+    s.table.update(key, 0)
+    s.clear()
+    assert sys.getrefcount(key) == base
+    assert not gc.is_tracked(s.table)
+
+
+@pytest.mark.parametrize("native_first", [True, False])
+def test_snapshots_move_between_compiled_and_python_state(tmp_path: Path, native_first: bool) -> None:
+    loaded = rules(tmp_path, rule_doc("t.c", COUNT))
+    source = Detector(loaded, native=native_first)
+    feed(source, [ev(f"e{i}", i * 7, ip=f"10.0.0.{i % 5}") for i in range(40)])
+    target = Detector(loaded, native=not native_first)
+    report = restore(target, snapshot(source))
+    assert report.keys == 5
+    (src,), (dst,) = source.thresholds.values(), target.thresholds.values()
+    assert isinstance(src.state, CountState) == native_first != isinstance(dst.state, CountState)
+    assert dict(src.state.items()) == dict(dst.state.items())
+    # and both go on alike
+    more = [ev(f"m{i}", 280 + i, ip="10.0.0.1") for i in range(4)]
+    assert feed(source, more) == feed(target, more)
+
+
+def test_a_snapshot_with_a_bad_count_entry_loads_nothing(tmp_path: Path) -> None:
+    loaded = rules(tmp_path, rule_doc("t.c", COUNT))
+    source = Detector(loaded, native=False)
+    feed(source, [ev(f"e{i}", i, ip=f"10.0.0.{i}") for i in range(3)])
+    (det,) = source.thresholds.values()
+    assert isinstance(det.state, KeyedState)
+    det.state.put("10.0.0.9", b"not a count")
+    target = Detector(loaded, native=True)
+    with pytest.raises(VigilError, match="not a packed int"):
+        restore(target, snapshot(source))
+    assert target.open_keys() == 0
+
+
+def test_a_hot_reload_keeps_the_compiled_state(tmp_path: Path) -> None:
+    loaded = rules(tmp_path, rule_doc("t.c", COUNT))
+    old = Detector(loaded, lateness=timedelta(minutes=5))
+    feed(old, [ev("e1", 0, ip="x"), ev("e2", 1, ip="x")])
+    new = Detector(loaded, lateness=timedelta(minutes=5))
+    assert new.adopt(old) == ["t.c"]
+    assert [(f.rule, f.value) for f in new.process(ev("e3", 2, ip="x"))] == [("t.c", 3)]
+    # a pure-Python detector does not take a compiled state (nor the reverse): it starts empty
+    python = Detector(loaded, native=False)
+    assert python.adopt(new) == [] and python.open_keys() == 0
