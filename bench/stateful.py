@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_activity import OPERATIONS, records
 
 from rules import make_rules, write_rules
-from vigil.detectors.counts import NATIVE
+from vigil.detectors.compiled import NATIVE
 from vigil.detectors.engine import Detector
 from vigil.detectors.state import DEFAULT_MAX_KEYS
 from vigil.events.batch import BatchNormalizer

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from vigil.detectors.clock import to_ms
-from vigil.detectors.counts import CountTable
+from vigil.detectors.compiled import CountTable
 from vigil.detectors.engine import Detector
 from vigil.detectors.finding import Finding
 from vigil.events.model import Actor, Event, Node, Resource, freeze

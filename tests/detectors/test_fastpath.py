@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.detectors.stateful_helpers import NATIVE_MODES, ev, rule_doc, rules
-from vigil.detectors.counts import CountState
+from vigil.detectors.compiled import CountState
 from vigil.detectors.engine import Detector
 from vigil.detectors.fastpath import attribute_path, count_update
 from vigil.detectors.threshold import ThresholdDetector

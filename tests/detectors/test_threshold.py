@@ -534,12 +534,12 @@ def check_count_stream(rules: tuple[Rule, ...], steps: Steps, native: bool) -> C
     return seen
 
 
-def check_distinct_stream(rules: tuple[Rule, ...], steps: Steps) -> Counter[str]:
+def check_distinct_stream(rules: tuple[Rule, ...], steps: Steps, native: bool) -> Counter[str]:
     """In-order streams: per bucket the kept values are the first ``cap`` distinct ones, ``only`` the
     number of previous-bucket values not seen again in the current one; findings fire exactly on a
     crossing of the estimate ``len(cur) + only * (1 - f)``."""
     seen: Counter[str] = Counter()
-    det = Detector(rules, lateness=timedelta(milliseconds=LATENESS))
+    det = Detector(rules, lateness=timedelta(milliseconds=LATENESS), native=native)
     newest = BASE_MS
     events: dict[str, list[tuple[int, str]]] = {g: [] for g in GROUPS}
     for i, (step, gi, vi) in enumerate(steps):
@@ -627,10 +627,13 @@ def test_property_count_matches_brute_force(
         observe(what)
 
 
+@pytest.mark.parametrize("native", NATIVE_MODES)
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=distinct_steps())
-def test_property_distinct_matches_brute_force(property_rules: tuple[Rule, ...], steps: Steps) -> None:
-    for what in check_distinct_stream(property_rules, steps):
+def test_property_distinct_matches_brute_force(
+    property_rules: tuple[Rule, ...], steps: Steps, native: bool
+) -> None:
+    for what in check_distinct_stream(property_rules, steps, native):
         observe(what)
 
 
@@ -654,7 +657,7 @@ def test_dense_random_streams_match_brute_force(property_rules: tuple[Rule, ...]
     seen: Counter[str] = Counter()
     for _ in range(12):
         seen += check_count_stream(property_rules, dense_stream(rng, 150, disorder=True), native)
-        seen += check_distinct_stream(property_rules, dense_stream(rng, 150, disorder=False))
+        seen += check_distinct_stream(property_rules, dense_stream(rng, 150, disorder=False), native)
     for n in BOUNDS:
         assert seen[f"count fired (bound {n})"] > 0, seen
         assert seen[f"distinct fired (bound {n})"] > 0, seen

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.detectors.stateful_helpers import at, ev, feed, rule_doc, rules
+from tests.detectors.stateful_helpers import NATIVE_MODES, at, ev, feed, rule_doc, rules
 from vigil.detectors.clock import to_ms
 from vigil.detectors.engine import Detector
 from vigil.detectors.threshold import distinct_from_v1, distinct_parts, value_hash
@@ -20,15 +20,14 @@ from vigil.events.model import Event
 LOGIN = 'kind: generic\nmatch: action == "login"\n'
 
 
-def distinct(tmp_path: Path, spec: str, max_keys: int = 1000) -> Detector:
+def distinct(tmp_path: Path, spec: str, max_keys: int = 1000, native: bool = False) -> Detector:
     doc = rule_doc("t.ips", LOGIN + f"threshold: {spec}\n")
-    return Detector(rules(tmp_path, doc), lateness=timedelta(minutes=10), max_keys=max_keys)
+    return Detector(rules(tmp_path, doc), lateness=timedelta(minutes=10), max_keys=max_keys, native=native)
 
 
-def test_distinct_key_limit_counts_and_does_not_grow(tmp_path: Path) -> None:
-    det = distinct(
-        tmp_path, "{distinct: actor.ip, at_least: 2, window: 5m, group_by: [actor.id]}", max_keys=2
-    )
+@pytest.mark.parametrize("native", NATIVE_MODES)
+def test_distinct_key_limit_counts_and_does_not_grow(tmp_path: Path, native: bool) -> None:
+    det = distinct(tmp_path, "{distinct: actor.ip, at_least: 2, window: 5m, group_by: [actor.id]}", 2, native)
     events = [ev(f"e{i}-{who}", i, ip=f"ip{i}", actor_id=who) for i in range(3) for who in "abcd"]
     found = feed(det, events)
     stats = det.stats()["rules"]["t.ips"]  # type: ignore[index]
@@ -37,8 +36,11 @@ def test_distinct_key_limit_counts_and_does_not_grow(tmp_path: Path) -> None:
     assert sorted(dict(f.group)["actor.id"] for f in found) == ["a", "b"]
 
 
-def test_distinct_late_event_into_previous_bucket_counts_whole(tmp_path: Path) -> None:
-    det = distinct(tmp_path, "{distinct: actor.ip, at_least: 3, window: 5m, group_by: [actor.id]}")
+@pytest.mark.parametrize("native", NATIVE_MODES)
+def test_distinct_late_event_into_previous_bucket_counts_whole(tmp_path: Path, native: bool) -> None:
+    det = distinct(
+        tmp_path, "{distinct: actor.ip, at_least: 3, window: 5m, group_by: [actor.id]}", native=native
+    )
 
     def u(eid: str, s: float, ip: str) -> Event:
         return ev(eid, s, ip=ip, actor_id="u1")

@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Final, Protocol
 
 from vigil.detectors.clock import EventClock, to_ms
-from vigil.detectors.counts import NATIVE
+from vigil.detectors.compiled import NATIVE
 from vigil.detectors.fastpath import Update, count_update
 from vigil.detectors.finding import Finding, group_of, single
 from vigil.detectors.flatline import FlatlineDetector

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from vigil.detectors.counts import CountState
+from vigil.detectors.compiled import CountState
 from vigil.detectors.finding import SEP, Finding, finding, group_from_key
 from vigil.detectors.state import SHARDS, KeyedState
 from vigil.detectors.threshold import ThresholdDetector
@@ -148,7 +148,7 @@ def _compiled(det: ThresholdDetector, state: CountState, lines: list[str]) -> Up
         "        return",
         "    out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), v))",
     ]
-    return _build(det, lines, {"UPDATE": state.table.update})
+    return _build(det, lines, {"UPDATE": state.counts.update})
 
 
 def _build(det: ThresholdDetector, lines: list[str], namespace: dict[str, Any]) -> Update:

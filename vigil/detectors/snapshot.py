@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from vigil.detectors.counts import CountState
+from vigil.detectors.compiled import CountState, DistinctState
 from vigil.detectors.engine import SUPPRESS_SUFFIX, Detector
 from vigil.detectors.threshold import distinct_from_v1
 from vigil.errors import VigilError
@@ -113,7 +113,8 @@ def _read(detector: Detector, doc: dict[str, Any], exact_clock: bool = False) ->
             and spec.measure == "distinct"
             and not name.endswith(SUPPRESS_SUFFIX)  # (a suppression's state is the same in both)
         )
-        counted = isinstance(target[1], CountState)  # (the compiled table takes nothing else)
+        # (a compiled table takes only its own kind of value: checked here, before anything is loaded)
+        compiled = target[1] if isinstance(target[1], CountState | DistinctState) else None
         entries = []
         for entry in saved.get("entries", ()):
             key, tag, value = entry
@@ -124,8 +125,9 @@ def _read(detector: Detector, doc: dict[str, Any], exact_clock: bool = False) ->
                 if type(packed) is not bytes:
                     raise ValueError(f"{name}: a distinct state is not bytes")
                 packed = distinct_from_v1(packed)
-            elif counted and (type(packed) is not int or packed < 0):
-                raise ValueError(f"{name}: a count window is not a packed int")
+            problem = compiled.problem(packed) if compiled is not None else None
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
             entries.append((key, packed))
         staged.append((target[1], entries))
     clock = doc.get("clock", {})

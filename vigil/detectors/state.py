@@ -100,7 +100,7 @@ class KeyedState:
 
 class WindowState(Protocol):
     """What the engine, expiry and snapshots use of a rule's keyed state: :class:`KeyedState`, or for a
-    plain count rule the compiled :class:`~vigil.detectors.counts.CountState` (same packed values)."""
+    plain count rule the compiled :class:`~vigil.detectors.compiled.CountState` (same packed values)."""
 
     @property
     def size(self) -> int: ...

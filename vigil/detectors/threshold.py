@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Final
 
 from vigil.detectors.clock import from_ms
-from vigil.detectors.counts import NATIVE, BucketBelow, CountState
+from vigil.detectors.compiled import NATIVE, BucketBelow, CountState, DistinctState
 from vigil.detectors.finding import Finding, field_getter, finding, group_from_key, key_function
 from vigil.detectors.state import SHARDS, KeyedState, Packed, WindowState
 from vigil.events.model import Event
@@ -107,14 +107,16 @@ class ThresholdDetector:
         self.low = spec.at_least
         self.high = spec.at_most
         self.measure = spec.measure
-        fast = self.fast_count
-        #: a plain count rule's windows live in the compiled table where it is built (counts.py)
-        self.state: WindowState = (
-            CountState(fast[0], fast[1], limit) if native and fast is not None else KeyedState(limit)
-        )
+        self.cap = int(max(self.low or 0, (self.high or 0) + 1)) if spec.measure == "distinct" else 0
+        #: plain count and distinct rules keep their windows in compiled tables where built (compiled.py)
+        low, plain = self.low, native and self.high is None
+        self.state: WindowState = KeyedState(limit)
+        if plain and low is not None and self.measure == "count":
+            self.state = CountState(self.w, low, limit)
+        elif plain and low is not None and self.measure == "distinct":
+            self.state = DistinctState(self.w, low, limit, self.cap)
         self.stale = 0
         self.bad_values = 0
-        self.cap = int(max(self.low or 0, (self.high or 0) + 1)) if spec.measure == "distinct" else 0
         self._raw_get: Callable[[Event], object] | None = None
         if spec.field:
             self._raw_get = field_getter(spec.field)
@@ -123,7 +125,7 @@ class ThresholdDetector:
         self.on_event: Callable[[Event, int, list[Finding]], None] = {
             "count": self._count,
             "sum": self._sum,
-            "distinct": self._distinct,
+            "distinct": self._distinct_compiled if type(self.state) is DistinctState else self._distinct,
         }[spec.measure]
 
     # -- firing --------------------------------------------------------------------------------------
@@ -243,7 +245,7 @@ class ThresholdDetector:
         b = t // w
         high = self.high
         state = self.state
-        assert type(state) is KeyedState  # (only plain count rules get another kind)
+        assert type(state) is KeyedState  # (plain distinct rules have _distinct_compiled where built)
         shard = state.shards[hash(key) & _SHARD_MASK]
         st = shard.get(key)
         if st is None:  # a new group: its first value (cap is at least 1)
@@ -273,7 +275,7 @@ class ThresholdDetector:
             if b < kb - 1:
                 self.stale += 1
                 return
-            self._late_distinct(event, key, shard, st, h, out)
+            self._late_distinct(event, key, st, h, out)
             return
         if len(st) > split and _has(st, h, split):  # already counted in this bucket (never after a roll)
             return
@@ -296,9 +298,31 @@ class ThresholdDetector:
         if low is not None and before < low <= after:
             out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), after))
 
-    def _late_distinct(
-        self, event: Event, key: str, shard: dict[str, Packed], st: bytes, h: bytes, out: list[Finding]
-    ) -> None:
+    def _distinct_compiled(self, event: Event, t: int, out: list[Finding]) -> None:
+        """A plain distinct rule whose windows are in the compiled table: the same semantics as
+        :meth:`_distinct` (the same tests run both), late events handed back to the Python path."""
+        assert self._raw_get is not None
+        v = self._raw_get(event)
+        if v is None:
+            return
+        h = _text_hash(v if type(v) is str else repr(v))
+        key = self.key_of(event)
+        state = self.state
+        assert type(state) is DistinctState
+        got = state.values.update(key, t, h)
+        if got is None:
+            return
+        if got is ...:  # a late event: stale, or into the previous bucket
+            st = state.get(key)
+            assert type(st) is bytes
+            if t // self.w < _DIST.unpack_from(st)[0] - 1:
+                self.stale += 1
+            else:
+                self._late_distinct(event, key, st, h, out)
+            return
+        out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), got))
+
+    def _late_distinct(self, event: Event, key: str, st: bytes, h: bytes, out: list[Finding]) -> None:
         """An event late into the previous bucket: kept there, and all of that bucket is in the window."""
         kb, nprev, only = _DIST.unpack_from(st)
         split = 16 + 8 * nprev
@@ -306,7 +330,7 @@ class ThresholdDetector:
             return
         late_before = ((len(st) - split) >> 3) + only
         if nprev < self.cap:
-            shard[key] = _DIST.pack(kb, nprev + 1, only + 1) + st[16:split] + h + st[split:]
+            self.state.put(key, _DIST.pack(kb, nprev + 1, only + 1) + st[16:split] + h + st[split:])
         low = self.low
         if low is not None and late_before < low <= late_before + 1:
             group = group_from_key(self.fields, key)
@@ -348,9 +372,7 @@ class ThresholdDetector:
         oldest = watermark // self.w - 1
         if self.high is not None:
             return lambda st: False
-        if self.measure == "count":
-            return BucketBelow(oldest)
-        return lambda st: self._unpack(st)[0] < oldest
+        return BucketBelow(oldest)
 
     @property
     def granularity(self) -> int:

@@ -1,10 +1,13 @@
-"""The compiled window table of plain count rules (``counts.py``): the KeyedState interface over it, its
-hash table under inserts and deletions, expiry, snapshots across both kinds of state, and the GC."""
+"""The compiled window tables of plain count and distinct rules (``compiled.py``): the KeyedState
+interface over them, the hash table under inserts and deletions, the distinct blocks, expiry, snapshots
+across both kinds of state, and the GC. (Window semantics: the brute-force tests of test_threshold.py run
+both kinds.)"""
 
 from __future__ import annotations
 
 import gc
 import random
+import struct
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -12,22 +15,27 @@ from pathlib import Path
 import pytest
 
 from tests.detectors.stateful_helpers import ev, feed, rule_doc, rules
-from vigil.detectors.counts import BucketBelow, CountState, CountTable, pack
+from vigil.detectors.compiled import BucketBelow, CountState, CountTable, DistinctState, pack
 from vigil.detectors.engine import Detector
 from vigil.detectors.snapshot import restore, snapshot
 from vigil.detectors.state import SHARDS, KeyedState
+from vigil.detectors.threshold import value_hash
 from vigil.errors import VigilError
 
 pytestmark = pytest.mark.skipif(CountTable is None, reason="the compiled count table is not built")
 
 COUNT = 'kind: generic\nmatch: action == "login"\nthreshold: {count: 3, window: 1m, group_by: [actor.ip]}\n'
+DISTINCT = (
+    'kind: generic\nmatch: action == "login"\n'
+    "threshold: {distinct: actor.ip, at_least: 6, window: 1m, group_by: [actor.id]}\n"
+)
 
 
 def test_the_table_is_built_where_make_setup_ran() -> None:
     """``make setup`` builds the extension; a silent fallback would leave the fast path untested."""
-    from vigil.detectors import counts
+    from vigil.detectors import compiled as counts
 
-    assert counts.NATIVE, "set VIGIL_PURE_PYTHON only to compare; the build must produce _counttable"
+    assert counts.NATIVE, "set VIGIL_PURE_PYTHON only to compare; the build must produce _windows"
 
 
 def test_put_get_pop_items_clear_and_the_key_limit() -> None:
@@ -150,7 +158,7 @@ def test_a_snapshot_with_a_bad_count_entry_loads_nothing(tmp_path: Path) -> None
     assert isinstance(det.state, KeyedState)
     det.state.put("10.0.0.9", b"not a count")
     target = Detector(loaded, native=True)
-    with pytest.raises(VigilError, match="not a packed int"):
+    with pytest.raises(VigilError, match="not a packed non-negative int"):
         restore(target, snapshot(source))
     assert target.open_keys() == 0
 
@@ -165,3 +173,76 @@ def test_a_hot_reload_keeps_the_compiled_state(tmp_path: Path) -> None:
     # a pure-Python detector does not take a compiled state (nor the reverse): it starts empty
     python = Detector(loaded, native=False)
     assert python.adopt(new) == [] and python.open_keys() == 0
+
+
+def h(n: int) -> bytes:
+    return value_hash(f"v{n}")
+
+
+def dist(bucket: int, prev: list[int], cur: list[int], only: int) -> bytes:
+    return struct.pack("<qII", bucket, len(prev), only) + b"".join(map(h, prev)) + b"".join(map(h, cur))
+
+
+def test_distinct_update_keeps_the_layout_of_the_python_state() -> None:
+    s = DistinctState(1000, 3, limit=10, cap=3)
+    u = s.values.update
+    assert u("g", 5_000, h(1)) is None and s.get("g") == dist(5, [], [1], 0)
+    assert u("g", 5_100, h(1)) is None and s.get("g") == dist(5, [], [1], 0)  # a value counts once
+    assert u("g", 5_200, h(2)) is None
+    got = u("g", 5_300, h(3))
+    assert got == 3.0 and type(got) is float and s.get("g") == dist(5, [], [1, 2, 3], 0)
+    assert u("g", 5_400, h(4)) is None and s.get("g") == dist(5, [], [1, 2, 3], 0)  # capped at 3
+    # the next bucket: the current values become the previous ones, all "only there" until seen again
+    assert u("g", 6_500, h(2)) is None and s.get("g") == dist(6, [1, 2, 3], [2], 2)
+    assert u("g", 8_000, h(9)) is None and s.get("g") == dist(8, [], [9], 0)  # a gap forgets both
+    assert u("g", 7_000, h(1)) is ...  # late: the Python path decides
+    assert u("f", 0, h(1)) is None and s.size == 2
+    with pytest.raises(TypeError, match="8 bytes"):
+        u("g", 0, b"short")  # type: ignore[arg-type]
+
+
+def test_distinct_blocks_grow_past_their_first_room_and_round_trip() -> None:
+    s = DistinctState(1000, 100, limit=10, cap=50)
+    for i in range(40):
+        s.values.update("g", 1_000 + i, h(i))
+    for i in range(45):
+        s.values.update("g", 2_000 + i, h(100 + i))
+    packed = s.get("g")
+    assert packed == dist(2, list(range(40)), [100 + i for i in range(45)], 40)
+    t = DistinctState(1000, 100, limit=10, cap=50)
+    assert t.put("g", packed) and t.get("g") == packed and dict(t.items()) == {"g": packed}
+    assert s.pop("g") == packed and s.size == 0 and s.get("g") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (b"short", "not packed bytes"),
+        ("text", "not packed bytes"),
+        (struct.pack("<qII", 1, 2, 0) + h(1), "does not fit"),  # two previous hashes announced, one there
+        (struct.pack("<qII", 1, 1, 2) + h(1), "does not fit"),  # more "only" than previous
+        (dist(1, [], [1, 2, 3, 4], 0), "does not fit"),  # more current values than the rule keeps
+    ],
+)
+def test_distinct_state_refuses_values_that_do_not_fit(value: object, why: str) -> None:
+    s = DistinctState(1000, 3, limit=10, cap=3)
+    with pytest.raises(ValueError, match=why):
+        s.put("g", value)  # type: ignore[arg-type]
+    assert s.size == 0
+
+
+@pytest.mark.parametrize("native_first", [True, False])
+def test_distinct_snapshots_move_between_compiled_and_python_state(
+    tmp_path: Path, native_first: bool
+) -> None:
+    loaded = rules(tmp_path, rule_doc("t.d", DISTINCT))
+    source = Detector(loaded, native=native_first)
+    events = [ev(f"e{i}", i * 11, ip=f"10.0.0.{i % 7}", actor_id=f"u{i % 3}") for i in range(30)]
+    feed(source, events)
+    target = Detector(loaded, native=not native_first)
+    assert restore(target, snapshot(source)).keys == 3
+    (src,), (dst,) = source.thresholds.values(), target.thresholds.values()
+    assert isinstance(src.state, DistinctState) == native_first != isinstance(dst.state, DistinctState)
+    assert dict(src.state.items()) == dict(dst.state.items())
+    more = [ev(f"m{i}", 330 + i, ip=f"10.9.0.{i}", actor_id="u1") for i in range(8)]
+    assert feed(source, more) == feed(target, more)
