@@ -31,13 +31,6 @@ DISTINCT = (
 )
 
 
-def test_the_table_is_built_where_make_setup_ran() -> None:
-    """``make setup`` builds the extension; a silent fallback would leave the fast path untested."""
-    from vigil.detectors import compiled as counts
-
-    assert counts.NATIVE, "set VIGIL_PURE_PYTHON only to compare; the build must produce _windows"
-
-
 def test_put_get_pop_items_clear_and_the_key_limit() -> None:
     s = CountState(60_000, 3, limit=3)
     assert s.get("a") is None and s.size == 0
