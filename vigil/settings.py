@@ -55,8 +55,9 @@ from vigil.yamlio import YamlDocument, describe_type, line_of, read_profile
 
 ENV_PREFIX: Final = "VIGIL_"
 ENV_DELIMITER: Final = "__"
-#: variables with the prefix that are not settings (the profile path itself)
-RESERVED_ENV: Final = frozenset({"VIGIL_CONFIG"})
+#: variables with the prefix that are not settings: the profile path itself, the crash points of the
+#: crash-safety tests (streams/crash.py) and the switch to pure-Python window state (detectors/compiled.py)
+RESERVED_ENV: Final = frozenset({"VIGIL_CONFIG", "VIGIL_CRASH_AT", "VIGIL_PURE_PYTHON"})
 DEFAULT_PROFILE: Final = Path("config/local.yaml")
 _SECRET_WORDS: Final = ("secret", "token", "password", "passphrase", "key", "webhook", "connection_string")
 

@@ -26,7 +26,9 @@ MINUTE = 60.0
 NATIVE_MODES = [
     pytest.param(False, id="python"),
     pytest.param(
-        True, id="native", marks=pytest.mark.skipif(CountTable is None, reason="count table not built")
+        True,
+        id="native",
+        marks=pytest.mark.skipif(CountTable is None, reason="compiled window tables not built"),
     ),
 ]
 
