@@ -89,6 +89,9 @@ class HttpSettings(Section):
     max_connections: int = Field(
         default=1000, ge=1, description="open connections past this are closed at once"
     )
+    body_timeout: float = Field(
+        default=60.0, gt=0, le=3600, description="seconds a request has to send its whole body after its head"
+    )
     read_auth: bool = Field(
         default=False,
         description="require a bearer token (the local token or a platform API token) on the read API: "

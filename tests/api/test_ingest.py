@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     work = tmp_path_factory.mktemp("ingest")
     (work / "rules.yaml").write_text(RULES, encoding="utf-8")
     (work / "profile.yaml").write_text(
-        "data_dir: var\nhttp:\n  port: 0\n  max_body_bytes: 64KiB\n  sources:\n"
+        "data_dir: var\nhttp:\n  port: 0\n  max_body_bytes: 64KiB\n  body_timeout: 1\n  sources:\n"
         f"    azure_monitor: {{hmac_secrets: [{HMAC_SECRET}]}}\n"
         f"    eventgrid: {{query_secrets: [{CODE}], subscriptions: [VIGIL-KV]}}\n"
         "detect:\n  rules: rules.yaml\n",
@@ -51,6 +52,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         yield base, token, work
     finally:
         proc.stop()
+        assert "Traceback" not in proc.read_log()  # (no request, however bad, may end in one)
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -108,6 +110,31 @@ def test_a_body_over_the_limit_is_413(daemon: tuple[str, str, Path]) -> None:
 
     r = httpx.post(f"{base}/v1/events", content=chunks(), headers=_bearer(token))
     assert r.status_code == 413
+
+
+def test_a_body_trickling_in_is_cut_off_and_counted(daemon: tuple[str, str, Path]) -> None:
+    """http.body_timeout (1 s here): an authenticated client that sends its head, then a byte every
+    0.1 s, is disconnected about a second later, nothing of it stored; the daemon goes on serving."""
+    base, token, _ = daemon
+    host, port = base.removeprefix("http://").split(":")
+    before = httpx.get(f"{base}/metrics").text
+    assert "vigil_http_body_timeouts_total 0" in before
+    with socket.create_connection((host, int(port)), timeout=5) as slow:
+        slow.sendall(
+            f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Length: 5000\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        with pytest.raises(OSError):  # (reset or broken pipe, once the server closed it)
+            for _ in range(100):
+                slow.sendall(b" ")
+                time.sleep(0.1)
+                if slow.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    raise ConnectionResetError("closed by the server")
+        assert 0.8 < time.monotonic() - started < 5
+    assert "vigil_http_body_timeouts_total 1" in httpx.get(f"{base}/metrics").text
+    r = httpx.post(f"{base}/v1/events", content=json.dumps(ACTIVITY).encode(), headers=_bearer(token))
+    assert r.status_code == 200
 
 
 def test_a_malformed_body_is_400_and_dead_lettered_with_its_reason(daemon: tuple[str, str, Path]) -> None:

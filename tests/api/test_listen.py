@@ -18,20 +18,29 @@ from vigil.streams import HttpIngestStats
 
 
 async def _ok(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
-    """A minimal ASGI app: 200 "ok" to every request."""
+    """A minimal ASGI app: reads the whole body, then 200 "ok" (or "ok N" for a body of N bytes)."""
     if scope["type"] != "http":
         return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"ok"})
+    await send({"type": "http.response.body", "body": f"ok {size}".encode() if size else b"ok"})
 
 
 @contextlib.asynccontextmanager
-async def _serving(stats: HttpIngestStats, header_timeout: float, max_connections: int) -> AsyncIterator[str]:
+async def _serving(
+    stats: HttpIngestStats, header_timeout: float, max_connections: int, body_timeout: float = 60.0
+) -> AsyncIterator[str]:
     """uvicorn with the guarded protocol on a loopback port, for the block (its URL)."""
     sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(
-        _ok, log_config=None, http=guarded_protocol(stats, header_timeout, max_connections), lifespan="off"
-    )
+    protocol = guarded_protocol(stats, header_timeout, max_connections, body_timeout)
+    config = uvicorn.Config(_ok, log_config=None, http=protocol, lifespan="off")
     server = Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -95,5 +104,39 @@ def test_connections_past_the_cap_are_closed_at_once() -> None:
                 assert (await client.get("/")).status_code == 200
             for s in [*held, extra]:
                 s.close()
+
+    asyncio.run(main())
+
+
+def test_a_body_trickling_in_is_cut_off_at_the_deadline_and_whole_bodies_go_on() -> None:
+    """The body deadline runs from the head, once per request: a client sending a byte every 0.1 s (the
+    head deadline would never see it) is closed after ``body_timeout``; a body that arrives in time, and
+    the next request on the same keep-alive connection, are not."""
+
+    async def main() -> None:
+        stats = HttpIngestStats()
+        async with _serving(stats, header_timeout=0.3, max_connections=100, body_timeout=0.6) as url:
+            slow = _connect(url)
+            slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            started = time.monotonic()
+
+            def trickle() -> float:
+                try:
+                    for _ in range(100):
+                        slow.sendall(b"x")
+                        time.sleep(0.1)
+                except OSError:  # the server closed it
+                    return time.monotonic() - started
+                return -1.0
+
+            cut_after = await asyncio.to_thread(trickle)
+            assert 0.5 < cut_after < 3, cut_after
+            assert stats.body_timeouts == 1 and stats.header_timeouts == 0
+            async with httpx.AsyncClient(base_url=url) as client:  # keep-alive: two requests, one socket
+                assert (await client.post("/", content=b"y" * 100_000)).text == "ok 100000"
+                await asyncio.sleep(0.8)  # longer than the body deadline, between requests: no effect
+                assert (await client.post("/", content=b"z" * 10)).text == "ok 10"
+            assert stats.body_timeouts == 1
+            slow.close()
 
     asyncio.run(main())

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
 
 from vigil.api import read_auth
 from vigil.api.actions import router as actions_router
@@ -43,6 +45,8 @@ from vigil.api.ingest import create_router as create_ingest_router
 from vigil.api.read import router as read_router
 from vigil.store.sqlite import StoreError
 from vigil.streams import RunState
+
+log = logging.getLogger(__name__)
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -105,6 +109,11 @@ _DETECT_METRICS: Final = (
 )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    log.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 def create_app(state: RunState) -> FastAPI:
     """Build the API over ``state``; ``app.state.vigil`` keeps it for later routers."""
     app = FastAPI(title="Vigil", version=state.version, docs_url=None, redoc_url=None)
@@ -118,6 +127,9 @@ def create_app(state: RunState) -> FastAPI:
         app.include_router(router)
     if state.settings.http.read_auth:
         read_auth.install(app, state)
+    # A client that goes away mid-body (or is cut off at http.body_timeout) is not a server error: no
+    # traceback, and no answer either, since nobody is left to read it.
+    app.add_exception_handler(ClientDisconnect, _client_gone)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -261,6 +273,12 @@ def render_metrics(state: RunState) -> str:
         "counter",
         "Connections closed for not sending a request head within http.header_timeout.",
         http.header_timeouts,
+    )
+    metric(
+        "vigil_http_body_timeouts_total",
+        "counter",
+        "Connections closed for not sending a request's whole body within http.body_timeout.",
+        http.body_timeouts,
     )
     for name, kind, help_text, samples in platform_metrics(state):
         family(name, kind, help_text, samples)

@@ -8,9 +8,11 @@ kept for ever: ten thousand idle sockets, or a slowloris trickling one header by
 descriptor each until the process can accept nothing. So a connection must complete each request head
 within ``header_timeout`` seconds of waiting for it (from the connection, or from the first byte after a
 response), and past ``max_connections`` open connections a new one is closed at once, before it costs
-more than its accept. Both are counted (``vigil_http_header_timeouts_total``,
-``vigil_http_connections_refused_total``). A request whose head arrived is the application's: its body
-is bounded by ``http.max_body_bytes``.
+more than its accept. A request's body must then arrive whole within ``body_timeout`` seconds of its
+head, however it trickles in (the size is bounded by ``http.max_body_bytes``): without it, a client sending
+one byte a minute holds a connection, and a handler waiting on it, for as long as it likes. All three are
+counted (``vigil_http_header_timeouts_total``, ``vigil_http_body_timeouts_total``,
+``vigil_http_connections_refused_total``).
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ class Server(uvicorn.Server):
 
 
 def guarded_protocol(
-    stats: HttpIngestStats, header_timeout: float, max_connections: int
+    stats: HttpIngestStats, header_timeout: float, max_connections: int, body_timeout: float = 60.0
 ) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a request-head deadline and a connection cap (see module docstring)."""
+    """uvicorn's h11 protocol with request-head and request-body deadlines and a connection cap (see
+    module docstring)."""
 
     class Guarded(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -83,12 +87,36 @@ def guarded_protocol(
             super().data_received(data)
             if self._in_request():
                 self._stop_head_timer()
+                if self._body_pending():
+                    self._await_body()  # (started once per request: a trickle does not push it back)
+                else:
+                    self._stop_body_timer()
             else:
+                self._stop_body_timer()
                 self._await_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head_timer()
+            self._stop_body_timer()
             super().connection_lost(exc)
+
+        def _body_pending(self) -> bool:
+            return self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete
+
+        def _await_body(self) -> None:
+            if self._body_timer is None and not self.transport.is_closing():
+                self._body_timer = self.loop.call_later(body_timeout, self._body_expired)
+
+        def _stop_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_expired(self) -> None:
+            self._body_timer = None
+            if self._body_pending() and not self.transport.is_closing():
+                stats.body_timeouts += 1
+                self.transport.close()
 
         def _in_request(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete

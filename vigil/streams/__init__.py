@@ -85,6 +85,8 @@ class HttpIngestStats:
     connections_refused: int = 0
     #: connections closed for not sending a request head within ``http.header_timeout``
     header_timeouts: int = 0
+    #: connections closed for not sending a request's whole body within ``http.body_timeout``
+    body_timeouts: int = 0
 
     @staticmethod
     def bump(counter: dict[K, int], key: K, n: int = 1) -> None:

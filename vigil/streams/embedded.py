@@ -260,7 +260,12 @@ async def _serve(
         access_log=settings.log_level == "DEBUG",  # probes every few seconds would drown the log
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn logs through ours, in the same format
-        http=guarded_protocol(state.http_ingest, settings.http.header_timeout, settings.http.max_connections),
+        http=guarded_protocol(
+            state.http_ingest,
+            settings.http.header_timeout,
+            settings.http.max_connections,
+            settings.http.body_timeout,
+        ),
     )
     server = Server(config)
     stopping = asyncio.Event()
