@@ -10,11 +10,14 @@ closes. The providers and sources are exercised against loopback fakes and Azuri
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from vigil.api import create_app
 from vigil.platform.azure.compute import AzureCompute
 from vigil.platform.azure.keyvault import AzureKeyVault
 from vigil.platform.azure.keyvault_lockdown import AzureVaultLockdown
@@ -108,3 +111,43 @@ def test_disabled_builds_nothing_and_bad_settings_are_named(tmp_path: Path) -> N
         _settings(tmp_path, eventhubs__checkpoint_connection_string="")
     with pytest.raises(Exception, match="at least twice max_wait_time"):
         _settings(tmp_path, eventhubs__stall_after="15")
+
+
+def test_a_hubs_checkpoint_outage_shows_in_readyz_status_and_metrics(tmp_path: Path) -> None:
+    """The wiring of reliability A7 (the outage itself is in test_eventhubs.py): a hub whose checkpoints
+    have been failing for a minute is an alarm in /readyz (still 200: nothing stops) and /v1/status, and a
+    gauge in /metrics; once it recovers, all three are clear."""
+    settings = _settings(tmp_path)
+    store = Store(tmp_path / "vigil.db")
+    state = RunState(settings=settings, store=store)
+    state.ingest.running, state.ingest.last_scan_at, state.ingest.last_scan_ok = True, time.time(), True
+
+    async def scenario() -> None:
+        runtime = await start_azure(settings, state, lambda: None)
+        assert runtime is not None
+        state.azure = runtime
+        stats = runtime.hubs[0].ingest.stats
+        transport = httpx.ASGITransport(app=create_app(state))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as client:
+                assert (await client.get("/readyz")).json() == {"status": "ready"}
+                stats.checkpoint_error = "ServiceRequestError: connection refused"
+                stats.checkpoint_failing_since = time.monotonic() - 61
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200 and ready.json()["status"] == "ready"
+                (alarm,) = ready.json()["alarms"]
+                assert alarm.startswith(
+                    "event hub activity: checkpoints failing for 61 s (ServiceRequestError"
+                )
+                assert (await client.get("/v1/status")).json()["alarms"] == [alarm]
+                metrics = (await client.get("/metrics")).text
+                assert 'vigil_eventhubs_checkpoint_failing_seconds{hub="activity"} 61' in metrics
+                stats.checkpoint_error = stats.checkpoint_failing_since = None
+                assert (await client.get("/readyz")).json() == {"status": "ready"}
+                metrics = (await client.get("/metrics")).text
+                assert 'vigil_eventhubs_checkpoint_failing_seconds{hub="activity"} 0' in metrics
+        finally:
+            await runtime.close()
+
+    asyncio.run(scenario())
+    store.close()

@@ -409,3 +409,60 @@ def test_two_instances_split_the_partitions(azurite: Azurite, tmp_path: Path) ->
         assert len(ids) == len(set(ids)) == 12
     finally:
         store.close()
+
+
+# -- a checkpoint store outage (reliability A7) ------------------------------------------------------------
+
+
+class FailingCheckpoints(InMemoryCheckpointStore):  # type: ignore[misc]
+    """The SDK's in-memory checkpoint store whose checkpoint writes fail while ``down`` (as the Blob store's
+    do while its account is unreachable); ownership claims keep working."""
+
+    down = False
+
+    async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs: Any) -> None:
+        if self.down:
+            raise ConnectionError("checkpoint store unreachable (test)")
+        await super().update_checkpoint(checkpoint, **kwargs)
+
+
+def test_a_checkpoint_outage_is_an_alarm_and_clears_when_checkpoints_are_written(tmp_path: Path) -> None:
+    """While checkpoints fail, events are still stored (nothing waits on the checkpoint), each failure is
+    counted, and the hub reports an alarm with how long it has lasted (shown by /readyz and /v1/status) and
+    a failing-seconds gauge; the first checkpoint written afterwards clears both and covers the outage."""
+    hub = RecordedHub.of(HUB, {"0": [activity_body(0)]})
+    store = Store(tmp_path / "vigil.db")
+    checkpoints = FailingCheckpoints()
+    try:
+        c = consumer(hub, store, checkpoints)
+        stats = c.ingest.stats
+
+        async def main() -> None:
+            stopping = asyncio.Event()
+            task = asyncio.create_task(c.run(stopping))
+            try:
+                await wait_for(lambda: stats.checkpointed == {"0": 0}, "the first checkpoint")
+                assert stats.alarm(HUB) is None and stats.checkpoint_failing_for() == 0
+                checkpoints.down = True
+                for n in range(1, 4):
+                    hub.partitions["0"].append(activity_body(n))
+                await wait_for(
+                    lambda: stats.checkpoint_failures >= 1 and stats.events == 8, "stored, unchecked"
+                )
+                await asyncio.sleep(0.3)
+                alarm = stats.alarm(HUB)
+                assert alarm is not None and "checkpoints failing for" in alarm
+                assert "ConnectionError: checkpoint store unreachable" in alarm
+                assert stats.checkpoint_failing_for() >= 0.3 and stats.checkpointed == {"0": 0}
+                checkpoints.down = False
+                hub.partitions["0"].append(activity_body(9))
+                await wait_for(lambda: stats.checkpointed == {"0": 4}, "a checkpoint after the outage")
+                assert stats.alarm(HUB) is None and stats.checkpoint_failing_for() == 0
+            finally:
+                stopping.set()
+                await asyncio.wait_for(task, 20)
+
+        asyncio.run(main())
+        assert len(set(stored_ids(store))) == 10  # every record of the five bodies, once
+    finally:
+        store.close()

@@ -42,8 +42,10 @@ def degraded_reason(state: RunState) -> str | None:
 
 
 def alarms(state: RunState) -> list[str]:
-    """Problems that do not stop anything yet (one checkpoint sink of two down, signing failing)."""
-    return [] if state.platform is None else list(state.platform.audit.status().alarms)
+    """Problems that do not stop anything yet (one audit checkpoint sink of two down, signing failing, an
+    event hub's checkpoints failing)."""
+    found = [] if state.platform is None else list(state.platform.audit.status().alarms)
+    return found + (state.azure.alarms() if state.azure is not None else [])
 
 
 def platform_metrics(state: RunState) -> list[Family]:

@@ -140,9 +140,9 @@ def create_app(state: RunState) -> FastAPI:
         reason = not_ready_reason(state)
         if reason is None:
             degraded = degraded_reason(state)
-            if degraded is not None:
-                return JSONResponse({"status": "degraded", "reason": degraded})
-            return JSONResponse({"status": "ready"})
+            answer = {"status": "ready"} if degraded is None else {"status": "degraded", "reason": degraded}
+            # (alarms stop nothing, so they never make it "not ready"; a probe or a person still sees them)
+            return JSONResponse(answer | ({"alarms": found} if (found := alarms(state)) else {}))
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
     @app.get("/metrics")

@@ -90,10 +90,17 @@ class AzureRuntime:
         for key, text in _HUB_COUNTERS:
             rows = [(f'{{hub="{h.spec.name}"}}', float(getattr(h.stats, key))) for h in self.hubs]
             families.append((f"vigil_eventhubs_{key}_total", "counter", text, rows))
+        failing = [(f'{{hub="{h.spec.name}"}}', h.stats.checkpoint_failing_for()) for h in self.hubs]
+        text = "Seconds the hub's checkpoints have been failing (0 while they are written)."
+        families.append(("vigil_eventhubs_checkpoint_failing_seconds", "gauge", text, failing))
         for key, text in _POLL_COUNTERS:
             rows = [(f'{{table="{p.table.table}"}}', float(getattr(p.stats, key))) for p in self.pollers]
             families.append((f"vigil_loganalytics_{key}_total", "counter", text, rows))
         return families
+
+    def alarms(self) -> list[str]:
+        """Problems of the sources that stop nothing yet (checkpoints failing), for /readyz and /v1/status."""
+        return [a for h in self.hubs if (a := h.stats.alarm(h.spec.name)) is not None]
 
     async def close(self) -> None:
         for close in reversed(self._closers):

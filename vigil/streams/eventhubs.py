@@ -145,6 +145,26 @@ class HubStats:
     checkpointed: dict[str, int] = field(default_factory=dict)
     #: why the consumer last failed (client error, store error); cleared when a batch commits
     last_error: str | None = None
+    #: the last checkpoint failure, and since when (monotonic seconds) checkpoints have been failing;
+    #: both cleared by the next checkpoint written (reliability A7: shown as an alarm, see :meth:`alarm`)
+    checkpoint_error: str | None = None
+    checkpoint_failing_since: float | None = None
+
+    def checkpoint_failing_for(self, now: float | None = None) -> float:
+        """Seconds since checkpoints started failing (0 while they are written)."""
+        since = self.checkpoint_failing_since
+        return 0.0 if since is None else (time.monotonic() if now is None else now) - since
+
+    def alarm(self, hub: str) -> str | None:
+        """The operator's view of a checkpoint outage, or None. Nothing is lost while it lasts (events are
+        stored before their checkpoint), but a restart replays everything since the last checkpoint, and
+        the checkpoint store also holds partition ownership."""
+        if self.checkpoint_failing_since is None:
+            return None
+        return (
+            f"event hub {hub}: checkpoints failing for {self.checkpoint_failing_for():.0f} s "
+            f"({self.checkpoint_error}); events are stored, a restart would replay them"
+        )
 
     def counters(self) -> dict[str, int]:
         """The monotonically increasing counts, by their short names."""
@@ -322,6 +342,9 @@ class BatchIngest:
             raise
         except Exception as exc:  # the SDK surfaces storage errors of many kinds; none may stop ingestion
             self.stats.checkpoint_failures += 1
+            self.stats.checkpoint_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self.stats.checkpoint_failing_since is None:
+                self.stats.checkpoint_failing_since = time.monotonic()
             log.warning(
                 "%s: partition %s: checkpoint at sequence %s not written (events are stored; a restart "
                 "replays them): %s: %s",
@@ -333,6 +356,9 @@ class BatchIngest:
             )
             return
         self.stats.checkpoints += 1
+        if self.stats.checkpoint_failing_since is not None:
+            log.info("%s: checkpoints are written again", self.spec.name)
+        self.stats.checkpoint_error = self.stats.checkpoint_failing_since = None
         if last.sequence_number is not None:
             self.stats.checkpointed[ctx.partition_id] = last.sequence_number
 
