@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
-from vigil.detectors.state import DEFAULT_MAX_KEYS, SHARDS, Packed
+from vigil.detectors.state import DEFAULT_MAX_KEYS, SHARDS, Packed, ShardSweep
 
 try:
     from vigil.detectors._windows import CountTable, DistinctTable
@@ -82,16 +82,14 @@ class _Table(Protocol):
     def clear(self) -> None: ...
 
 
-class _Compiled:
+class _Compiled(ShardSweep):
     """The KeyedState interface over a compiled table."""
 
-    __slots__ = ("_cursor", "_generation", "_todo", "table")
+    __slots__ = ("table",)
 
     def __init__(self, table: _Table) -> None:
+        super().__init__()
         self.table = table
-        self._cursor = 0
-        self._generation = -1
-        self._todo = SHARDS
 
     @property
     def size(self) -> int:
@@ -123,31 +121,11 @@ class _Compiled:
             for key, raw in self.table.shard_items(i):
                 yield key, self._value(raw)
 
-    def pending(self, generation: int) -> bool:
-        """As :meth:`KeyedState.pending`."""
-        return generation != self._generation or self._todo > 0
-
-    def sweep(self, dead: Callable[[Packed], bool], shards: int = 1, generation: int | None = None) -> int:
-        """As :meth:`KeyedState.sweep`: drop the ``dead`` keys of the next ``shards`` shards."""
-        if generation is not None:
-            if generation != self._generation:
-                self._generation, self._todo = generation, SHARDS
-            shards = min(shards, self._todo)
-            self._todo -= shards
-        removed = 0
+    def _sweep_shard(self, i: int, dead: Callable[[Packed], bool]) -> int:
         table = self.table
-        for _ in range(min(shards, SHARDS)):
-            if type(dead) is BucketBelow:
-                removed += table.expire(self._cursor, dead.oldest)
-            else:
-                for key, raw in table.shard_items(self._cursor):
-                    if dead(self._value(raw)) and table.discard(key):
-                        removed += 1
-            self._cursor = (self._cursor + 1) % SHARDS
-        return removed
-
-    def sweep_all(self, dead: Callable[[Packed], bool]) -> int:
-        return self.sweep(dead, SHARDS)
+        if type(dead) is BucketBelow:  # (every threshold window's test: run in C over the shard)
+            return table.expire(i, dead.oldest)
+        return sum(1 for key, raw in table.shard_items(i) if dead(self._value(raw)) and table.discard(key))
 
     def clear(self) -> None:
         self.table.clear()

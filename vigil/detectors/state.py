@@ -25,19 +25,57 @@ SHARDS: Final = 256
 DEFAULT_MAX_KEYS: Final = 1_000_000
 
 
-class KeyedState:
+class ShardSweep:
+    """The incremental expiry both kinds of state share: :meth:`sweep` visits a few of the 256 shards per
+    call, round robin, so no single event pays for a scan of a million keys; subclasses drop one shard's
+    dead keys in :meth:`_sweep_shard`."""
+
+    __slots__ = ("_cursor", "_generation", "_todo")
+
+    def __init__(self) -> None:
+        self._cursor = 0
+        self._generation = -1
+        self._todo = SHARDS
+
+    def pending(self, generation: int) -> bool:
+        """Whether a sweep for ``generation`` has shards left to visit (see :meth:`sweep`)."""
+        return generation != self._generation or self._todo > 0
+
+    def sweep(self, dead: Callable[[Packed], bool], shards: int = 1, generation: int | None = None) -> int:
+        """Remove the keys whose value is ``dead`` from the next ``shards`` shards (round robin).
+
+        With a ``generation`` (say, the watermark's window number: nothing new can have died until it
+        changes), each shard is visited once per generation and further calls are free.
+        """
+        if generation is not None:
+            if generation != self._generation:
+                self._generation, self._todo = generation, SHARDS
+            shards = min(shards, self._todo)
+            self._todo -= shards
+        removed = 0
+        for _ in range(min(shards, SHARDS)):
+            removed += self._sweep_shard(self._cursor, dead)
+            self._cursor = (self._cursor + 1) % SHARDS
+        return removed
+
+    def sweep_all(self, dead: Callable[[Packed], bool]) -> int:
+        return self.sweep(dead, SHARDS)
+
+    def _sweep_shard(self, i: int, dead: Callable[[Packed], bool]) -> int:
+        raise NotImplementedError
+
+
+class KeyedState(ShardSweep):
     """Sharded ``key -> packed value`` with a key limit and incremental expiry."""
 
-    __slots__ = ("_cursor", "_generation", "_todo", "limit", "limited", "shards", "size")
+    __slots__ = ("limit", "limited", "shards", "size")
 
     def __init__(self, limit: int = DEFAULT_MAX_KEYS) -> None:
+        super().__init__()
         self.shards: list[dict[str, Packed]] = [{} for _ in range(SHARDS)]
         self.limit = limit
         self.size = 0
         self.limited = 0
-        self._cursor = 0
-        self._generation = -1
-        self._todo = SHARDS
 
     def get(self, key: str) -> Packed | None:
         return self.shards[hash(key) & (SHARDS - 1)].get(key)
@@ -63,34 +101,13 @@ class KeyedState:
         for shard in self.shards:
             yield from shard.items()
 
-    def pending(self, generation: int) -> bool:
-        """Whether a sweep for ``generation`` has shards left to visit (see :meth:`sweep`)."""
-        return generation != self._generation or self._todo > 0
-
-    def sweep(self, dead: Callable[[Packed], bool], shards: int = 1, generation: int | None = None) -> int:
-        """Remove the keys whose value is ``dead`` from the next ``shards`` shards (round robin).
-
-        With a ``generation`` (say, the watermark's window number: nothing new can have died until it
-        changes), each shard is visited once per generation and further calls are free.
-        """
-        if generation is not None:
-            if generation != self._generation:
-                self._generation, self._todo = generation, SHARDS
-            shards = min(shards, self._todo)
-            self._todo -= shards
-        removed = 0
-        for _ in range(min(shards, SHARDS)):
-            shard = self.shards[self._cursor]
-            self._cursor = (self._cursor + 1) % SHARDS
-            gone = [k for k, v in shard.items() if dead(v)]
-            for k in gone:
-                del shard[k]
-            removed += len(gone)
-        self.size -= removed
-        return removed
-
-    def sweep_all(self, dead: Callable[[Packed], bool]) -> int:
-        return self.sweep(dead, SHARDS)
+    def _sweep_shard(self, i: int, dead: Callable[[Packed], bool]) -> int:
+        shard = self.shards[i]
+        gone = [k for k, v in shard.items() if dead(v)]
+        for k in gone:
+            del shard[k]
+        self.size -= len(gone)
+        return len(gone)
 
     def clear(self) -> None:
         for shard in self.shards:

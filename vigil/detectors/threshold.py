@@ -231,15 +231,19 @@ class ThresholdDetector:
 
     # -- distinct ------------------------------------------------------------------------------------
 
+    def _value_hash(self, event: Event) -> bytes | None:
+        """The 8-byte hash of the counted field's value (None: the event has no value)."""
+        assert self._raw_get is not None
+        v = self._raw_get(event)
+        return None if v is None else _text_hash(v if type(v) is str else repr(v))
+
     def _distinct(self, event: Event, t: int, out: list[Finding]) -> None:
         # Hot path (a share of every event): the state's shard is used directly and the helpers (put, _arm,
         # _crossed) are inlined. The value is ``header + prev + cur`` (see :func:`distinct_parts`), so a new
         # value of the current bucket is one concatenation, ``st + h``, the header unchanged.
-        assert self._raw_get is not None
-        v = self._raw_get(event)
-        if v is None:
+        h = self._value_hash(event)
+        if h is None:
             return
-        h = _text_hash(v if type(v) is str else repr(v))
         key = self.key_of(event)
         w = self.w
         b = t // w
@@ -301,11 +305,9 @@ class ThresholdDetector:
     def _distinct_compiled(self, event: Event, t: int, out: list[Finding]) -> None:
         """A plain distinct rule whose windows are in the compiled table: the same semantics as
         :meth:`_distinct` (the same tests run both), late events handed back to the Python path."""
-        assert self._raw_get is not None
-        v = self._raw_get(event)
-        if v is None:
+        h = self._value_hash(event)
+        if h is None:
             return
-        h = _text_hash(v if type(v) is str else repr(v))
         key = self.key_of(event)
         state = self.state
         assert type(state) is DistinctState
