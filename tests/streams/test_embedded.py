@@ -57,9 +57,9 @@ PROFILE_RULES = "detect:\n  rules: rules.yaml\n"
 class Daemon:
     """A ``vigil run`` subprocess whose stderr is collected by a thread, so it can never block on a pipe."""
 
-    def __init__(self, argv: list[str], cwd: Path) -> None:
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("VIGIL_")}
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("VIGIL_")} | (env or {})
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             argv,
@@ -126,7 +126,9 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Daemon]:
-    proc = Daemon([*COMMANDS[request.param], str(workdir / "profile.yaml")], workdir)
+    # (the second way in also runs the pure-Python window state, which the daemon must say it does)
+    env = {"VIGIL_PURE_PYTHON": "1"} if request.param == "serve" else None
+    proc = Daemon([*COMMANDS[request.param], str(workdir / "profile.yaml")], workdir, env)
     try:
         yield proc
     finally:
@@ -191,6 +193,9 @@ def test_vigil_run_end_to_end(daemon: Daemon, workdir: Path) -> None:
     status = httpx.get(f"{base}/v1/status", timeout=5).json()
     assert status["counters"]["events"] == 1
     assert status["settings"]["ingest"]["drop_dir"] == str(inbox)
+    pure = daemon.argv[:3] != COMMANDS["cli"][:3]
+    assert status["detect"]["compiled_windows"] is not pure
+    assert ("threshold windows run in pure Python (VIGIL_PURE_PYTHON is set)" in daemon.read_log()) is pure
 
     # Both stop signals take the clean path: SIGTERM (what supervisors send) and SIGINT (Ctrl-C).
     daemon.proc.send_signal(signal.SIGTERM if daemon.argv[:3] == COMMANDS["cli"][:3] else signal.SIGINT)

@@ -33,8 +33,9 @@ try:
 except ImportError:  # built without a C compiler: the pure-Python state and updates run instead
     CountTable = DistinctTable = None  # type: ignore[assignment, misc]
 
-#: whether plain count and distinct rules use the compiled tables (built, and not turned off)
-NATIVE: Final = CountTable is not None and os.environ.get("VIGIL_PURE_PYTHON", "") not in ("1", "true", "yes")
+#: whether the compiled tables are built, and whether plain count and distinct rules use them (not turned off)
+BUILT: Final = CountTable is not None
+NATIVE: Final = BUILT and os.environ.get("VIGIL_PURE_PYTHON", "") not in ("1", "true", "yes")
 
 _M24: Final = (1 << 24) - 1
 

@@ -78,6 +78,7 @@ class Detector:
         """``native``: plain count rules keep their windows in the compiled table (counts.py) where it
         is built; False runs them in pure Python (tests compare the two)."""
         self.rules = tuple(rules)
+        self.native = native
         self._clock_args = (lateness, max_future, live)
         self.clock = clock or EventClock(lateness, max_future=max_future, live=live)
         self.thresholds: dict[int, ThresholdDetector] = {}
@@ -244,6 +245,8 @@ class Detector:
             **self.clock.counters(),
             "watermark_ms": self.clock.watermark,
             "open_keys": self.open_keys(),
+            # (whether plain count/distinct windows run in the compiled tables: False is the slower path)
+            "compiled_windows": self.native,
             "rules": per_rule,
         }
 

@@ -32,6 +32,7 @@ from vigil import logs
 from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
 from vigil.api.listen import Server, bind, guarded_protocol, url_of
+from vigil.detectors import compiled
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
 from vigil.fsutil import DAEMON_URL_FILE, LockedError, ProcessLock, atomic_write
@@ -294,6 +295,11 @@ async def _serve(
             log.info(
                 "serving on %s (/healthz /readyz /metrics /v1/status /v1/findings /v1/rules)", url_of(sock)
             )
+            if not compiled.NATIVE:
+                log.warning(
+                    "threshold windows run in pure Python (%s): slower than the compiled tables",
+                    "VIGIL_PURE_PYTHON is set" if compiled.BUILT else "the C module was not built",
+                )
             log.info(
                 'send events: curl -H "Authorization: Bearer $(cat %s)" --data-binary @FILE %s/v1/events',
                 settings.data_dir / TOKEN_FILE,
