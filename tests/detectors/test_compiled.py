@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.detectors.stateful_helpers import ev, feed, rule_doc, rules
-from vigil.detectors.compiled import BucketBelow, CountState, CountTable, DistinctState, pack
+from vigil.detectors.compiled import BucketBelow, CountState, CountTable, DistinctState, DistinctTable, pack
 from vigil.detectors.engine import Detector
 from vigil.detectors.snapshot import restore, snapshot
 from vigil.detectors.state import SHARDS, KeyedState
@@ -52,7 +52,9 @@ def test_bad_values_and_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="packed"):
         s.put("a", b"xy")
     with pytest.raises(ValueError, match="packed"):
-        s.put("a", -1)
+        s.put("a", pack(1 << 64, 0, 0))  # a bucket past int64: refused, not an OverflowError half-way
+    assert s.put("a", pack(-1, 1, 0)) and s.get("a") == pack(-1, 1, 0)  # (before 1970: as KeyedState)
+    s.clear()
     with pytest.raises(ValueError, match="2\\*\\*24"):
         s.table.set("a", 0, 1 << 24, 0)
     with pytest.raises(TypeError, match="str"):
@@ -151,7 +153,7 @@ def test_a_snapshot_with_a_bad_count_entry_loads_nothing(tmp_path: Path) -> None
     assert isinstance(det.state, KeyedState)
     det.state.put("10.0.0.9", b"not a count")
     target = Detector(loaded, native=True)
-    with pytest.raises(VigilError, match="not a packed non-negative int"):
+    with pytest.raises(VigilError, match="not a packed int"):
         restore(target, snapshot(source))
     assert target.open_keys() == 0
 
@@ -239,3 +241,38 @@ def test_distinct_snapshots_move_between_compiled_and_python_state(
     assert dict(src.state.items()) == dict(dst.state.items())
     more = [ev(f"m{i}", 330 + i, ip=f"10.9.0.{i}", actor_id="u1") for i in range(8)]
     assert feed(source, more) == feed(target, more)
+
+
+def test_a_table_used_before_its_init_refuses_keys_instead_of_crashing() -> None:
+    for table in (CountTable.__new__(CountTable), DistinctTable.__new__(DistinctTable)):
+        got = table.update("a", 1) if type(table) is CountTable else table.update("a", 1, b"12345678")
+        assert got is None and table.size == 0 and table.limited == 1
+    with pytest.raises(TypeError):
+        CountTable(1000, 3.0, 10, 5)  # type: ignore[call-arg]  # (a cap is for distinct tables only)
+
+
+def test_listing_a_shard_survives_a_collection_that_empties_the_table() -> None:
+    """shard_items copies the shard before it allocates anything the collector tracks: a collection in
+    the middle (here forced at every allocation, with a callback that clears the table) cannot make it
+    read freed slots; the list is the shard as it was."""
+    s = CountState(1000, 3)
+    for i in range(4000):
+        s.put(f"k{i}", pack(1, i % 7, 0))
+    busiest = max(range(SHARDS), key=lambda i: len(s.table.shard_items(i)))
+    expected = sorted(s.table.shard_items(busiest))
+    cleared = []
+
+    def clear(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and not cleared:
+            cleared.append(True)
+            s.clear()
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(clear)
+    gc.set_threshold(1)
+    try:
+        got = s.table.shard_items(busiest)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(clear)
+    assert cleared and sorted(got) == expected and s.size == 0

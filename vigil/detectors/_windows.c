@@ -64,9 +64,16 @@ typedef struct {
 
 /* -- the hash table ------------------------------------------------------------------------------------- */
 
+/* Floor division and the matching remainder (in [0, b)) for b > 0, as Python's // and %, without the
+overflow of ``a - (a // b) * b`` at the ends of the range. */
 static inline int64_t floordiv(int64_t a, int64_t b) {
     int64_t q = a / b;
-    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+static inline int64_t floormod(int64_t a, int64_t b) {
+    int64_t r = a % b;
+    return r < 0 ? r + b : r;
 }
 
 static inline Shard *shard_of(Table *t, Py_hash_t h) { return &t->shards[(size_t)h & (NSHARDS - 1)]; }
@@ -257,25 +264,55 @@ static PyObject *Table_discard(Table *t, PyObject *key) {
     Py_RETURN_TRUE;
 }
 
+typedef struct {
+    PyObject *key;   /* a new reference */
+    PyObject *value; /* distinct: its packed bytes (a new reference); count: NULL */
+    int64_t bucket;
+    uint32_t cur, prev;
+} Item;
+
 static PyObject *Table_shard_items(Table *t, PyObject *arg) {
-    Py_ssize_t i;
+    Py_ssize_t i, n = 0;
     if (shard_index(arg, &i) < 0) return NULL;
     Shard *s = &t->shards[i];
-    PyObject *out = PyList_New(0);
-    if (out == NULL || s->mask < 0) return out;
-    for (Py_ssize_t j = 0; j <= s->mask; j++) {
+    if (s->mask < 0 || s->used == 0) return PyList_New(0);
+    /* First copy the shard out, allocating nothing the garbage collector tracks (a collection could run a
+    finalizer that changes this very table); only then build the tuples and the list. */
+    Item *items = PyMem_Calloc((size_t)s->used, sizeof(Item));
+    if (items == NULL) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    for (Py_ssize_t j = 0; j <= s->mask && n < s->used; j++) {
         Slot *sl = &s->slots[j];
         if (sl->key == NULL) continue;
-        PyObject *value = packed(t, sl);
-        PyObject *item = value == NULL ? NULL : PyTuple_Pack(2, sl->key, value);
-        Py_XDECREF(value);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(out);
-            return NULL;
+        Item *it = &items[n++];
+        it->key = Py_NewRef(sl->key);
+        if (t->distinct) {
+            if ((it->value = packed(t, sl)) == NULL) goto done; /* (bytes: not tracked) */
+        } else {
+            it->bucket = sl->v.c.bucket;
+            it->cur = sl->v.c.cur;
+            it->prev = sl->v.c.prev;
         }
-        Py_DECREF(item);
     }
+    out = PyList_New(n);
+    for (Py_ssize_t k = 0; out != NULL && k < n; k++) {
+        Item *it = &items[k];
+        PyObject *value = it->value != NULL ? Py_NewRef(it->value)
+                                            : Py_BuildValue("(LII)", (long long)it->bucket, it->cur, it->prev);
+        PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, it->key, value);
+        Py_XDECREF(value);
+        if (pair == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, pair);
+    }
+done:
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_DECREF(items[k].key);
+        Py_XDECREF(items[k].value);
+    }
+    PyMem_Free(items);
     return out;
 }
 
@@ -329,6 +366,7 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     Table *t = (Table *)type->tp_alloc(type, 0);
     if (t == NULL) return NULL;
     for (int i = 0; i < NSHARDS; i++) t->shards[i].mask = -1;
+    t->w = t->cap = 1; /* (safe until __init__ runs: no division by zero, no key admitted with limit 0) */
     return (PyObject *)t;
 }
 
@@ -338,11 +376,13 @@ static void Table_dealloc(Table *t) {
 }
 
 static int init(Table *t, PyObject *args, PyObject *kwds, int distinct) {
-    static char *kwlist[] = {"window_ms", "low", "limit", "cap", NULL};
+    static char *count_kw[] = {"window_ms", "low", "limit", NULL};
+    static char *distinct_kw[] = {"window_ms", "low", "limit", "cap", NULL};
     long long w;
     double low;
     Py_ssize_t limit, cap = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, distinct ? "Ldnn" : "Ldn|n", kwlist, &w, &low, &limit, &cap))
+    if (distinct ? !PyArg_ParseTupleAndKeywords(args, kwds, "Ldnn", distinct_kw, &w, &low, &limit, &cap)
+                 : !PyArg_ParseTupleAndKeywords(args, kwds, "Ldn", count_kw, &w, &low, &limit))
         return -1;
     if (w <= 0 || (distinct && (cap <= 0 || cap > 1 << 20))) {
         PyErr_SetString(PyExc_ValueError, "window_ms must be positive, and cap in [1, 2**20]");
@@ -388,20 +428,20 @@ static PyObject *Count_update(Table *t, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if (sl->v.c.bucket != b) {
-        if (sl->v.c.bucket != b - 1) return Py_NewRef(Py_Ellipsis); /* a gap, or a late event */
+        if (b == INT64_MIN || sl->v.c.bucket != b - 1) return Py_NewRef(Py_Ellipsis); /* a gap, or late */
         uint32_t p = sl->v.c.cur; /* the next bucket: the current count becomes the previous one */
         sl->v.c.bucket = b;
         sl->v.c.cur = 1;
         sl->v.c.prev = p;
         if ((double)p + 1 < low) Py_RETURN_NONE;
         exact = p == 0;
-        before = exact ? 0.0 : (double)p * (1 - (double)(ts - b * w) / (double)w);
+        before = exact ? 0.0 : (double)p * (1 - (double)floormod(ts, w) / (double)w);
     } else {
         uint32_t c = sl->v.c.cur, p = sl->v.c.prev;
         if (c < M24) sl->v.c.cur = c + 1;
         if ((double)c + (double)p + 1 < low) Py_RETURN_NONE;
         exact = p == 0;
-        before = exact ? (double)c : (double)c + (double)p * (1 - (double)(ts - b * w) / (double)w);
+        before = exact ? (double)c : (double)c + (double)p * (1 - (double)floormod(ts, w) / (double)w);
     }
     if (before < low && low <= before + 1) return count_value(before + 1, exact);
     Py_RETURN_NONE;
@@ -482,28 +522,27 @@ static PyObject *Distinct_update(Table *t, PyObject *const *args, Py_ssize_t nar
         Py_RETURN_NONE;
     }
     Block *blk = sl->v.d;
-    if (b > blk->bucket) { /* a later bucket: the current one becomes the previous one (or both go) */
-        uint32_t keep = b == blk->bucket + 1 ? blk->ncur : 0;
-        memmove(blk->h, blk->h + blk->nprev, sizeof(uint64_t) * keep);
-        blk->bucket = b;
-        blk->nprev = blk->only = keep;
-        blk->ncur = 0;
-    } else if (b < blk->bucket) {
-        return Py_NewRef(Py_Ellipsis); /* late: the general path (stale, or into the previous bucket) */
+    if (b < blk->bucket) return Py_NewRef(Py_Ellipsis); /* late: the general path (stale, or previous bucket) */
+    int roll = b > blk->bucket; /* a later bucket: the current one becomes the previous one (or both go) */
+    uint32_t np = roll ? (b == blk->bucket + 1 ? blk->ncur : 0) : blk->nprev, nc = roll ? 0 : blk->ncur;
+    if (nc < cap && np + nc + 1 > blk->room) { /* room first, so that a failure changes nothing */
+        uint32_t room = blk->room * 2 < np + cap ? blk->room * 2 : np + cap;
+        if (room < np + nc + 1) room = np + nc + 1;
+        Block *grown = PyMem_Realloc(blk, sizeof(Block) + sizeof(uint64_t) * room);
+        if (grown == NULL) return PyErr_NoMemory();
+        grown->room = room;
+        sl->v.d = blk = grown;
     }
-    uint32_t np = blk->nprev, nc = blk->ncur;
+    if (roll) {
+        memmove(blk->h, blk->h + blk->nprev, sizeof(uint64_t) * np);
+        blk->bucket = b;
+        blk->nprev = blk->only = np;
+        blk->ncur = 0;
+    }
     if (has(blk->h + np, nc, x)) Py_RETURN_NONE; /* already counted in this bucket */
-    double frac = 1 - (double)(ts - b * w) / (double)w;
+    double frac = 1 - (double)floormod(ts, w) / (double)w;
     double before = (double)nc + (double)blk->only * frac;
     if (nc < cap) {
-        if (np + nc + 1 > blk->room) {
-            uint32_t room = blk->room * 2 < np + cap ? blk->room * 2 : np + cap;
-            if (room < np + nc + 1) room = np + nc + 1;
-            Block *grown = PyMem_Realloc(blk, sizeof(Block) + sizeof(uint64_t) * room);
-            if (grown == NULL) return PyErr_NoMemory();
-            grown->room = room;
-            sl->v.d = blk = grown;
-        }
         if (blk->only && has(blk->h, np, x)) blk->only--; /* seen before: no longer only there */
         blk->h[np + nc] = x;
         blk->ncur = ++nc;

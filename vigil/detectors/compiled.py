@@ -149,8 +149,8 @@ class CountState(_Compiled):
         return pack(*raw)
 
     def problem(self, value: Packed) -> str | None:
-        if type(value) is not int or value < 0:
-            return "a count window is not a packed non-negative int"
+        if type(value) is not int or not -(1 << 63) <= value >> 48 < 1 << 63:
+            return "a count window is not a packed int (bucket << 48 | count << 24 | count)"
         return None
 
     def put(self, key: str, value: Packed) -> bool:
