@@ -276,3 +276,14 @@ def test_listing_a_shard_survives_a_collection_that_empties_the_table() -> None:
         gc.set_threshold(*threshold)
         gc.callbacks.remove(clear)
     assert cleared and sorted(got) == expected and s.size == 0
+
+
+def test_distinct_expiry_in_c_matches_the_predicate() -> None:
+    a, b = DistinctState(1000, 9, limit=10_000, cap=4), DistinctState(1000, 9, limit=10_000, cap=4)
+    for i in range(2000):
+        for s in (a, b):
+            s.values.update(f"g{i}", (i % 10) * 1000 + 5, h(i % 3))
+    dead = BucketBelow(5)
+    assert a.sweep_all(dead) == 1000  # (compiled expiry: type(dead) is BucketBelow)
+    assert b.sweep_all(lambda v: dead(v)) == 1000  # noqa: PLW0108 - (a predicate per key)
+    assert dict(a.items()) == dict(b.items()) and a.size == b.size == 1000
