@@ -19,6 +19,7 @@ import pytest
 from tests.platform.azure.fake_arm import FakeArm, mutations, serving
 from vigil.platform.azure.arm import ArmConfig
 from vigil.platform.azure.storage_lock import STEPS, AzureStorageLock
+from vigil.platform.errors import ForbiddenError
 from vigil.remediators.base import Context, Plan, Protected, RemediationError, remediators
 from vigil.remediators.lock_storage_account import RBAC_ACTIONS, STEP_DESCRIPTIONS, LockStorageAccount
 
@@ -161,6 +162,37 @@ def test_rollback_removes_the_lock_first_and_restores_the_recorded_properties(en
     assert undone["not_restorable"] == ["account keys (regenerated)", "user delegation keys (revoked)"]
     assert twice["changed"] is False
     assert noop == {"changed": False, "restored": {}, "not_restorable": []}
+
+
+def test_a_rollback_that_fails_half_way_is_finished_by_a_retry(env: Env, arm: Arm) -> None:
+    """Reliability C12: the lock comes off, then restoring the properties is refused (a role removed
+    meanwhile, say): the rollback fails with the account half-restored (unlocked, still closed). Once the
+    cause is fixed a retry does only what is left: one PATCH, the lock not touched again."""
+    original = dict(arm.fake.get(arm.rid)["properties"])
+
+    async def scenario() -> None:
+        locker = AzureStorageLock(arm.config)
+        try:
+            ctx = azure_ctx(env, locker)
+            plan = await plan_for(R, ctx, arm.rid)
+            for index in range(len(plan.steps)):
+                await R.apply_step(ctx, plan, index)
+            arm.fake.fail("PATCH", "storageAccounts/trainingdata$", 403)
+            with pytest.raises(ForbiddenError, match="restore the access settings"):
+                await R.rollback(ctx, plan)
+            assert arm.fake.locks_on(arm.rid) == []  # half-way: unlocked ...
+            assert arm.fake.get(arm.rid)["properties"]["allowSharedKeyAccess"] is False  # ... still closed
+            start = len(arm.fake.ledger)
+            done = await R.rollback(ctx, plan)
+            assert mutations(arm.fake, start) == [("PATCH", "storageAccounts/trainingdata")]
+            assert done["changed"] is True and "lock" not in done["restored"]
+        finally:
+            await locker.close()
+
+    run(scenario())
+    restored = arm.fake.get(arm.rid)["properties"]
+    for name in ("allowBlobPublicAccess", "allowSharedKeyAccess", "networkAcls", "publicNetworkAccess"):
+        assert restored[name] == original[name], name
 
 
 def test_without_delegation_revocation_the_plan_and_rollback_say_less(env: Env, arm: Arm) -> None:

@@ -378,6 +378,15 @@ def test_a_rollback_that_fails_is_rollback_failed_and_audited(tmp_path: Path) ->
                 (r.details["stage"], r.details.get("outcome")) for r in env.audit.db.query(kind="rollback")
             ]
             assert stages == [("intent", None), ("result", "rollback_failed")]
+            # the cause fixed (the executor acts as an admin again), the rollback is tried again and ends
+            again = await env.executor.rollback(failed, "alice")
+            assert again.state is S.ROLLED_BACK and await env.container() == (Lock.NONE, True)  # as before
+            stages = [
+                (r.details["stage"], r.details.get("outcome")) for r in env.audit.db.query(kind="rollback")
+            ]
+            assert stages[2:] == [("intent", None), ("result", "rolled_back")]
+            with pytest.raises(ActionConflictError):  # (and a rolled-back action is done)
+                await env.executor.rollback(again, "alice")
 
     run(main())
 

@@ -316,10 +316,12 @@ class Executor:
 
     async def rollback(self, action: Action, user: str) -> Action:
         """Restore what the action's plan recorded as ``before`` (succeeded, noop or timed-out actions of
-        reversible remediators); ActionConflictError in another state, NotReversibleError for the others."""
+        reversible remediators, and rollbacks that failed: a retry starts from the live state, so it
+        finishes one that stopped half-way); ActionConflictError in another state, NotReversibleError for
+        the others."""
         action = self._rec.stored(action.id)
         if (
-            action.state not in (S.SUCCEEDED, S.NOOP, S.TIMED_OUT)
+            action.state not in (S.SUCCEEDED, S.NOOP, S.TIMED_OUT, S.ROLLBACK_FAILED)
             or action.plan is None
             or action.id in self._busy
         ):

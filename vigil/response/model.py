@@ -11,7 +11,8 @@ States (the only transitions the store allows; anything else is a conflict)::
     ├──────────────────────────────────────────►┘ (approval auto)
     └──► dry_run                    (planned, audited and alerted; zero mutations)
 
-    succeeded | noop | timed_out ──► rolled_back | rollback_failed   (reversible remediators, on request)
+    succeeded | noop | timed_out ──► rolled_back | rollback_failed   (reversible remediators, on request;
+                                          rollback_failed ──► tried again on request, as a rollback)
 
 The idempotency key is ``(rule, target, remediation, window)`` (and the parameters resolved from templates,
 ``templates.py``), window = the start of the

@@ -51,6 +51,9 @@ TRANSITIONS: Final[Mapping[ActionState, frozenset[ActionState]]] = {
     S.SUCCEEDED: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
     S.NOOP: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
     S.TIMED_OUT: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
+    # a rollback that failed (often half-way: a lock removed, the properties not yet restored) may be tried
+    # again once its cause is fixed; rollbacks start from the live state, so a retry finishes the job
+    S.ROLLBACK_FAILED: frozenset({S.ROLLED_BACK, S.ROLLBACK_FAILED}),
 }
 INITIAL: Final = frozenset({S.PENDING_APPROVAL, S.APPROVED, S.REFUSED, S.DRY_RUN})
 #: states that do not count against blast-radius windows and rate limits (nothing was or will be done)
