@@ -66,7 +66,7 @@ class Server(uvicorn.Server):
 
 
 def guarded_protocol(
-    stats: HttpIngestStats, header_timeout: float, max_connections: int, body_timeout: float = 60.0
+    stats: HttpIngestStats, header_timeout: float, max_connections: int, body_timeout: float
 ) -> type[H11Protocol]:
     """uvicorn's h11 protocol with request-head and request-body deadlines and a connection cap (see
     module docstring)."""

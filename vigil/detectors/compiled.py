@@ -6,7 +6,7 @@ per-event updates were the largest share of a windowed replay (``bench/stateful.
 per event; 2 us each for a count at a million open keys, 7 us for a distinct). In Python an update is a dict
 probe that misses the cache several times around a few dozen bytecodes (and, for distinct, a new bytes
 value per new hash). ``_windows.c`` keeps each group in one 32-byte slot of open-addressed arrays (256
-shards, grown one at a time) and does the update in C. The replay benchmark runs about 40 % faster with it
+shards, grown one at a time) and does the update in C. The replay benchmark runs 26–32 % faster with it
 (paired, docs/rules.md has the figures).
 
 Everything else stays the Python that every other rule uses: the general path for what the compiled
@@ -29,9 +29,13 @@ from typing import Final, Protocol
 from vigil.detectors.state import DEFAULT_MAX_KEYS, SHARDS, Packed, ShardSweep
 
 try:
+    from vigil.detectors._windows import SHARDS as _C_SHARDS
     from vigil.detectors._windows import CountTable, DistinctTable
 except ImportError:  # built without a C compiler: the pure-Python state and updates run instead
     CountTable = DistinctTable = None  # type: ignore[assignment, misc]
+    _C_SHARDS = SHARDS
+if _C_SHARDS != SHARDS:  # (items and sweeps walk SHARDS shards: a stale build must not hide keys)
+    raise ImportError(f"vigil/detectors/_windows.c has {_C_SHARDS} shards, state.py {SHARDS}: rebuild it")
 
 #: whether the compiled tables are built, and whether plain count and distinct rules use them (not turned off)
 BUILT: Final = CountTable is not None
@@ -107,6 +111,17 @@ class _Compiled(ShardSweep):
         """Why ``value`` cannot be stored here (snapshots check every entry before loading any)."""
         raise NotImplementedError
 
+    def _set(self, key: str, value: Packed) -> bool:
+        raise NotImplementedError
+
+    def put(self, key: str, value: Packed) -> bool:
+        """Store a packed value; False (and counted in ``limited``) for a new key past the limit;
+        ValueError for a value this table cannot hold (:meth:`problem`)."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return self._set(key, value)
+
     def get(self, key: str) -> Packed | None:
         raw = self.table.get(key)
         return None if raw is None else self._value(raw)
@@ -153,11 +168,7 @@ class CountState(_Compiled):
             return "a count window is not a packed int (bucket << 48 | count << 24 | count)"
         return None
 
-    def put(self, key: str, value: Packed) -> bool:
-        """Store a packed count; False (and counted in ``limited``) for a new key past the limit."""
-        problem = self.problem(value)
-        if problem is not None:
-            raise ValueError(problem)
+    def _set(self, key: str, value: Packed) -> bool:
         assert type(value) is int
         return self.counts.set(key, value >> 48, (value >> 24) & _M24, value & _M24)
 
@@ -188,9 +199,6 @@ class DistinctState(_Compiled):
             return "a distinct window does not fit this rule (more values than it keeps)"
         return None
 
-    def put(self, key: str, value: Packed) -> bool:
-        problem = self.problem(value)
-        if problem is not None:
-            raise ValueError(problem)
+    def _set(self, key: str, value: Packed) -> bool:
         assert type(value) is bytes
         return self.values.set(key, value)

@@ -75,8 +75,8 @@ class Detector:
         clock: EventClock | None = None,
         native: bool = NATIVE,
     ) -> None:
-        """``native``: plain count rules keep their windows in the compiled table (counts.py) where it
-        is built; False runs them in pure Python (tests compare the two)."""
+        """``native``: plain count and distinct rules keep their windows in the compiled tables
+        (compiled.py) where they are built; False runs them in pure Python (tests compare the two)."""
         self.rules = tuple(rules)
         self.native = native
         self._clock_args = (lateness, max_future, live)

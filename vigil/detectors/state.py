@@ -117,7 +117,7 @@ class KeyedState(ShardSweep):
 
 class WindowState(Protocol):
     """What the engine, expiry and snapshots use of a rule's keyed state: :class:`KeyedState`, or for a
-    plain count rule the compiled :class:`~vigil.detectors.compiled.CountState` (same packed values)."""
+    plain count or distinct rule a compiled state (:mod:`vigil.detectors.compiled`, same packed values)."""
 
     @property
     def size(self) -> int: ...

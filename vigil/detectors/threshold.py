@@ -149,7 +149,7 @@ class ThresholdDetector:
 
     def _count(self, event: Event, t: int, out: list[Finding]) -> None:
         # The general path (generic state API): the hot cases of plain count rules are generated
-        # (fastpath.py) or compiled (counts.py) and come here only for gaps and late events.
+        # (fastpath.py) or compiled (compiled.py) and come here only for gaps and late events.
         key = self.key_of(event)
         w = self.w
         b = t // w
