@@ -129,6 +129,10 @@ def _forged(settings: Settings, measurement: str) -> tuple[str, bytes]:
 async def _watch(url: str, operator: str, name: str, began: float, wait: float) -> str:
     """Poll the daemon until the node is quarantined or ``wait`` passes; print what Vigil did."""
     from vigil.platform.client import PlatformClient  # noqa: PLC0415
+    from vigil.response.model import FINAL, ActionState  # noqa: PLC0415
+
+    # an outcome to print: final, or waiting on a person
+    settled = {s.value for s in FINAL} | {ActionState.PENDING_APPROVAL.value}
 
     deadline, state = time.monotonic() + wait, "unknown"
     auth = {"Authorization": f"Bearer {operator}"}  # (a platform token: the read API may want one)
@@ -146,13 +150,17 @@ async def _watch(url: str, operator: str, name: str, began: float, wait: float) 
         for finding in found.get("findings", []):
             if name in json.dumps(finding):
                 _say(f"finding: {finding.get('rule')}: {finding.get('title')} ({finding.get('severity')})")
-        actions = (await http.get("/v1/actions", params={"limit": 200})).json()
-        for action in actions.get("actions", []):
-            if action.get("target") == name and action.get("created", 0) >= began - 1:
-                _say(
-                    f"action: {action.get('remediation')} on {name} by {action.get('rule')}: "
-                    f"{action.get('state')}"
-                )
+        # The node shows quarantined as soon as the remediator's step ran; its action is still running
+        # (verifying) for a moment: wait, within the same deadline, until it has an outcome to print.
+        while True:
+            listed = (await http.get("/v1/actions", params={"limit": 200})).json().get("actions", [])
+            mine = [a for a in listed if a.get("target") == name and a.get("created", 0) >= began - 1]
+            if time.monotonic() >= deadline or all(a.get("state") in settled for a in mine):
+                break
+            await asyncio.sleep(0.2)
+        for action in mine:
+            what = f"{action.get('remediation')} on {name} by {action.get('rule')}"
+            _say(f"action: {what}: {action.get('state')}")
     _say(f"node {name}: {state}" + ("" if state == "quarantined" else f" after {wait:g} s"))
     if state == "quarantined":
         _say(f"undo: vigil platform nodes release {name} (then restart the daemon to restart the node)")
