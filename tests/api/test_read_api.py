@@ -337,6 +337,17 @@ def test_detection_metrics(world: World) -> None:
     for name in ("vigil_up", "vigil_events_total", "vigil_dead_letters_total", "vigil_ready"):
         assert name in samples, name
 
+    assert samples["vigil_detect_dead_letters_total"] == 0
+    assert not any(name.startswith("vigil_rule_errors_total") for name in samples)
+    # a rule that raised, and an event detection failed on (tests/detectors, tests/streams: how they arise)
+    world.detector.matcher.errors["r.burst"] += 3
+    assert world.state.detect is not None
+    world.state.detect.dead_letters += 1
+    samples = scrape(world.client)
+    assert samples['vigil_rule_errors_total{rule="r.burst"}'] == 3
+    assert samples["vigil_detect_dead_letters_total"] == 1
+    assert world.client.get("/v1/status").json()["detect"]["rules"]["r.burst"]["errors"] == 3
+
     # the lag follows the store, the counters the state
     world.store.commit_detection([], 7, None)
     assert world.state.detect is not None

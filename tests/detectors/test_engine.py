@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import run_vigil
-from tests.detectors.stateful_helpers import at, ev, feed, load, rule_doc
+from tests.detectors.stateful_helpers import at, ev, feed, load, rule_doc, rules
 from vigil.detectors.engine import Detector
 from vigil.detectors.match import Matcher
 from vigil.events.model import Event
@@ -386,3 +386,75 @@ def test_replay_state_completes_a_threshold_begun_in_the_first_run(tmp_path: Pat
     assert replay(rules, "--state", str(state), str(first))[0] == []
     findings, _ = replay(rules, "--state", str(state), str(second))
     assert [(f["rule"], f["event_ids"], f["value"]) for f in findings] == [("t.brute", ["f3"], 3)]
+
+
+# -- faults (reliability A11): a rule that raises is counted, and every other rule still sees the event ------
+
+
+def test_a_rule_whose_state_update_raises_is_counted_and_the_others_still_run(
+    tmp_path: Path, caplog: Any
+) -> None:
+    ruleset = rules(tmp_path, *SINGLE, *STATEFUL)
+    events = mixed_events()
+    reads = [e for e in events if e.kind == "azure.keyvault" and e.action == "secretget"]
+    poison = {reads[3].id, reads[7].id}
+    reference = Detector(ruleset)
+    expected = [(f.rule, f.event_ids) for e in events for f in reference.process(e)]
+    det = Detector(ruleset)
+    burst = next(r for r in det.thresholds.values() if r.rule.id == "t.burst")
+    real = det._updates[id(burst.rule)]
+
+    def buggy(e: Event, t: int, out: list[Any]) -> None:  # a bug that shows on two events
+        if e.id in poison:
+            raise KeyError("bug")
+        real(e, t, out)
+
+    det._updates[id(burst.rule)] = buggy
+    got = [(f.rule, f.event_ids) for e in events for f in det.process(e)]
+    # what t.burst would have counted on the poison events is lost; nothing else changes
+    assert [x for x in got if x[0] != "t.burst"] == [x for x in expected if x[0] != "t.burst"]
+    assert det.matcher.errors["t.burst"] == 2
+    assert det.stats()["rules"]["t.burst"]["errors"] == 2  # type: ignore[index]
+    logged = [r for r in caplog.records if "t.burst" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # the first fault, with its traceback
+
+
+def test_a_timer_that_raises_is_counted_and_not_retried_before_its_next_due_time(tmp_path: Path) -> None:
+    det = Detector(rules(tmp_path, *STATEFUL))
+    silent = next(iter(det.flatlines.values()))
+    calls = [0]
+
+    def broken(watermark: int, out: list[Any]) -> None:
+        calls[0] += 1
+        raise RuntimeError("timer bug")
+
+    silent.due = broken  # type: ignore[method-assign]
+    det.process(ev("a", 0, kind="azure.keyvault", action="secretget", resource="/r/1"))
+    found = [det.process(ev(f"b{i}", 2000 + i, kind="azure.keyvault", action="keydelete")) for i in range(50)]
+    assert calls[0] == 1 and det.matcher.errors["t.silent"] == 1  # due once, then pushed past the watermark
+    assert all(isinstance(f, list) for f in found)
+
+
+def test_replay_dead_letters_an_event_detection_fails_on_and_goes_on(tmp_path: Path) -> None:
+    from vigil.events.deadletter import DeadLetter
+    from vigil.streams.replay import replay as replay_files
+
+    fail = {"action": "login", "outcome": "failure", "actor": {"ip": "192.0.2.1"}}
+    data = jsonl(tmp_path / "events.jsonl", [canonical(f"f{i}", i, **fail) for i in range(1, 6)])
+    det = Detector(rules(tmp_path, BRUTE))
+    real = det.process
+
+    def process(event: Event) -> list[Any]:
+        if event.id == "f2":
+            raise ZeroDivisionError("a bug")
+        return real(event)
+
+    det.process = process  # type: ignore[method-assign]
+    letters: list[DeadLetter] = []
+    found: list[Any] = []
+    stats = replay_files([str(data)], det, on_findings=found.extend, on_dead=letters.extend)
+    assert stats.events == 5 and stats.dead_letters == 1
+    assert [(d.source, d.reason, d.record["id"]) for d in letters] == [
+        ("replay", "detection failed: ZeroDivisionError: a bug", "f2")
+    ]
+    assert [f.event_ids for f in found] == [("f4",)]  # f1, f3, f4: the third failure crosses

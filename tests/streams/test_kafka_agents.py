@@ -220,3 +220,28 @@ def test_templated_params_cross_kafka_resolved_and_keep_actions_apart(tmp_path: 
         ("/r/3", "no_access", "pending_approval"),
         ("/r/3", "read_only", "pending_approval"),
     ]
+
+
+def test_detect_dead_letters_an_event_detection_fails_on_and_the_partition_moves_on(tmp_path: Path) -> None:
+    """Reliability A11 on the Kafka path: the message becomes a dead letter, its offset counts as done."""
+    from vigil.streams.kafka_stages import Detect
+
+    rules = load(tmp_path, RULES)
+    detectors = PartitionDetectors(rules.rules, load=lambda partition: None)
+    stage = Detect(rules, detectors)
+    detector = detectors.part(0).detector
+    real = detector.process
+
+    def process(event: Event) -> list[Any]:
+        if event.id == "e1":
+            raise ZeroDivisionError("a bug")
+        return real(event)
+
+    detector.process = process  # type: ignore[method-assign]
+    out = [stage.run(0, offset, encode_event(e)) for offset, e in enumerate(reads(4), start=1)]
+    [letter] = out[1]
+    assert letter.topic == "deadletter" and letter.key == b"kafka:events/0@2"
+    body = orjson.loads(letter.value)
+    assert body["reason"] == "detection failed: ZeroDivisionError: a bug" and body["record"]["id"] == "e1"
+    assert stage.failed == 1 and detectors.part(0).offset == 4
+    assert [orjson.loads(m.value)["event_ids"] for m in out[3] if m.topic == "findings"] == [["e3"]]

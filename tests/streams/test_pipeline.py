@@ -10,6 +10,8 @@ import pytest
 
 from tests.detectors.stateful_helpers import ev, rule_doc, rules
 from vigil.detectors.engine import Detector
+from vigil.detectors.finding import Finding
+from vigil.events.model import Event
 from vigil.rules.model import Rule
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import pipeline
@@ -233,3 +235,36 @@ def test_run_detects_the_next_batch_while_one_commits_and_survives_a_failed_comm
     assert all(read > cursor for cursor, read in seen[:4])  # the next batch was detected meanwhile
     stored = [(f["rule"], tuple(f["event_ids"])) for f in store.findings(limit=1000)]
     assert len(stored) == len(set(stored)) and set(stored) == _reference(ruleset, events)
+
+
+def test_an_event_detection_raises_on_is_dead_lettered_once_and_the_stream_goes_on(tmp_path: Path) -> None:
+    """Reliability A11: a poison event (here a bug in the engine that shows on one event) is dead-lettered
+    with its reason and the canonical event, the others are processed, and processing it again after a
+    restart stores the letter once (its identity leaves out the time)."""
+    ruleset, store, events, stage = _logged(tmp_path, 40)
+
+    def poisoned(stage: DetectStage) -> DetectStage:
+        real = stage.detector.process
+
+        def process(event: Event) -> list[Finding]:
+            if event.id == "e13":
+                raise ZeroDivisionError("a bug")
+            return real(event)
+
+        stage.detector.process = process  # type: ignore[method-assign]
+        return stage
+
+    assert poisoned(stage).drain() == 40
+    letters = store.dead_letters()
+    assert len(letters) == 1 and stage.stats.dead_letters == 1
+    assert letters[0]["source"] == "detector" and letters[0]["index"] == "seq 14"
+    assert letters[0]["reason"] == "detection failed: ZeroDivisionError: a bug"
+    assert letters[0]["record"]["id"] == "e13" and letters[0]["record"]["action"] == "read"
+    stored = {(f["rule"], tuple(f["event_ids"])) for f in store.findings(limit=1000)}
+    others = [e for e in events if e.id != "e13"]
+    assert stored == _reference(ruleset, others) and store.cursor() == 40
+    # processing the log again (as after a restart from an older snapshot) meets it again: still one letter
+    again = _stage(store, ruleset, batch=10)
+    again.read_to = 0
+    assert poisoned(again).drain() == 40
+    assert len(store.dead_letters()) == 1

@@ -104,6 +104,12 @@ _DETECT_METRICS: Final = (
         "Findings deleted with their resolved incidents (store.incident_retention).",
         "pruned_findings",
     ),
+    (
+        "vigil_detect_dead_letters_total",
+        "counter",
+        "Events dead-lettered because detection raised on them (a bug: the log has the traceback).",
+        "dead_letters",
+    ),
     ("vigil_open_window_keys", "gauge", "Keys held in the stateful rules' windows.", "open_keys"),
     ("vigil_rules_loaded", "gauge", "Rules in the loaded rule set.", "rules_loaded"),
 )
@@ -215,9 +221,19 @@ def render_metrics(state: RunState) -> str:
             value = detect.get(key)
             if isinstance(value, int | float):
                 metric(name, kind, help_text, value)
+        per_rule = detect.get("rules", {})
+        errors = sorted((rid, entry["errors"]) for rid, entry in per_rule.items() if entry.get("errors"))
+        if errors:
+            family(
+                "vigil_rule_errors_total",
+                "counter",
+                "Events on which a rule raised (its filter, window update or timer); the other rules still "
+                "saw them. Starts over when a reload replaces the rule set.",
+                [(f'{{rule="{_label(rule_id)}"}}', n) for rule_id, n in errors],
+            )
         hits = sorted(
             (rule_id, entry["key_limit_hits"])
-            for rule_id, entry in detect.get("rules", {}).items()
+            for rule_id, entry in per_rule.items()
             if entry.get("key_limit_hits", 0) > 0
         )
         if hits:

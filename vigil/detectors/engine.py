@@ -155,7 +155,10 @@ class Detector:
             key = id(rule)
             update = updates.get(key)
             if update is not None:
-                update(event, t, out)
+                try:  # (free unless it raises: a fault in one rule's state must not stop the others)
+                    update(event, t, out)
+                except Exception as exc:  # counted per rule and logged (Matcher.fault)
+                    self.matcher.fault(rule, event, exc, bug=True)
                 continue
             step = self.steps.get(key)
             if step is not None:
@@ -174,7 +177,10 @@ class Detector:
                     steps.setdefault(id(seq), (seq, []))[1].append(i)
         if steps:
             for seq, indexes in steps.values():
-                seq.on_event(event, t, indexes, out)
+                try:
+                    seq.on_event(event, t, indexes, out)
+                except Exception as exc:  # as above
+                    self.matcher.fault(seq.rule, event, exc, bug=True)
 
     def _suppress(self, found: list[Finding], t: int) -> list[Finding]:
         out: list[Finding] = []
@@ -195,7 +201,12 @@ class Detector:
         watermark = self.clock.watermark
         for det in self._timed:
             if watermark >= det.next_due:
-                det.due(watermark, out)
+                try:
+                    det.due(watermark, out)
+                except Exception as exc:  # as in _dispatch; a timer that fails is not
+                    # retried before its next due time, so it cannot fail on every event in between
+                    det.next_due = watermark + max(1, det.granularity)
+                    self.matcher.fault(det.rule, None, exc, bug=True)
 
     def tick(self) -> list[Finding]:
         """Live mode: advance the watermark with the monotonic clock and fire what is due (call it every
@@ -241,6 +252,9 @@ class Detector:
             per_rule[det.rule.id] = entry
         for rid, sup in self.suppressors.items():
             per_rule.setdefault(rid, {})["suppressed"] = sup.held
+        for rid, n in self.matcher.errors.items():  # (filters, state updates and timers that raised)
+            if n:
+                per_rule.setdefault(rid, {})["errors"] = n
         return {
             **self.clock.counters(),
             "watermark_ms": self.clock.watermark,

@@ -238,9 +238,7 @@ class Matcher:
             merged.dedupe()
             slots: list[_Slot] = []
             frozen = merged.frozen(slots)
-            for slot, run in zip(
-                slots, compile_buckets([s.entries for s in slots], self._fault), strict=True
-            ):
+            for slot, run in zip(slots, compile_buckets([s.entries for s in slots], self.fault), strict=True):
                 slot.run = run
             self._compiled[key] = frozen
         if len(self._merged) >= self.MERGED_CACHE:
@@ -321,8 +319,13 @@ class Matcher:
             matched = list({id(r): r for r in matched}.values())
         return matched
 
-    def _fault(self, rule: Rule, event: Event, exc: Exception) -> None:
-        """Count a rule that raised; a fault that is not a :class:`RuleRuntimeError` is a bug, so log it."""
-        self.errors[rule.id] += 1
-        if not isinstance(exc, RuleRuntimeError | TypeError | ValueError | AttributeError | LookupError):
-            log.error("rule %s failed on event %s: %r", rule.id, event.id, exc)
+    def fault(self, rule: Rule, event: Event | None, exc: Exception, *, bug: bool = False) -> None:
+        """Count a rule that raised: its filter here, or (``bug``) its state update or timer in the engine.
+        A fault that is not a :class:`RuleRuntimeError` (or any fault the engine reports) is a bug, so it is
+        logged, with its traceback the first time and then at every power of ten of the rule's faults: a
+        rule that fails on every event must neither flood the log nor stop the other rules."""
+        n = self.errors[rule.id] = self.errors[rule.id] + 1
+        data = isinstance(exc, RuleRuntimeError | TypeError | ValueError | AttributeError | LookupError)
+        if (bug or not data) and str(n).rstrip("0") == "1":
+            where = f"event {event.id}" if event is not None else "a timer"
+            log.error("rule %s failed on %s (fault %d): %r", rule.id, where, n, exc, exc_info=n == 1)

@@ -15,6 +15,8 @@ from typing import IO, Any, Final
 
 import msgspec
 
+from vigil.events.model import Event, encode_event
+
 EXCERPT_BYTES: Final = 256
 
 
@@ -74,6 +76,17 @@ def for_oversize(source: str, line: int, offset: int, head: bytes, length: int, 
         excerpt=head[:EXCERPT_BYTES].decode("utf-8", "replace"),
         length=length,
         at=datetime.now(UTC),
+    )
+
+
+def for_failed_event(source: str, event: Event, exc: BaseException, index: str | None = None) -> DeadLetter:
+    """An event that normalised but could not be detected on: a bug that would otherwise stop the stream
+    on the same event at every retry (reliability A11). It keeps the canonical event (``record``), so it
+    can be replayed once the cause is fixed. ``at`` is left out: detection is deterministic, so processing
+    the same event again after a restart gives the same letter, which the store keeps once."""
+    reason = f"detection failed: {type(exc).__name__}: {exc}"
+    return DeadLetter(
+        source=source, reason=reason[:1000], index=index, record=msgspec.json.decode(encode_event(event))
     )
 
 

@@ -286,15 +286,20 @@ class Store:
         cursor: int,
         snapshot: bytes | None,
         name: str = "detector",
+        dead: Sequence[DeadLetter] = (),
     ) -> int:
-        """In one transaction: insert the findings (those already present are skipped), move the detector's
+        """In one transaction: insert the findings (those already present are skipped) and the dead letters
+        of events detection failed on (one already stored is counted as a repeat), move the detector's
         cursor to ``cursor`` and, when given, replace its snapshot. Returns how many findings were new."""
         batch = found.rows(findings)
+        letters = letters_table.prepare(dead, name, int(time.time() * 1000)) if dead else []
 
         def write() -> int:
             new_rows = found.fresh(self._db, batch)
             filed = book.attach(self._db, found.as_new(new_rows), self.incident_window_ms)
             found.insert(self._db, new_rows, filed)
+            if letters:
+                letters_table.insert_new(self._db, letters)
             new = len(new_rows)
             now = int(time.time() * 1000)
             if snapshot is not None:

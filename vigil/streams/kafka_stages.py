@@ -32,7 +32,7 @@ from vigil.alerts.router import finding_alert
 from vigil.detectors.clock import to_ms
 from vigil.detectors.finding import Finding, field_getter, finding_id, group_key
 from vigil.events.batch import BatchNormalizer
-from vigil.events.deadletter import DeadLetter
+from vigil.events.deadletter import DeadLetter, for_failed_event
 from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
 from vigil.response.model import Action
 from vigil.response.policy import Proposal
@@ -99,6 +99,8 @@ class Detect:
         self.base_url = base_url
         self.events = 0
         self.findings = 0
+        #: events detection raised on (dead-lettered)
+        self.failed = 0
 
     def run(self, partition: int, offset: int, data: bytes, source: str = "events") -> list[Out]:
         """One message of the events topic; what to produce for it."""
@@ -107,7 +109,13 @@ class Detect:
         except (orjson.JSONDecodeError, msgspec.ValidationError, TypeError) as exc:
             self.detectors.skip(partition, offset)
             return [dead(f"kafka:{source}/{partition}@{offset}", f"not a canonical event: {exc}", data)]
-        found = self.detectors.process(partition, offset, event)
+        try:
+            found = self.detectors.process(partition, offset, event)
+        except Exception as exc:  # a bug on one event must not stall its partition (A11)
+            self.failed += 1
+            log.error("detection failed on %s@%d: %r; dead-lettered", source, offset, exc, exc_info=True)
+            letter = for_failed_event(f"kafka:{source}/{partition}@{offset}", event, exc)
+            return [Out("deadletter", letter.source.encode(), encode_json(letter))]
         if found is None:
             return []
         self.events += 1

@@ -31,6 +31,7 @@ from vigil.detectors.engine import Detector
 from vigil.detectors.finding import Finding
 from vigil.detectors.snapshot import restore, snapshot
 from vigil.errors import VigilError
+from vigil.events.deadletter import DeadLetter, for_failed_event
 from vigil.events.model import Event
 from vigil.rules.schema_forms import parse_duration
 from vigil.store.sqlite import Store, StoredEvent, StoreError
@@ -66,6 +67,8 @@ class DetectStats:
     pruned_findings: int = 0
     #: batches whose commit failed (the stage rebuilt its state and went on)
     commit_failures: int = 0
+    #: events detection raised on (a bug): dead-lettered with the reason, and the stream went on
+    dead_letters: int = 0
 
 
 @dataclass
@@ -76,6 +79,8 @@ class _Batch:
     found: list[tuple[int, Finding]]
     last: int
     snapshot: bytes | None
+    #: events detection failed on (:func:`~vigil.events.deadletter.for_failed_event`)
+    dead: list[DeadLetter]
     forced: bool = False
     new: int = 0
     pruned: int = 0
@@ -195,9 +200,15 @@ class DetectStage:
         """Run the next batch through the detector: what to commit, or None when there is nothing."""
         stored = self._next()
         found: list[tuple[int, Finding]] = []
+        dead: list[DeadLetter] = []
         process = self.detector.process
         for item in stored:
-            for f in process(item.event):
+            try:
+                hits = process(item.event)
+            except Exception as exc:  # a bug on one event must not stop the stream on it
+                dead.append(self._failed(item, exc))
+                continue
+            for f in hits:
                 found.append((item.seq, f))
         last = stored[-1].seq if stored else self.read_to
         # live timers only once past what the previous run committed: re-processing must not meet a
@@ -214,11 +225,23 @@ class DetectStage:
         if due:
             self._last_snapshot = time.monotonic()
         self.read_to = last
-        return _Batch(stored, found, last, snapshot(self.detector) if due else None, forced=force)
+        return _Batch(stored, found, last, snapshot(self.detector) if due else None, dead, forced=force)
+
+    def _failed(self, item: StoredEvent, exc: Exception) -> DeadLetter:
+        """The dead letter of an event the detector raised on (rule faults are caught inside it; this is
+        the engine's own), logged with its traceback the first time and then at every power of ten."""
+        self.stats.dead_letters += 1
+        n = self.stats.dead_letters
+        if str(n).rstrip("0") == "1":
+            log.error(
+                "detection failed on event %s (seq %d; %d so far): %r; dead-lettered, the stream goes on",
+                item.event.id, item.seq, n, exc, exc_info=n == 1,
+            )  # fmt: skip
+        return for_failed_event(self.name, item.event, exc, f"seq {item.seq}")
 
     def _commit(self, work: _Batch) -> None:
         crash_point("detect.before_commit")
-        work.new = self.store.commit_detection(work.found, work.last, work.snapshot, self.name)
+        work.new = self.store.commit_detection(work.found, work.last, work.snapshot, self.name, work.dead)
         crash_point("detect.after_commit")
         if work.snapshot is not None and self.retention_ms is not None:
             # only up to the snapshot's cursor, where a restart resumes: nothing it re-reads is gone

@@ -27,7 +27,7 @@ from operator import attrgetter
 from vigil.detectors.engine import Detector
 from vigil.detectors.finding import Finding
 from vigil.events.batch import BatchNormalizer
-from vigil.events.deadletter import DeadLetter
+from vigil.events.deadletter import DeadLetter, for_failed_event
 from vigil.events.model import Event
 from vigil.events.reader import open_source
 
@@ -90,10 +90,10 @@ def replay(
     paths = list(files)
     if ordered and len(paths) > 1:
         merged = heapq.merge(*(_flat(batches(p)) for p in paths), key=_TIME)
-        _run(_chunks(merged), detector, stats, on_findings)
+        _run(_chunks(merged), detector, stats, on_findings, on_dead)
     else:
         for path in paths:
-            _run(batches(path), detector, stats, on_findings)
+            _run(batches(path), detector, stats, on_findings, on_dead)
     if advance is not None:
         _emit(detector.advance(advance), stats, on_findings)
     stats.seconds = time.perf_counter() - started
@@ -123,13 +123,23 @@ def _chunks(events: Iterator[Event], size: int = 4096) -> Iterator[list[Event]]:
 
 
 def _run(
-    batches: Iterable[list[Event]], detector: Detector, stats: ReplayStats, on: FindingsFn | None
+    batches: Iterable[list[Event]],
+    detector: Detector,
+    stats: ReplayStats,
+    on: FindingsFn | None,
+    on_dead: Callable[[list[DeadLetter]], None] | None,
 ) -> None:
     process = detector.process
     for batch in batches:
         found: list[Finding] = []
         for event in batch:
-            hits = process(event)
+            try:
+                hits = process(event)
+            except Exception as exc:  # as the daemon: dead-lettered, the replay goes on
+                stats.dead_letters += 1
+                if on_dead is not None:
+                    on_dead([for_failed_event("replay", event, exc)])
+                continue
             if hits:
                 found += hits
         _emit(found, stats, on)
