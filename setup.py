@@ -1,12 +1,16 @@
-"""Build of the one compiled module; everything else is in pyproject.toml.
+"""Build of the compiled modules; everything else is in pyproject.toml.
 
 ``vigil.detectors._windows`` holds the window state of plain count and distinct rules
-(``vigil/detectors/compiled.py`` says why). It is optional: without a C compiler and the Python headers the
-build goes on without it, and Vigil runs the same rules in pure Python (slower).
+(``vigil/detectors/compiled.py`` says why); ``vigil.events._ids`` computes event ids and event times in
+milliseconds (``vigil/events/fields.py``). Both are optional: without a C compiler and the Python headers
+the build goes on without them, and Vigil runs the same code in pure Python (slower).
 """
 
 from setuptools import Extension, setup
 
 setup(
-    ext_modules=[Extension("vigil.detectors._windows", ["vigil/detectors/_windows.c"], optional=True)],
+    ext_modules=[
+        Extension("vigil.detectors._windows", ["vigil/detectors/_windows.c"], optional=True),
+        Extension("vigil.events._ids", ["vigil/events/_ids.c"], optional=True),
+    ],
 )

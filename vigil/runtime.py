@@ -11,8 +11,13 @@ Reference cycles are still collected, only less often.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Final
+
+#: ``VIGIL_PURE_PYTHON=1``: run the pure-Python versions of the compiled modules
+#: (``vigil.detectors._windows``, ``vigil.events._ids``), to compare them or to rule them out in a hunt
+PURE_PYTHON: Final = os.environ.get("VIGIL_PURE_PYTHON", "") in ("1", "true", "yes")
 
 GEN0_THRESHOLD: Final = 20_000
 OLDER_THRESHOLD: Final = 20

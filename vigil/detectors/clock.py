@@ -28,14 +28,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from vigil.events.fields import to_ms
+
+__all__ = ["FLOOR_MS", "NEVER", "EventClock", "from_ms", "to_ms"]
+
 #: 2000-01-01T00:00:00Z in milliseconds: earlier event times are taken as unset clocks
 FLOOR_MS: Final = 946_684_800_000
 NEVER: Final = -(1 << 62)
-
-
-def to_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch of an aware datetime."""
-    return int(moment.timestamp() * 1000)
 
 
 def from_ms(ms: int) -> datetime:

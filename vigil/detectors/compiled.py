@@ -22,11 +22,11 @@ off (to compare, or to rule it out when chasing a problem). The same brute-force
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 from vigil.detectors.state import DEFAULT_MAX_KEYS, SHARDS, Packed, ShardSweep
+from vigil.runtime import PURE_PYTHON
 
 try:
     from vigil.detectors._windows import SHARDS as _C_SHARDS
@@ -39,7 +39,7 @@ if _C_SHARDS != SHARDS:  # (items and sweeps walk SHARDS shards: a stale build m
 
 #: whether the compiled tables are built, and whether plain count and distinct rules use them (not turned off)
 BUILT: Final = CountTable is not None
-NATIVE: Final = BUILT and os.environ.get("VIGIL_PURE_PYTHON", "") not in ("1", "true", "yes")
+NATIVE: Final = BUILT and not PURE_PYTHON
 
 _M24: Final = (1 << 24) - 1
 

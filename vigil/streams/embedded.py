@@ -35,12 +35,13 @@ from vigil.api.listen import Server, bind, guarded_protocol, url_of
 from vigil.detectors import compiled
 from vigil.detectors.engine import Detector
 from vigil.errors import VigilError
+from vigil.events.fields import NATIVE_IDS
 from vigil.fsutil import DAEMON_URL_FILE, LockedError, ProcessLock, atomic_write
 from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
-from vigil.runtime import tune_gc, tune_threads
+from vigil.runtime import PURE_PYTHON, tune_gc, tune_threads
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
@@ -295,10 +296,13 @@ async def _serve(
             log.info(
                 "serving on %s (/healthz /readyz /metrics /v1/status /v1/findings /v1/rules)", url_of(sock)
             )
-            if not compiled.NATIVE:
+            native = (("threshold windows", compiled.NATIVE), ("event ids", NATIVE_IDS))
+            slow = [name for name, on in native if not on]
+            if slow:
                 log.warning(
-                    "threshold windows run in pure Python (%s): slower than the compiled tables",
-                    "VIGIL_PURE_PYTHON is set" if compiled.BUILT else "the C module was not built",
+                    "%s run in pure Python (%s): slower than the compiled modules",
+                    " and ".join(slow),
+                    "VIGIL_PURE_PYTHON is set" if PURE_PYTHON else "a C module was not built",
                 )
             log.info(
                 'send events: curl -H "Authorization: Bearer $(cat %s)" --data-binary @FILE %s/v1/events',
