@@ -1,5 +1,6 @@
-"""The generated update of plain count rules: which rules get one, what it reads, and that it agrees with the
-general path on keys, limits, missing fields and state adopted by a hot reload."""
+"""The generated updates of plain count rules (and of plain distinct rules in the compiled table): which rules
+get one, what it reads, and that it agrees with the general path on keys, limits, missing fields and state
+adopted by a hot reload."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.detectors.stateful_helpers import NATIVE_MODES, ev, rule_doc, rules
-from vigil.detectors.compiled import CountState
+from vigil.detectors.compiled import NATIVE, CountState, DistinctState
 from vigil.detectors.engine import Detector
-from vigil.detectors.fastpath import attribute_path, count_update
+from vigil.detectors.fastpath import attribute_path, count_update, distinct_update
 from vigil.detectors.threshold import ThresholdDetector
 
 LOGIN = 'kind: generic\nmatch: action == "login"\n'
@@ -55,6 +56,9 @@ def test_only_plain_count_rules_get_a_generated_update(tmp_path: Path) -> None:
     assert count_update(th(det, "t.count")) is not None
     assert count_update(th(det, "t.most")) is None
     assert count_update(th(det, "t.distinct")) is None
+    # a plain distinct rule gets one where its windows are in the compiled table
+    assert (distinct_update(th(det, "t.distinct")) is not None) == NATIVE
+    assert distinct_update(th(det, "t.count")) is None and distinct_update(th(det, "t.most")) is None
 
 
 def test_bound_of_one_fires_on_the_first_event_and_once(tmp_path: Path) -> None:
@@ -154,3 +158,49 @@ def test_generated_updates_agree_with_the_general_path_on_random_streams(
         assert dict(det.state.items()) == dict(general.thresholds[rid].state.items())
         assert dict(det.state.items()) == dict(python.thresholds[rid].state.items())
         assert det.stale == general.thresholds[rid].stale == python.thresholds[rid].stale
+
+
+@pytest.mark.skipif(not NATIVE, reason="the compiled tables are not built or turned off")
+def test_generated_distinct_updates_agree_with_the_methods_on_random_streams(tmp_path: Path) -> None:
+    """The same differential check for plain distinct rules: the generated update against
+    ``_distinct_compiled`` on the same compiled table, and a pure-Python detector, with the counted value
+    read as an attribute (``actor.id``), through a getter (``labels.team``), missing, and not a string
+    (``raw.n``: counted by its repr), late events included."""
+    docs = [
+        doc(f"t.{name}{n}", f"{{distinct: {field}, at_least: {n}, window: 1m, group_by: {fields}}}")
+        for n in (1, 2, 3)
+        for name, field, fields in (
+            ("id", "actor.id", "[actor.ip]"),
+            ("team", "labels.team", "[actor.ip, actor.id]"),
+            ("n", "raw.n", "[labels.team]"),
+        )
+    ]
+    loaded = rules(tmp_path, *docs)
+    fast = Detector(loaded, lateness=timedelta(seconds=90))
+    methods = Detector(loaded, lateness=timedelta(seconds=90))
+    methods._updates = {k: d.on_event for k, d in methods.thresholds.items()}
+    python = Detector(loaded, lateness=timedelta(seconds=90), native=False)
+    assert all(isinstance(d.state, DistinctState) for d in fast.thresholds.values())
+    assert all(distinct_update(d) is not None for d in fast.thresholds.values())
+    rng = random.Random(20261127)
+    now = 0.0
+    fired = 0
+    for i in range(3000):
+        now += rng.choice([0.5, 2, 7, 30, 59.9, 60, 61, 130])
+        when = now - (rng.uniform(0, 80) if rng.random() < 0.1 else 0)
+        event = ev(
+            f"e{i}",
+            when,
+            ip=rng.choice(["10.0.0.1", "10.0.0.2"]),
+            actor_id=rng.choice(["u1", "u2", "u3", "u4", None]),
+            labels={"team": rng.choice(["red", "blue", "green"])},
+            raw={"n": rng.choice([1, 2, "1", 3.5, None])},
+        )
+        got, want, theirs = fast.process(event), methods.process(event), python.process(event)
+        assert got == want == theirs, i
+        fired += len(got)
+    assert fired > 100
+    for rid, det in fast.thresholds.items():
+        assert dict(det.state.items()) == dict(methods.thresholds[rid].state.items())
+        assert dict(det.state.items()) == dict(python.thresholds[rid].state.items())
+        assert det.stale == methods.thresholds[rid].stale == python.thresholds[rid].stale

@@ -28,7 +28,7 @@ from typing import Final, Protocol
 
 from vigil.detectors.clock import EventClock, to_ms
 from vigil.detectors.compiled import NATIVE
-from vigil.detectors.fastpath import Update, count_update
+from vigil.detectors.fastpath import Update, fast_update
 from vigil.detectors.finding import Finding, group_of, single
 from vigil.detectors.flatline import FlatlineDetector
 from vigil.detectors.match import Matcher
@@ -272,9 +272,9 @@ class Detector:
 
     def _bind_states(self) -> None:
         """(Re)build what caches a reference to a rule's state: the state updates and the sweep."""
-        # A plain count rule's update is generated with its state bound in (fastpath.py), so it is made
-        # anew here whenever a state object is replaced.
-        self._updates = {k: count_update(d) or d.on_event for k, d in self.thresholds.items()}
+        # A plain count or distinct rule's update is generated with its state bound in (fastpath.py), so
+        # it is made anew here whenever a state object is replaced.
+        self._updates = {k: fast_update(d) or d.on_event for k, d in self.thresholds.items()}
         self._updates |= {k: f.on_event for k, f in self.flatlines.items()}
         #: every keyed state with its owner, visited round robin by the sweep
         self._sweepable = [(d.state, d) for d in self.stateful]

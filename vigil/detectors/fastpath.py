@@ -37,10 +37,10 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from vigil.detectors.compiled import CountState
+from vigil.detectors.compiled import CountState, DistinctState
 from vigil.detectors.finding import SEP, Finding, finding, group_from_key
 from vigil.detectors.state import SHARDS, KeyedState
-from vigil.detectors.threshold import ThresholdDetector
+from vigil.detectors.threshold import ThresholdDetector, text_hash
 from vigil.events.model import Event
 from vigil.rules.expr_source import SCALARS, STRUCTS
 
@@ -79,13 +79,57 @@ def _key_lines(fields: tuple[str, ...]) -> list[str]:
     return ["    k = KEY(e)"]
 
 
+def fast_update(det: ThresholdDetector) -> Update | None:
+    """The generated update of a plain count or (compiled) distinct rule, or None for any other rule."""
+    return count_update(det) or distinct_update(det)
+
+
+def distinct_update(det: ThresholdDetector) -> Update | None:
+    """The update of a plain distinct rule whose windows are in the compiled table: the counted value's
+    8-byte hash and the key read as in ``_count`` (attributes where they can be), then one call; what it
+    hands back (a late event) goes to :meth:`ThresholdDetector.late_compiled`. The same as
+    ``_distinct_compiled`` without its method calls (``_value_hash``, the getters): about a microsecond
+    less per matching event."""
+    state, spec = det.state, det.rule.threshold
+    if not isinstance(state, DistinctState) or spec is None or spec.field is None:
+        return None
+    path = attribute_path(spec.field)
+    lines = ["def _update(e, t, out):"]
+    if path is not None:
+        lines += [
+            f"    v = {path}",
+            "    if v is None:",
+            "        return",
+            "    h = HASH(v if type(v) is str else repr(v))",
+        ]
+    else:
+        lines += ["    h = VALUE_HASH(e)", "    if h is None:", "        return"]
+    lines += [
+        *_key_lines(det.fields),
+        "    v = UPDATE(k, t, h)",
+        "    if v is None:",
+        "        return",
+        "    if v is ...:  # a late event",
+        "        LATE(e, t, k, h, out)",
+        "        return",
+        "    out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), v))",
+    ]
+    namespace = {
+        "HASH": text_hash,
+        "VALUE_HASH": det.value_hash_of,
+        "UPDATE": state.values.update,
+        "LATE": det.late_compiled,
+    }
+    return _build(det, "distinct", lines, namespace)
+
+
 def count_update(det: ThresholdDetector) -> Update | None:
     """The generated update of a plain count rule (see module docstring), or None for any other rule."""
     fast = det.fast_count
     if fast is None:
         return None
     w, low = fast
-    lines = ["def _count(e, t, out):", *_key_lines(det.fields)]
+    lines = ["def _update(e, t, out):", *_key_lines(det.fields)]
     state = det.state
     if isinstance(state, CountState):
         return _compiled(det, state, lines)
@@ -133,7 +177,7 @@ def count_update(det: ThresholdDetector) -> Update | None:
         "STATE": state,
         "LOW": low,
     }
-    return _build(det, lines, namespace)
+    return _build(det, "count", lines, namespace)
 
 
 def _compiled(det: ThresholdDetector, state: CountState, lines: list[str]) -> Update:
@@ -148,10 +192,10 @@ def _compiled(det: ThresholdDetector, state: CountState, lines: list[str]) -> Up
         "        return",
         "    out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), v))",
     ]
-    return _build(det, lines, {"UPDATE": state.counts.update})
+    return _build(det, "count", lines, {"UPDATE": state.counts.update})
 
 
-def _build(det: ThresholdDetector, lines: list[str], namespace: dict[str, Any]) -> Update:
+def _build(det: ThresholdDetector, form: str, lines: list[str], namespace: dict[str, Any]) -> Update:
     namespace |= {
         "KEY": det.key_of,
         "GENERAL": det.on_event,
@@ -162,6 +206,6 @@ def _build(det: ThresholdDetector, lines: list[str], namespace: dict[str, Any]) 
         "SEP": SEP,
     }
     # Generated from validated rule fields (identifier paths only) and integers; nothing else enters it.
-    exec(compile("\n".join(lines) + "\n", f"<vigil count {det.rule.id}>", "exec"), namespace)
-    update: Update = namespace["_count"]
+    exec(compile("\n".join(lines) + "\n", f"<vigil {form} {det.rule.id}>", "exec"), namespace)
+    update: Update = namespace["_update"]
     return update

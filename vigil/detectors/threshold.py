@@ -53,14 +53,14 @@ _SHARD_MASK: Final = SHARDS - 1
 
 def value_hash(value: object) -> bytes:
     """8-byte stable hash of a value (stable across restarts, so snapshots stay valid)."""
-    return _text_hash(value if type(value) is str else repr(value))
+    return text_hash(value if type(value) is str else repr(value))
 
 
 _BLAKE2B_8: Final = hashlib.blake2b(digest_size=8)
 
 
 @functools.lru_cache(maxsize=65536)
-def _text_hash(text: str) -> bytes:
+def text_hash(text: str) -> bytes:
     """Memoised (LRU, evicted one entry at a time): several distinct rules usually count the same field
     of an event, and busy values repeat. A copy of a ready hash object costs about half a new one."""
     h = _BLAKE2B_8.copy()
@@ -231,17 +231,17 @@ class ThresholdDetector:
 
     # -- distinct ------------------------------------------------------------------------------------
 
-    def _value_hash(self, event: Event) -> bytes | None:
+    def value_hash_of(self, event: Event) -> bytes | None:
         """The 8-byte hash of the counted field's value (None: the event has no value)."""
         assert self._raw_get is not None
         v = self._raw_get(event)
-        return None if v is None else _text_hash(v if type(v) is str else repr(v))
+        return None if v is None else text_hash(v if type(v) is str else repr(v))
 
     def _distinct(self, event: Event, t: int, out: list[Finding]) -> None:
         # Hot path (a share of every event): the state's shard is used directly and the helpers (put, _arm,
         # _crossed) are inlined. The value is ``header + prev + cur`` (see :func:`distinct_parts`), so a new
         # value of the current bucket is one concatenation, ``st + h``, the header unchanged.
-        h = self._value_hash(event)
+        h = self.value_hash_of(event)
         if h is None:
             return
         key = self.key_of(event)
@@ -305,7 +305,7 @@ class ThresholdDetector:
     def _distinct_compiled(self, event: Event, t: int, out: list[Finding]) -> None:
         """A plain distinct rule whose windows are in the compiled table: the same semantics as
         :meth:`_distinct` (the same tests run both), late events handed back to the Python path."""
-        h = self._value_hash(event)
+        h = self.value_hash_of(event)
         if h is None:
             return
         key = self.key_of(event)
@@ -314,15 +314,20 @@ class ThresholdDetector:
         got = state.values.update(key, t, h)
         if got is None:
             return
-        if got is ...:  # a late event: stale, or into the previous bucket
-            st = state.get(key)
-            assert type(st) is bytes
-            if t // self.w < _DIST.unpack_from(st)[0] - 1:
-                self.stale += 1
-            else:
-                self._late_distinct(event, key, st, h, out)
+        if got is ...:
+            self.late_compiled(event, t, key, h, out)
             return
         out.append(finding(self.rule, (event.id,), event.time, group_from_key(self.fields, key), got))
+
+    def late_compiled(self, event: Event, t: int, key: str, h: bytes, out: list[Finding]) -> None:
+        """What the compiled distinct update hands back, a late event: stale, or into the previous bucket
+        (also called by the generated update of ``fastpath.py``)."""
+        st = self.state.get(key)
+        assert type(st) is bytes
+        if t // self.w < _DIST.unpack_from(st)[0] - 1:
+            self.stale += 1
+        else:
+            self._late_distinct(event, key, st, h, out)
 
     def _late_distinct(self, event: Event, key: str, st: bytes, h: bytes, out: list[Finding]) -> None:
         """An event late into the previous bucket: kept there, and all of that bucket is in the window."""
