@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Final, TypeVar
 
@@ -304,7 +304,13 @@ class Matcher:
     def matching(self, event: Event) -> list[Rule]:
         """The rules whose expression is true for ``event``, each once."""
         matched: list[Rule] = []
-        for bucket in self._buckets(event):
+        buckets: Sequence[_Frozen]
+        if self._kindless:
+            buckets = self._buckets(event)
+        else:  # (the usual case: one merged bucket, looked up here without a call or a list)
+            bucket = self._merged.get((event.kind, event.action))
+            buckets = (bucket if bucket is not None else self._merge(event.kind, event.action),)
+        for bucket in buckets:
             # The hot path: the same walk as _slots(), running each slot as soon as it is found.
             always, lookups = bucket
             if always is not None:
