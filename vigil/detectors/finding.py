@@ -12,7 +12,6 @@ is documented in docs/rules.md.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from operator import attrgetter
@@ -50,19 +49,14 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
 
 
 def group_of(event: Event) -> Mapping[str, str]:
-    """The group a single-event finding belongs to: the resource it is about, else the training node."""
+    """The group a single-event finding belongs to: the resource it is about, else the training node.
+    (Built per finding, not memoised: a cache of these would hold tens of thousands of objects the
+    collector tracks, and a full collection would scan them all.)"""
     rid = event.resource.id
     if rid:
-        return _resource_group(rid)
+        return FrozenMap({"resource.id": rid})
     node = event.node.id
     return FrozenMap({"node.id": node}) if node else NO_GROUP
-
-
-@functools.lru_cache(maxsize=65536)
-def _resource_group(rid: str) -> Mapping[str, str]:
-    """Memoised (group mappings are read-only, so findings can share them): nearly every event with a
-    single-event finding needs its resource's, and a fleet has few resources and many events about each."""
-    return FrozenMap({"resource.id": rid})
 
 
 def finding_id(found: Finding) -> str:
