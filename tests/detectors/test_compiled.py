@@ -86,6 +86,26 @@ def test_random_inserts_and_deletions_agree_with_a_dict() -> None:
     assert all(s.get(k) is None for k in keys if k not in model)
 
 
+def test_keys_of_every_width_are_found_by_their_text_not_their_object() -> None:
+    """Keys are compared by their hash and a fingerprint of their code units, not by reading the stored str:
+    an equal key built another way (a new object, from bytes, by joining parts) finds the same group, for
+    one-, two- and four-byte characters alike, and near-misses (one character, one width) do not."""
+    texts = ["203.0.113.9", "résumé-ü", "日本語のキー", "emoji-𝓿-key", "", "a" * 500, "é" * 40]
+    s = CountState(1000, 1 << 20, limit=1 << 30)
+    for i, text in enumerate(texts):
+        assert s.put(text, pack(i, 1, 0))
+    for i, text in enumerate(texts):
+        rebuilt = text.encode("utf-8").decode("utf-8")
+        joined = "".join(list(text))
+        assert rebuilt is not text or not text
+        assert s.get(rebuilt) == pack(i, 1, 0) == s.get(joined)
+    for near in ["203.0.113.90", "résumé-u", "日本語のキ", "emoji-v-key", " ", "a" * 499, "e" * 40]:
+        assert s.get(near) is None
+    # the same code points in a wider form do not exist in CPython (strs are canonical), so width is part
+    # of the fingerprint; every key still lists as the str it was stored with
+    assert dict(s.items()) == {t: pack(i, 1, 0) for i, t in enumerate(texts)}
+
+
 def test_update_counts_rolls_and_hands_gaps_and_late_events_back() -> None:
     table = CountState(1000, 3).table
     assert table.update("a", 5_000) is None and table.get("a") == (5, 1, 0)

@@ -5,7 +5,7 @@ Why. Plain count and distinct rules (``at_least`` only) are the commonest window
 per-event updates were the largest share of a windowed replay (``bench/stateful.py``: about nine updates
 per event; 2 us each for a count at a million open keys, 7 us for a distinct). In Python an update is a dict
 probe that misses the cache several times around a few dozen bytecodes (and, for distinct, a new bytes
-value per new hash). ``_windows.c`` keeps each group in one 32-byte slot of open-addressed arrays (256
+value per new hash). ``_windows.c`` keeps each group in one 40-byte slot of open-addressed arrays (256
 shards, grown one at a time) and does the update in C. The replay benchmark runs 26–32 % faster with it
 (paired, docs/rules.md has the figures).
 
