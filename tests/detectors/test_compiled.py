@@ -180,9 +180,9 @@ def test_a_snapshot_with_a_bad_count_entry_loads_nothing(tmp_path: Path) -> None
 
 def test_a_hot_reload_keeps_the_compiled_state(tmp_path: Path) -> None:
     loaded = rules(tmp_path, rule_doc("t.c", COUNT))
-    old = Detector(loaded, lateness=timedelta(minutes=5))
+    old = Detector(loaded, lateness=timedelta(minutes=5), native=True)
     feed(old, [ev("e1", 0, ip="x"), ev("e2", 1, ip="x")])
-    new = Detector(loaded, lateness=timedelta(minutes=5))
+    new = Detector(loaded, lateness=timedelta(minutes=5), native=True)  # (even under VIGIL_PURE_PYTHON)
     assert new.adopt(old) == ["t.c"]
     assert [(f.rule, f.value) for f in new.process(ev("e3", 2, ip="x"))] == [("t.c", 3)]
     # a pure-Python detector does not take a compiled state (nor the reverse): it starts empty
