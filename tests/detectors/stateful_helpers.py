@@ -132,3 +132,17 @@ class FakeTime:
     def jump_wall(self, seconds: float) -> None:
         """An NTP step or ``date -s``: only the wall clock moves."""
         self.wall_s += seconds
+
+
+def poison(detector: Detector, event_id: str) -> Detector:
+    """Make ``detector.process`` raise ``ZeroDivisionError("a bug")`` on the event ``event_id`` (a bug in
+    the engine that shows on one event: reliability A11) and run as usual on every other."""
+    real = detector.process
+
+    def process(event: Event) -> list[Finding]:
+        if event.id == event_id:
+            raise ZeroDivisionError("a bug")
+        return real(event)
+
+    detector.process = process  # type: ignore[method-assign]
+    return detector

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import run_vigil
-from tests.detectors.stateful_helpers import at, ev, feed, load, rule_doc, rules
+from tests.detectors.stateful_helpers import at, ev, feed, load, poison, rule_doc, rules
 from vigil.detectors.engine import Detector
 from vigil.detectors.match import Matcher
 from vigil.events.model import Event
@@ -441,15 +441,7 @@ def test_replay_dead_letters_an_event_detection_fails_on_and_goes_on(tmp_path: P
 
     fail = {"action": "login", "outcome": "failure", "actor": {"ip": "192.0.2.1"}}
     data = jsonl(tmp_path / "events.jsonl", [canonical(f"f{i}", i, **fail) for i in range(1, 6)])
-    det = Detector(rules(tmp_path, BRUTE))
-    real = det.process
-
-    def process(event: Event) -> list[Any]:
-        if event.id == "f2":
-            raise ZeroDivisionError("a bug")
-        return real(event)
-
-    det.process = process  # type: ignore[method-assign]
+    det = poison(Detector(rules(tmp_path, BRUTE)), "f2")
     letters: list[DeadLetter] = []
     found: list[Any] = []
     stats = replay_files([str(data)], det, on_findings=found.extend, on_dead=letters.extend)

@@ -5,6 +5,7 @@ adopted by a hot reload."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from vigil.detectors.compiled import NATIVE, CountState, DistinctState
 from vigil.detectors.engine import Detector
 from vigil.detectors.fastpath import attribute_path, count_update, distinct_update
 from vigil.detectors.threshold import ThresholdDetector
+from vigil.events.model import Event
+from vigil.rules.model import Rule
 
 LOGIN = 'kind: generic\nmatch: action == "login"\n'
 
@@ -128,36 +131,47 @@ def test_generated_updates_agree_with_the_general_path_on_random_streams(
             ("team", "[labels.team]"),
         )
     ]
-    loaded = rules(tmp_path, *docs)
-    fast = Detector(loaded, lateness=timedelta(seconds=90), native=native)
-    general = Detector(loaded, lateness=timedelta(seconds=90), native=native)
-    general._updates = {k: d.on_event for k, d in general.thresholds.items()}
-    python = Detector(loaded, lateness=timedelta(seconds=90), native=False)
-    assert all(isinstance(d.state, CountState) == native for d in fast.thresholds.values())
-    assert all(count_update(d) is not None for d in fast.thresholds.values())
-    rng = random.Random(20261126)
-    now = 0.0
-    fired = 0
-    for i in range(3000):
-        now += rng.choice([0.5, 2, 7, 30, 59.9, 60, 61, 130])
-        when = now - (rng.uniform(0, 80) if rng.random() < 0.1 else 0)
-        event = ev(
-            f"e{i}",
+    fast = _agree(
+        rules(tmp_path, *docs),
+        native,
+        20261126,
+        lambda rng, eid, when: ev(
+            eid,
             when,
             ip=rng.choice(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
             actor_id=rng.choice(["u1", "u2", None]),
             labels={"team": rng.choice(["red", "blue"])},
-        )
-        got, want = fast.process(event), general.process(event)
-        theirs = python.process(event)
+        ),
+    )
+    assert all(isinstance(d.state, CountState) == native for d in fast.thresholds.values())
+    assert all(count_update(d) is not None for d in fast.thresholds.values())
+
+
+def _agree(loaded: tuple[Rule, ...], native: bool, seed: int, make: Callable[..., Event]) -> Detector:
+    """3,000 random events (``make(rng, id, seconds)``, some late, gaps of several buckets) through a
+    detector with the generated updates, one with the rules' ``on_event`` methods instead (both ``native``
+    or not) and a pure-Python one: the same findings (values of the same type: 3, not 3.0), the same state
+    and stale counts at the end, and enough findings to mean something. Returns the first detector."""
+    fast = Detector(loaded, lateness=timedelta(seconds=90), native=native)
+    general = Detector(loaded, lateness=timedelta(seconds=90), native=native)
+    general._updates = {k: d.on_event for k, d in general.thresholds.items()}
+    python = Detector(loaded, lateness=timedelta(seconds=90), native=False)
+    rng = random.Random(seed)
+    now = 0.0
+    fired = 0
+    for i in range(3000):
+        now += rng.choice([0.5, 2, 7, 30, 59.9, 60, 61, 130])
+        event = make(rng, f"e{i}", now - (rng.uniform(0, 80) if rng.random() < 0.1 else 0))
+        got, want, theirs = fast.process(event), general.process(event), python.process(event)
         assert got == want == theirs, i
-        assert [type(f.value) for f in got] == [type(f.value) for f in theirs], i  # (3, not 3.0)
+        assert [type(f.value) for f in got] == [type(f.value) for f in theirs], i
         fired += len(got)
     assert fired > 100
     for rid, det in fast.thresholds.items():
         assert dict(det.state.items()) == dict(general.thresholds[rid].state.items())
         assert dict(det.state.items()) == dict(python.thresholds[rid].state.items())
         assert det.stale == general.thresholds[rid].stale == python.thresholds[rid].stale
+    return fast
 
 
 @pytest.mark.skipif(not NATIVE, reason="the compiled tables are not built or turned off")
@@ -175,32 +189,18 @@ def test_generated_distinct_updates_agree_with_the_methods_on_random_streams(tmp
             ("n", "raw.n", "[labels.team]"),
         )
     ]
-    loaded = rules(tmp_path, *docs)
-    fast = Detector(loaded, lateness=timedelta(seconds=90))
-    methods = Detector(loaded, lateness=timedelta(seconds=90))
-    methods._updates = {k: d.on_event for k, d in methods.thresholds.items()}
-    python = Detector(loaded, lateness=timedelta(seconds=90), native=False)
-    assert all(isinstance(d.state, DistinctState) for d in fast.thresholds.values())
-    assert all(distinct_update(d) is not None for d in fast.thresholds.values())
-    rng = random.Random(20261127)
-    now = 0.0
-    fired = 0
-    for i in range(3000):
-        now += rng.choice([0.5, 2, 7, 30, 59.9, 60, 61, 130])
-        when = now - (rng.uniform(0, 80) if rng.random() < 0.1 else 0)
-        event = ev(
-            f"e{i}",
+    fast = _agree(
+        rules(tmp_path, *docs),
+        True,
+        20261127,
+        lambda rng, eid, when: ev(
+            eid,
             when,
             ip=rng.choice(["10.0.0.1", "10.0.0.2"]),
             actor_id=rng.choice(["u1", "u2", "u3", "u4", None]),
             labels={"team": rng.choice(["red", "blue", "green"])},
             raw={"n": rng.choice([1, 2, "1", 3.5, None])},
-        )
-        got, want, theirs = fast.process(event), methods.process(event), python.process(event)
-        assert got == want == theirs, i
-        fired += len(got)
-    assert fired > 100
-    for rid, det in fast.thresholds.items():
-        assert dict(det.state.items()) == dict(methods.thresholds[rid].state.items())
-        assert dict(det.state.items()) == dict(python.thresholds[rid].state.items())
-        assert det.stale == methods.thresholds[rid].stale == python.thresholds[rid].stale
+        ),
+    )
+    assert all(isinstance(d.state, DistinctState) for d in fast.thresholds.values())
+    assert all(distinct_update(d) is not None for d in fast.thresholds.values())

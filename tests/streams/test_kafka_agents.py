@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tests.detectors.stateful_helpers import ev, load
+from tests.detectors.stateful_helpers import ev, load, poison
 from tests.response.test_engine import Env
 from vigil.events.model import Event, encode_event
 from vigil.response.model import ActionState, idempotency_key
@@ -229,15 +229,7 @@ def test_detect_dead_letters_an_event_detection_fails_on_and_the_partition_moves
     rules = load(tmp_path, RULES)
     detectors = PartitionDetectors(rules.rules, load=lambda partition: None)
     stage = Detect(rules, detectors)
-    detector = detectors.part(0).detector
-    real = detector.process
-
-    def process(event: Event) -> list[Any]:
-        if event.id == "e1":
-            raise ZeroDivisionError("a bug")
-        return real(event)
-
-    detector.process = process  # type: ignore[method-assign]
+    poison(detectors.part(0).detector, "e1")
     out = [stage.run(0, offset, encode_event(e)) for offset, e in enumerate(reads(4), start=1)]
     [letter] = out[1]
     assert letter.topic == "deadletter" and letter.key == b"kafka:events/0@2"

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.detectors.stateful_helpers import ev, rule_doc, rules
+from tests.detectors.stateful_helpers import ev, poison, rule_doc, rules
 from vigil.detectors.engine import Detector
-from vigil.detectors.finding import Finding
-from vigil.events.model import Event
 from vigil.rules.model import Rule
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import pipeline
@@ -244,14 +242,7 @@ def test_an_event_detection_raises_on_is_dead_lettered_once_and_the_stream_goes_
     ruleset, store, events, stage = _logged(tmp_path, 40)
 
     def poisoned(stage: DetectStage) -> DetectStage:
-        real = stage.detector.process
-
-        def process(event: Event) -> list[Finding]:
-            if event.id == "e13":
-                raise ZeroDivisionError("a bug")
-            return real(event)
-
-        stage.detector.process = process  # type: ignore[method-assign]
+        poison(stage.detector, "e13")
         return stage
 
     assert poisoned(stage).drain() == 40
