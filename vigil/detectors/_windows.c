@@ -199,6 +199,7 @@ static int key_of(PyObject *key, Key *k) {
         PyErr_Format(PyExc_TypeError, "window keys are str, not %.100s", Py_TYPE(key)->tp_name);
         return -1;
     }
+    if (PyUnicode_READY(key) < 0) return -1; /* (a str from a legacy C API; a no-op for every other) */
     k->obj = key;
     k->hash = PyObject_Hash(key);
     if (k->hash == -1) return -1;
