@@ -194,3 +194,35 @@ def test_new_actions_reuse_compiled_buckets(tmp_path: Path) -> None:
     assert len(m._compiled) <= 4
     found = m.match(_event("azure.activity", "microsoft.keyvault/vaults/y/write", outcome="success"))
     assert [f.rule for f in found] == ["t.prefix"]
+
+
+def test_generated_conditions_keep_literals_that_spell_field_reads(tmp_path: Path) -> None:
+    """The generated bucket functions write field reads as source (``e.actor.name``); a string literal that
+    spells such a read stays a literal, and several clauses on one field in one bucket agree."""
+    path = tmp_path / "r.yaml"
+    docs = [
+        ("t.spelled", 'contains(actor.name, "e.actor.name")'),
+        ("t.prefix", 'startswith(actor.name, "alice")'),
+        ("t.ip", 'actor.ip == "e.actor.ip" or actor.ip == "203.0.113.9"'),
+        ("t.none", "actor.name == null"),
+    ]
+    path.write_text(
+        "---\n".join(
+            f"id: {rid}\ntitle: {rid}\nstatus: test\nseverity: low\nkind: generic\n"
+            f'match: action == "login" and {expr}\n'
+            for rid, expr in docs
+        )
+    )
+    rs = load_rules([path])
+    assert rs.ok, [d.format() for d in rs.diagnostics]
+    m = Matcher(rs.rules)
+    cases = {
+        "alice": {"t.prefix"},
+        "alice e.actor.name": {"t.prefix", "t.spelled"},
+        "bob": set(),
+        None: {"t.none"},
+    }
+    for name, want in cases.items():
+        for ip, extra in (("203.0.113.9", {"t.ip"}), ("e.actor.ip", {"t.ip"}), ("10.0.0.1", set())):
+            event = _event("generic", "login", actor=Actor(name=name, ip=ip))
+            assert {r.id for r in m.matching(event)} == want | extra, (name, ip)
