@@ -138,7 +138,8 @@ class Detector:
         out: list[Finding] = []
         # Timers first: what was due by the new watermark happened before this event (a node's own return
         # after a long silence must not hide the silence).
-        self._fire_due(out)
+        if self._timed:
+            self._fire_due(out)
         if matched:
             self._dispatch(matched, event, t, out)
         self._tick += 1
@@ -151,6 +152,7 @@ class Detector:
         steps: dict[int, tuple[SequenceDetector, list[int]]] | None = None
         group: Mapping[str, str] | None = None
         updates = self._updates
+        step_of = self.steps or None  # (no sequence steps: no look-up per single-event match)
         for rule in matched:
             key = id(rule)
             update = updates.get(key)
@@ -160,7 +162,7 @@ class Detector:
                 except Exception as exc:  # counted per rule and logged (Matcher.fault)
                     self.matcher.fault(rule, event, exc, bug=True)
                 continue
-            step = self.steps.get(key)
+            step = step_of.get(key) if step_of is not None else None
             if step is not None:
                 if steps is None:
                     steps = {}
