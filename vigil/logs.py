@@ -33,6 +33,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+def sampled(n: int) -> bool:
+    """Whether the ``n``-th occurrence of a repeating fault is logged: the 1st, 10th, 100th ... A fault that
+    recurs on every event (a broken rule, a bug on a kind of input) must stay visible without flooding the
+    log; its counter in ``/metrics`` has every occurrence."""
+    return n > 0 and str(n).rstrip("0") == "1"
+
+
 def configure(level: str, fmt: LogFormat = "text") -> None:
     """Log to stderr at ``level`` in ``fmt`` unless the embedding program configured logging already."""
     root = logging.getLogger()

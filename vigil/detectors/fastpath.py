@@ -88,7 +88,7 @@ def distinct_update(det: ThresholdDetector) -> Update | None:
     """The update of a plain distinct rule whose windows are in the compiled table: the counted value's
     8-byte hash and the key read as in ``_count`` (attributes where they can be), then one call; what it
     hands back (a late event) goes to :meth:`ThresholdDetector.late_compiled`. The same as
-    ``_distinct_compiled`` without its method calls (``_value_hash``, the getters): about a microsecond
+    ``_distinct_compiled`` without its method calls (``value_hash_of``, the getters): about a microsecond
     less per matching event."""
     state, spec = det.state, det.rule.threshold
     if not isinstance(state, DistinctState) or spec is None or spec.field is None:

@@ -31,6 +31,7 @@ from typing import Final, TypeVar
 from vigil.detectors.codegen import BucketFn, compile_buckets
 from vigil.detectors.finding import Finding, group_of, single
 from vigil.events.model import Event
+from vigil.logs import sampled
 from vigil.rules.expr import IndexHint, RuleRuntimeError
 from vigil.rules.model import Rule
 
@@ -332,6 +333,6 @@ class Matcher:
         rule that fails on every event must neither flood the log nor stop the other rules."""
         n = self.errors[rule.id] = self.errors[rule.id] + 1
         data = isinstance(exc, RuleRuntimeError | TypeError | ValueError | AttributeError | LookupError)
-        if (bug or not data) and str(n).rstrip("0") == "1":
+        if (bug or not data) and sampled(n):
             where = f"event {event.id}" if event is not None else "a timer"
             log.error("rule %s failed on %s (fault %d): %r", rule.id, where, n, exc, exc_info=n == 1)

@@ -34,6 +34,7 @@ from vigil.detectors.finding import Finding, field_getter, finding_id, group_key
 from vigil.events.batch import BatchNormalizer
 from vigil.events.deadletter import DeadLetter, for_failed_event
 from vigil.events.model import Event, encode_event, encode_json, event_from_mapping
+from vigil.logs import sampled
 from vigil.response.model import Action
 from vigil.response.policy import Proposal
 from vigil.response.templates import bind
@@ -113,7 +114,11 @@ class Detect:
             found = self.detectors.process(partition, offset, event)
         except Exception as exc:  # a bug on one event must not stall its partition (A11)
             self.failed += 1
-            log.error("detection failed on %s@%d: %r; dead-lettered", source, offset, exc, exc_info=True)
+            if sampled(self.failed):  # (the first with its traceback, then at every power of ten)
+                log.error(
+                    "detection failed on %s/%d@%d (%d so far): %r; dead-lettered",
+                    source, partition, offset, self.failed, exc, exc_info=self.failed == 1,
+                )  # fmt: skip
             letter = for_failed_event(f"kafka:{source}/{partition}@{offset}", event, exc)
             return [Out("deadletter", letter.source.encode(), encode_json(letter))]
         if found is None:

@@ -33,6 +33,7 @@ from vigil.detectors.snapshot import restore, snapshot
 from vigil.errors import VigilError
 from vigil.events.deadletter import DeadLetter, for_failed_event
 from vigil.events.model import Event
+from vigil.logs import sampled
 from vigil.rules.schema_forms import parse_duration
 from vigil.store.sqlite import Store, StoredEvent, StoreError
 from vigil.streams.crash import crash_point
@@ -232,7 +233,7 @@ class DetectStage:
         the engine's own), logged with its traceback the first time and then at every power of ten."""
         self.stats.dead_letters += 1
         n = self.stats.dead_letters
-        if str(n).rstrip("0") == "1":
+        if sampled(n):
             log.error(
                 "detection failed on event %s (seq %d; %d so far): %r; dead-lettered, the stream goes on",
                 item.event.id, item.seq, n, exc, exc_info=n == 1,
