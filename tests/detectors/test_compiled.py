@@ -106,7 +106,7 @@ def test_keys_of_every_width_are_found_by_their_text_not_their_object() -> None:
     assert dict(s.items()) == {t: pack(i, 1, 0) for i, t in enumerate(texts)}
 
 
-def test_update_counts_rolls_and_hands_gaps_and_late_events_back() -> None:
+def test_update_counts_rolls_over_gaps_and_hands_late_events_back() -> None:
     table = CountState(1000, 3).table
     assert table.update("a", 5_000) is None and table.get("a") == (5, 1, 0)
     assert table.update("a", 5_100) is None
@@ -114,10 +114,19 @@ def test_update_counts_rolls_and_hands_gaps_and_late_events_back() -> None:
     assert table.get("a") == (5, 4, 0)
     crossed = table.update("a", 6_500)  # the next bucket: before it, 4 * 0.5 = 2 < 3 <= 3
     assert crossed == 3.0 and type(crossed) is float and table.get("a") == (6, 1, 4)
-    assert table.update("a", 8_000) is ...  # a gap: the general path decides
-    assert table.update("a", 4_000) is ...  # a late event too
-    assert table.get("a") == (6, 1, 4)  # (and neither touched the state)
+    assert table.update("a", 4_000) is ...  # a late event: the general path decides
+    assert table.get("a") == (6, 1, 4)  # (and it did not touch the state)
+    assert table.update("a", 8_000) is None  # a gap: nothing is left in the window, the group starts over
+    assert table.get("a") == (8, 1, 0)
     assert table.update("b", -1) is None and table.get("b") == (-1, 1, 0)  # floor division, as Python's
+    once = CountState(1000, 1).table  # at_least 1: the first event after a gap fires again, as a new group's
+    assert once.update("x", 0) == 1 and once.update("x", 900) is None and once.update("x", 5_000) == 1
+    tiny = CountState(1, 1).table  # 1 ms buckets: the lowest time is the lowest bucket, which has none before
+    lowest = -(1 << 63)
+    assert (
+        tiny.update("y", lowest) == 1 and tiny.update("y", lowest + 5) == 1 and tiny.get("y")[0] == lowest + 5
+    )
+    assert tiny.update("y", lowest) is ...  # late
 
 
 def test_sweeps_drop_dead_keys_in_c_or_by_a_predicate_alike() -> None:

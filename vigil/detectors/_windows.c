@@ -14,9 +14,9 @@ DistinctTable: the slot points to a block with the bucket, the previous bucket's
 Outside, both speak the packed values of vigil/detectors/state.py (a count's three numbers; a distinct
 state's ``<q bucket><I nprev><I only> + prev hashes + cur hashes`` bytes), so snapshots are the same.
 
-``update`` handles a new group, an event in its group's current bucket and one in a later bucket, exactly
-as the Python paths do (the same property tests run both), and returns ``...`` (Ellipsis) for what it
-leaves to the general path in Python: a gap of buckets (count) or a late event (both).
+``update`` handles a new group, an event in its group's current bucket and one in a later bucket (after a
+gap too), exactly as the Python paths do (the same property tests run both), and returns ``...``
+(Ellipsis) for what it leaves to the general path in Python: a late event.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -82,12 +82,56 @@ static inline Shard *shard_of(Table *t, Py_hash_t h) { return &t->shards[(size_t
 static inline size_t home(Shard *s, Py_hash_t h) { return ((size_t)h >> 8) & (size_t)s->mask; }
 
 /* A key as the table compares it: the str, its (keyed, per-process) hash and a second, independent 64-bit
-hash of its code units. */
+hash of its code units (``fp``, computed only when needed: see probe()). */
 typedef struct {
     PyObject *obj;
     Py_hash_t hash;
     uint64_t fp;
+    int has_fp;
 } Key;
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/* One 8-byte word into the running fingerprint (the round and constants of XXH64's tail). */
+static inline uint64_t fp_round(uint64_t h, uint64_t w) {
+    h ^= rotl64(w * 0xC2B2AE3D27D4EB4FULL, 31) * 0x9E3779B185EBCA87ULL;
+    return rotl64(h, 27) * 0x9E3779B185EBCA87ULL + 0x85EBCA77C2B2AE63ULL;
+}
+
+/* The fingerprint of a str: its code units, eight bytes a round, their width and count, then a final
+avalanche. Equal strs have the same canonical form in CPython (kind and code units), so equal keys always
+have equal fingerprints. Word at a time, not byte at a time: FNV-1a over the bytes cost about 200 ns for a
+120-character resource id (a chain of dependent multiplies per byte); this is about an eighth of that.
+Only ever compared inside this process (never stored), so the host's byte order does not matter. */
+static uint64_t fingerprint(PyObject *key) {
+    int kind = PyUnicode_KIND(key);
+    const unsigned char *p = PyUnicode_DATA(key);
+    size_t n = (size_t)PyUnicode_GET_LENGTH(key) * (size_t)kind;
+    uint64_t h = 0x27D4EB2F165667C5ULL ^ ((uint64_t)n << 8) ^ (uint64_t)kind, w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        h = fp_round(h, w);
+    }
+    if (i < n) { /* the last 1-7 bytes, zero-padded (the length is already in h) */
+        w = 0;
+        memcpy(&w, p + i, n - i);
+        h = fp_round(h, w);
+    }
+    h ^= h >> 33;
+    h *= 0xC2B2AE3D27D4EB4FULL;
+    h ^= h >> 29;
+    h *= 0x165667B19E3779F9ULL;
+    return h ^ (h >> 32);
+}
+
+static inline uint64_t key_fp(Key *k) {
+    if (!k->has_fp) {
+        k->fp = fingerprint(k->obj);
+        k->has_fp = 1;
+    }
+    return k->fp;
+}
 
 /* The slot holding ``key``, or the empty slot where it would go (key == NULL).
 
@@ -96,12 +140,14 @@ functions: the stored str is never read here. Reading it was a cache miss on eve
 (the str lives wherever the event that opened the group was allocated), and with it an update at a million
 open keys cost about 650 ns; without it about 270 ns. Two different keys of one rule's live groups are taken
 for one with a chance of about 2**-128 per pair (the str hash is SipHash under a per-process random key, so
-input cannot be crafted to collide). */
-static Slot *probe(Shard *s, const Key *k) {
+input cannot be crafted to collide). The fingerprint of the key looked up is computed only when a slot's
+hash matches and its str is another object: the same object (a resource id from the parse cache) is found
+without it. */
+static Slot *probe(Shard *s, Key *k) {
     size_t i = home(s, k->hash);
     for (;;) {
         Slot *sl = &s->slots[i];
-        if (sl->key == NULL || sl->key == k->obj || (sl->hash == k->hash && sl->fp == k->fp)) return sl;
+        if (sl->key == NULL || sl->key == k->obj || (sl->hash == k->hash && sl->fp == key_fp(k))) return sl;
         i = (i + 1) & (size_t)s->mask;
     }
 }
@@ -129,7 +175,7 @@ static int resize(Shard *s, Py_ssize_t cap) {
 
 /* The slot of ``key`` (found: *fresh = 0), or a new empty one claimed for it (*fresh = 1; the caller fills
 the value), or NULL: an error, or a new key past the limit (no error set; counted in ``limited``). */
-static Slot *claim(Table *t, const Key *k, int *fresh) {
+static Slot *claim(Table *t, Key *k, int *fresh) {
     Shard *s = shard_of(t, k->hash);
     Slot *sl = NULL;
     if (s->mask >= 0) {
@@ -150,7 +196,7 @@ static Slot *claim(Table *t, const Key *k, int *fresh) {
     Py_INCREF(k->obj);
     sl->key = k->obj;
     sl->hash = k->hash;
-    sl->fp = k->fp;
+    sl->fp = key_fp(k);
     memset(&sl->v, 0, sizeof(sl->v));
     s->used++;
     t->size++;
@@ -158,7 +204,7 @@ static Slot *claim(Table *t, const Key *k, int *fresh) {
     return sl;
 }
 
-static Slot *find(Table *t, const Key *k) {
+static Slot *find(Table *t, Key *k) {
     Shard *s = shard_of(t, k->hash);
     if (s->mask < 0) return NULL;
     Slot *sl = probe(s, k);
@@ -191,9 +237,7 @@ static void remove_slot(Table *t, Shard *s, Slot *sl) {
     }
 }
 
-/* ``key`` as the table compares it (see probe()); -1 with an error set when it is not a str. The
-fingerprint is FNV-1a over the str's code units and their width: equal strs have the same canonical form
-in CPython, so equal keys always have equal fingerprints. */
+/* ``key`` as the table compares it (see probe()); -1 with an error set when it is not a str. */
 static int key_of(PyObject *key, Key *k) {
     if (!PyUnicode_CheckExact(key)) {
         PyErr_Format(PyExc_TypeError, "window keys are str, not %.100s", Py_TYPE(key)->tp_name);
@@ -202,14 +246,8 @@ static int key_of(PyObject *key, Key *k) {
     if (PyUnicode_READY(key) < 0) return -1; /* (a str from a legacy C API; a no-op for every other) */
     k->obj = key;
     k->hash = PyObject_Hash(key);
-    if (k->hash == -1) return -1;
-    int kind = PyUnicode_KIND(key);
-    const unsigned char *p = PyUnicode_DATA(key);
-    size_t n = (size_t)PyUnicode_GET_LENGTH(key) * (size_t)kind;
-    uint64_t fp = 0xcbf29ce484222325ULL ^ (uint64_t)kind;
-    for (size_t i = 0; i < n; i++) fp = (fp ^ p[i]) * 0x100000001b3ULL;
-    k->fp = fp;
-    return 0;
+    k->has_fp = 0;
+    return k->hash == -1 ? -1 : 0;
 }
 
 static inline int64_t bucket_of(Slot *sl, int distinct) { return distinct ? sl->v.d->bucket : sl->v.c.bucket; }
@@ -444,8 +482,11 @@ static PyObject *Count_update(Table *t, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if (sl->v.c.bucket != b) {
-        if (b == INT64_MIN || sl->v.c.bucket != b - 1) return Py_NewRef(Py_Ellipsis); /* a gap, or late */
-        uint32_t p = sl->v.c.cur; /* the next bucket: the current count becomes the previous one */
+        if (b < sl->v.c.bucket) return Py_NewRef(Py_Ellipsis); /* a late event: the general path */
+        /* a later bucket: the current count becomes the previous one when it is the next bucket; after a gap
+        nothing of the group is left in the window, and it starts over as a new group (b - 1: b is above
+        the bucket, so above INT64_MIN) */
+        uint32_t p = sl->v.c.bucket == b - 1 ? sl->v.c.cur : 0;
         sl->v.c.bucket = b;
         sl->v.c.cur = 1;
         sl->v.c.prev = p;

@@ -10,7 +10,7 @@ shards, grown one at a time) and does the update in C. The replay benchmark runs
 (paired, docs/rules.md has the figures).
 
 Everything else stays the Python that every other rule uses: the general path for what the compiled
-update hands back (gaps, late events), expiry, snapshots and the key limit, through :class:`CountState` and
+update hands back (late events), expiry, snapshots and the key limit, through :class:`CountState` and
 :class:`DistinctState`, which give the tables the interface of
 :class:`~vigil.detectors.state.KeyedState` with exactly its packed values, so snapshots move freely between
 the two kinds.

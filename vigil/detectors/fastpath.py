@@ -187,7 +187,7 @@ def _compiled(det: ThresholdDetector, state: CountState, lines: list[str]) -> Up
         "    v = UPDATE(k, t)",
         "    if v is None:",
         "        return",
-        "    if v is ...:  # a gap, or a late event",
+        "    if v is ...:  # a late event",
         "        GENERAL(e, t, out)",
         "        return",
         "    out.append(FINDING(RULE, (e.id,), e.time, GROUP(FIELDS, k), v))",
