@@ -226,3 +226,39 @@ def test_generated_conditions_keep_literals_that_spell_field_reads(tmp_path: Pat
         for ip, extra in (("203.0.113.9", {"t.ip"}), ("e.actor.ip", {"t.ip"}), ("10.0.0.1", set())):
             event = _event("generic", "login", actor=Actor(name=name, ip=ip))
             assert {r.id for r in m.matching(event)} == want | extra, (name, ip)
+
+
+def test_a_merged_bucket_walk_reads_each_lookup_key_as_the_loop_did() -> None:
+    """``compile_dispatch`` writes out the walk of a merged bucket: the always-function first, then per lookup
+    the whole value, its first n or its last n characters as the key; a value that is None (or not a str)
+    looks nothing up, and a field that is not an event field is refused rather than written into source."""
+    import pytest
+
+    from vigil.detectors.codegen import compile_dispatch
+
+    calls: list[str] = []
+
+    def fn(name: str):  # type: ignore[no-untyped-def]
+        return lambda e, out: calls.append(name)
+
+    run = compile_dispatch(
+        fn("always"),
+        [
+            ("actor.ip", 0, {"203.0.113.9": fn("ip")}),
+            ("resource.name", 3, {"vau": fn("prefix"), "va": fn("short")}),
+            ("resource.name", -2, {"01": fn("suffix")}),
+            ("actor.name", 0, {"x": fn("name")}),
+        ],
+        "t",
+    )
+    ev = _event(
+        "azure.keyvault", "secretget", actor=Actor(ip="203.0.113.9"), resource=Resource(name="vault01")
+    )
+    run(ev, [])
+    assert calls == ["always", "ip", "prefix", "suffix"]  # (actor.name is None: no look-up)
+    calls.clear()
+    run(_event("azure.keyvault", "secretget", resource=Resource(name="va")), [])
+    assert calls == ["always", "short"]  # a value shorter than the prefix is its own key, as value[:n] is
+    assert compile_dispatch(None, [], "empty")(ev, []) is None
+    with pytest.raises(ValueError, match="not an event field"):
+        compile_dispatch(None, [("actor.ip or __import__('os')", 0, {})], "bad")

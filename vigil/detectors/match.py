@@ -12,8 +12,9 @@ usable hint are evaluated for every event of their kinds (lint warns, W204).
 
 For speed, the buckets one (kind, action) reaches (its exact bucket, every prefix bucket it falls under, and
 the rules without an action requirement) are merged when the pair is first seen, and each key of the merged
-bucket gets one generated function (``codegen.py``). Merged buckets are compiled once per distinct set of
-source buckets, so new action names never cost a compilation each.
+bucket gets one generated function (``codegen.py``), and so does the walk of the merged bucket itself (its
+field reads and key look-ups written out: ``compile_dispatch``). Merged buckets are compiled once per
+distinct set of source buckets, so new action names never cost a compilation each.
 
 A rule that raises :class:`~vigil.rules.expr.RuleRuntimeError` on an event (a real fault, such as ordering a
 string against a number) is counted in :attr:`Matcher.errors` per rule and is never taken as "no match"
@@ -24,11 +25,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Final, TypeVar
 
-from vigil.detectors.codegen import BucketFn, compile_buckets
+from vigil.detectors.codegen import BucketFn, compile_buckets, compile_dispatch
 from vigil.detectors.finding import Finding, group_of, single
 from vigil.events.model import Event
 from vigil.logs import sampled
@@ -44,10 +45,10 @@ _ALL_KINDS: Final = ""
 
 def _slots(bucket: _Frozen, event: Event, out: list[_Slot]) -> None:
     """The slots of ``bucket`` that ``event`` reaches: its always-slot, and one per matching lookup key."""
-    always, lookups = bucket
+    always, lookups, _ = bucket
     if always is not None:
         out.append(always)
-    for get, n, table in lookups:
+    for get, n, table, _ in lookups:
         value = get(event)
         if type(value) is str:
             hit = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
@@ -135,10 +136,10 @@ class _Bucket:
         def table(t: dict[str, list[_Entry]]) -> dict[str, _Slot]:
             return {k: slot(v) for k, v in t.items()}
 
-        lookups: list[_Lookup] = [(attrgetter(f), 0, table(t)) for f, t in self.by_field.items()]
-        lookups += [(attrgetter(f), n, table(t)) for (f, n), t in self.by_prefix.items()]
-        lookups += [(attrgetter(f), -n, table(t)) for (f, n), t in self.by_suffix.items()]
-        return (slot(self.always) if self.always else None), tuple(lookups)
+        lookups: list[_Lookup] = [(attrgetter(f), 0, table(t), f) for f, t in self.by_field.items()]
+        lookups += [(attrgetter(f), n, table(t), f) for (f, n), t in self.by_prefix.items()]
+        lookups += [(attrgetter(f), -n, table(t), f) for (f, n), t in self.by_suffix.items()]
+        return (slot(self.always) if self.always else None), tuple(lookups), _unset
 
 
 _K = TypeVar("_K")
@@ -173,9 +174,11 @@ def _secondary_hint(rule: Rule) -> IndexHint | None:
 
 #: a filed rule and the operands of its ``and`` chain that its place in the index proves
 _Entry = tuple[Rule, frozenset[int]]
-#: (getter, n, table): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its last -n
-_Lookup = tuple[Callable[[Event], object], int, "dict[str, _Slot]"]
-_Frozen = tuple["_Slot | None", tuple[_Lookup, ...]]
+#: (getter, n, table, field): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its
+#: last -n
+_Lookup = tuple[Callable[[Event], object], int, "dict[str, _Slot]", str]
+#: (always-slot, lookups, the generated function that runs both for an event: codegen.compile_dispatch)
+_Frozen = tuple["_Slot | None", tuple[_Lookup, ...], BucketFn]
 
 
 def _unset(event: Event, out: list[Rule]) -> None:  # pragma: no cover - replaced before first use
@@ -238,9 +241,12 @@ class Matcher:
                 _merge_tables(merged.by_suffix, src.by_suffix)
             merged.dedupe()
             slots: list[_Slot] = []
-            frozen = merged.frozen(slots)
+            always, lookups, _ = merged.frozen(slots)
             for slot, run in zip(slots, compile_buckets([s.entries for s in slots], self.fault), strict=True):
                 slot.run = run
+            tables = [(field, n, {k: s.run for k, s in table.items()}) for _, n, table, field in lookups]
+            dispatch = compile_dispatch(always.run if always else None, tables, str(len(self._compiled)))
+            frozen = always, lookups, dispatch
             self._compiled[key] = frozen
         if len(self._merged) >= self.MERGED_CACHE:
             self._merged.clear()
@@ -305,23 +311,14 @@ class Matcher:
     def matching(self, event: Event) -> list[Rule]:
         """The rules whose expression is true for ``event``, each once."""
         matched: list[Rule] = []
-        buckets: Sequence[_Frozen]
+        # The hot path: each merged bucket's generated function walks it as _slots() does, running each
+        # slot as soon as it is found.
         if self._kindless:
-            buckets = self._buckets(event)
+            for bucket in self._buckets(event):
+                bucket[2](event, matched)
         else:  # (the usual case: one merged bucket, looked up here without a call or a list)
-            bucket = self._merged.get((event.kind, event.action))
-            buckets = (bucket if bucket is not None else self._merge(event.kind, event.action),)
-        for bucket in buckets:
-            # The hot path: the same walk as _slots(), running each slot as soon as it is found.
-            always, lookups = bucket
-            if always is not None:
-                always.run(event, matched)
-            for get, n, table in lookups:
-                value = get(event)
-                if type(value) is str:
-                    slot = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
-                    if slot is not None:
-                        slot.run(event, matched)
+            found = self._merged.get((event.kind, event.action))
+            (found if found is not None else self._merge(event.kind, event.action))[2](event, matched)
         if self._may_repeat and len(matched) > 1:  # a rule filed under two keys that both fit
             matched = list({id(r): r for r in matched}.values())
         return matched
