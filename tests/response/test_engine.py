@@ -32,6 +32,7 @@ from vigil.response.model import Action, ActionState
 from vigil.response.policy import Proposal
 from vigil.response.store import ActionConflictError, ActionStore
 from vigil.rules.model import RemediateAction
+from vigil.rules.schema import REMEDIATIONS
 from vigil.sections import ResponseSettings
 
 T = TypeVar("T")
@@ -326,6 +327,30 @@ def test_blast_radius_touches_none_and_alerts_once(env: Env) -> None:
     assert {a.reason for a in actions} == {"blast radius: 40 targets > max_targets 5"}
     assert env.changes() == []
     assert len(env.alerted("blast_radius")) == 1
+
+
+@pytest.mark.parametrize("name", sorted(REMEDIATIONS))
+@pytest.mark.parametrize("cap", ["rule", "default"])
+def test_every_remediator_passes_through_the_blast_radius_guard(env: Env, name: str, cap: str) -> None:
+    """Reliability C8, the meta-test: the cap is the engine's, enforced before any remediator runs, so no
+    remediation the rule language accepts can bypass it (Custodian's Azure and cache bypasses were
+    remediators with their own paths). Each one, over 40 targets: with the rule's ``max_targets`` 5, and
+    with no cap of its own under ``response.max_targets`` 5 (B5). All refused, nothing changed, one page."""
+    if cap == "rule":
+        action = RemediateAction(name, "{{ resource.id }}", approval="auto", max_targets=5)
+        reason = "blast radius: 40 targets > max_targets 5"
+    else:
+        action = RemediateAction(name, "{{ resource.id }}", approval="auto")
+        reason = "blast radius: 40 targets > response.max_targets 5 (the rule sets no cap of its own)"
+
+    async def main() -> list[Action]:
+        engine = await env.start(nodes=3, max_targets=5)
+        return await engine.submit([prop(f"target-{i}", action, finding=f"f{i}") for i in range(40)])
+
+    actions = run(main)
+    assert len(actions) == 40 and {a.state for a in actions} == {S.REFUSED}
+    assert {a.reason for a in actions} == {reason}
+    assert env.changes() == [] and len(env.alerted("blast_radius")) == 1
 
 
 def test_blast_radius_percent_of_the_fleet(env: Env) -> None:
