@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Final, TypeVar
 
@@ -48,8 +48,8 @@ def _slots(bucket: _Frozen, event: Event, out: list[_Slot]) -> None:
     always, lookups, _ = bucket
     if always is not None:
         out.append(always)
-    for get, n, table, _ in lookups:
-        value = get(event)
+    for field, n, table in lookups:
+        value = attrgetter(field)(event)
         if type(value) is str:
             hit = table.get(value if n == 0 else value[:n] if n > 0 else value[n:])
             if hit is not None:
@@ -126,8 +126,8 @@ class _Bucket:
             for key, entries in table.items():
                 table[key] = _unique(entries)
 
-    def frozen(self, slots: list[_Slot]) -> _Frozen:
-        """Plain tuples and dicts for the hot path; each rule list becomes a :class:`_Slot` (in ``slots``)."""
+    def frozen(self, slots: list[_Slot]) -> tuple[_Slot | None, tuple[_Lookup, ...]]:
+        """The always-slot and the lookups; each rule list becomes a :class:`_Slot` (in ``slots``)."""
 
         def slot(entries: list[_Entry]) -> _Slot:
             slots.append(_Slot(entries))
@@ -136,10 +136,10 @@ class _Bucket:
         def table(t: dict[str, list[_Entry]]) -> dict[str, _Slot]:
             return {k: slot(v) for k, v in t.items()}
 
-        lookups: list[_Lookup] = [(attrgetter(f), 0, table(t), f) for f, t in self.by_field.items()]
-        lookups += [(attrgetter(f), n, table(t), f) for (f, n), t in self.by_prefix.items()]
-        lookups += [(attrgetter(f), -n, table(t), f) for (f, n), t in self.by_suffix.items()]
-        return (slot(self.always) if self.always else None), tuple(lookups), _unset
+        lookups: list[_Lookup] = [(f, 0, table(t)) for f, t in self.by_field.items()]
+        lookups += [(f, n, table(t)) for (f, n), t in self.by_prefix.items()]
+        lookups += [(f, -n, table(t)) for (f, n), t in self.by_suffix.items()]
+        return (slot(self.always) if self.always else None), tuple(lookups)
 
 
 _K = TypeVar("_K")
@@ -174,9 +174,8 @@ def _secondary_hint(rule: Rule) -> IndexHint | None:
 
 #: a filed rule and the operands of its ``and`` chain that its place in the index proves
 _Entry = tuple[Rule, frozenset[int]]
-#: (getter, n, table, field): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its
-#: last -n
-_Lookup = tuple[Callable[[Event], object], int, "dict[str, _Slot]", str]
+#: (field, n, table): n == 0 looks up the exact value, n > 0 its first n characters, n < 0 its last -n
+_Lookup = tuple[str, int, "dict[str, _Slot]"]
 #: (always-slot, lookups, the generated function that runs both for an event: codegen.compile_dispatch)
 _Frozen = tuple["_Slot | None", tuple[_Lookup, ...], BucketFn]
 
@@ -241,10 +240,10 @@ class Matcher:
                 _merge_tables(merged.by_suffix, src.by_suffix)
             merged.dedupe()
             slots: list[_Slot] = []
-            always, lookups, _ = merged.frozen(slots)
+            always, lookups = merged.frozen(slots)
             for slot, run in zip(slots, compile_buckets([s.entries for s in slots], self.fault), strict=True):
                 slot.run = run
-            tables = [(field, n, {k: s.run for k, s in table.items()}) for _, n, table, field in lookups]
+            tables = [(field, n, {k: s.run for k, s in table.items()}) for field, n, table in lookups]
             dispatch = compile_dispatch(always.run if always else None, tables, str(len(self._compiled)))
             frozen = always, lookups, dispatch
             self._compiled[key] = frozen
