@@ -14,7 +14,7 @@ help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # (the C sources too: the install builds the compiled window tables, vigil/detectors/compiled.py)
-$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard vigil/*/*.c)
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard vigil/*/*.c vigil/*/*.h)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Vigil needs Python >= 3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip

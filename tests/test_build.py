@@ -1,5 +1,5 @@
-"""The build: ``make setup`` compiles the window tables (``vigil/detectors/_windows.c``) and the event ids
-(``vigil/events/_ids.c``).
+"""The build: ``make setup`` compiles the window tables (``vigil/detectors/_windows.c``), the event ids
+(``vigil/events/_ids.c``) and the Activity Log's fast path (``vigil/events/_activity.c``).
 
 The extensions are optional for users (no compiler: Vigil runs pure Python), so a failed build would not
 stop the package from working, and every test of the compiled paths would quietly skip. This test makes
@@ -34,3 +34,9 @@ def test_the_compiled_window_tables_are_built_and_in_use() -> None:
 def test_the_compiled_event_ids_are_built_and_in_use() -> None:
     assert fields.NATIVE_IDS, f"vigil/events/_ids.c {HOW}"
     assert fields.time_id is not fields._time_id and fields.to_ms is not fields._to_ms
+
+
+def test_the_compiled_activity_path_is_built_and_in_use() -> None:
+    from vigil.events.normalizers import activity
+
+    assert activity._native is not None, f"vigil/events/_activity.c {HOW}"

@@ -15,7 +15,9 @@ from typing import Final
 from vigil.events.model import NO_RESOURCE, Resource
 
 _CACHE_MAX: Final = 65536
-_cache: dict[str, Resource] = {}
+#: the memo of parse_resource_id (ARM id as given -> Resource); the compiled Activity path reads it directly
+RESOURCE_CACHE: Final[dict[str, Resource]] = {}
+_cache = RESOURCE_CACHE
 
 
 def parse_resource_id(resource_id: str | None) -> Resource:

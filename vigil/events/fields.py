@@ -141,7 +141,7 @@ _RESULT_OUTCOMES: Final[dict[str, Outcome]] = {
 
 
 # The spellings as sources write them, so the common case is one look-up without lower-casing.
-_RESULT_OUTCOMES_EXACT: Final[dict[str, Outcome]] = {
+RESULT_OUTCOMES_EXACT: Final[dict[str, Outcome]] = {
     **_RESULT_OUTCOMES,
     **{k.title(): v for k, v in _RESULT_OUTCOMES.items()},
     **{k.upper(): v for k, v in _RESULT_OUTCOMES.items()},
@@ -152,7 +152,7 @@ def outcome_from_result(value: Any) -> Outcome:
     """Map ``resultType``/``status`` spellings (Success/Succeeded, Failure/Failed, Start...) to an outcome."""
     if type(value) is not str:
         return "unknown"
-    hit = _RESULT_OUTCOMES_EXACT.get(value)
+    hit = RESULT_OUTCOMES_EXACT.get(value)
     if hit is not None:
         return hit
     return _RESULT_OUTCOMES.get(value.lower(), "unknown")

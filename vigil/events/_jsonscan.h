@@ -1,0 +1,51 @@
+/* A strict, validating JSON scanner that reads chosen fields of an object and skips the rest (_jsonscan.c).
+
+It serves compiled fast paths of the normalizers (_activity.c): they must never accept a record that the
+general path would reject or read differently, so the scanner is at least as strict as RFC 8259 and msgspec
+(it also checks UTF-8 in skipped strings, which msgspec does not) and *declines* anything it does not handle
+itself (duplicate or escaped keys where fields are read, a field of an unexpected type, nesting deeper than
+JS_MAX_DEPTH). A declined record goes the general way, which decides with its precise error messages.
+*/
+#ifndef VIGIL_JSONSCAN_H
+#define VIGIL_JSONSCAN_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define JS_MAX_DEPTH 64
+
+/* Results of the scanner's functions. */
+#define JS_OK 0
+#define JS_DECLINE (-1) /* invalid JSON, or valid but not for the fast path: no Python error is set */
+#define JS_ERROR (-2)   /* a Python error is set (out of memory) */
+
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *end;
+    int depth;
+} js_t;
+
+/* What a field of a schema is. */
+enum { JS_STR, JS_OBJ, JS_REFUSE };
+
+typedef struct js_schema js_schema;
+
+typedef struct {
+    const char *name;
+    Py_ssize_t len;
+    int kind;             /* JS_STR: a string or null; JS_OBJ: an object or null; JS_REFUSE: decline if present */
+    int slot;             /* JS_STR: where the decoded str goes */
+    const js_schema *sub; /* JS_OBJ: the fields read inside it */
+} js_field;
+
+struct js_schema {
+    int n; /* at most 32 */
+    const js_field *fields;
+};
+
+/* Read a whole document that must be one object (whitespace around it only), filling ``slots`` (new
+references; NULL where the field is absent or null) per ``schema``. On JS_DECLINE or JS_ERROR the slots may
+hold references already: the caller clears them either way. */
+int js_read_document(const unsigned char *data, Py_ssize_t len, const js_schema *schema, PyObject **slots);
+
+#endif
