@@ -8,6 +8,10 @@ chunks of 10,000 and every repetition runs the three paths back to back on each 
 taken over a fraction of a second in which the machine's load is the same for both sides; it reports the
 median of those paired ratios (robust to the noise of a shared machine) besides the median rates.
 
+A fourth path, ``normalize (typed)``, is the same normalisation with the compiled Activity path
+(``vigil/events/_activity.c``) switched off, so the Python fast path it replaces runs instead; its paired
+ratio against ``normalize`` is what the compiled path gains (absent when it is not built).
+
 Run: ``make bench`` or ``.venv/bin/python bench/normalize.py --records 100000 --repeat 5 [--json out.json]``.
 The target of issue 2 is ``normalize / orjson >= 0.35``.
 """
@@ -31,6 +35,7 @@ from gen_activity import lines
 
 from vigil.events.batch import BatchNormalizer
 from vigil.events.model import encode_events
+from vigil.events.normalizers import activity
 from vigil.runtime import tune_gc
 
 CHUNK = 10_000
@@ -44,7 +49,17 @@ def bench_orjson(data: list[bytes]) -> float:
     return time.process_time() - t0
 
 
-def bench_normalize(blob: bytes, expected: int, encode: bool) -> float:
+def bench_normalize(blob: bytes, expected: int, encode: bool, typed: bool = False) -> float:
+    native = activity._native
+    if typed:
+        activity._native = None  # (the module-level switch from_json reads on every call)
+    try:
+        return _timed(blob, expected, encode)
+    finally:
+        activity._native = native
+
+
+def _timed(blob: bytes, expected: int, encode: bool) -> float:
     norm = BatchNormalizer("auto")
     count = 0
     t0 = time.process_time()
@@ -73,8 +88,12 @@ def main() -> None:
     n = len(data)
     print(f"{n} activity records, mean {len(blob) / n:.0f} bytes, {args.repeat} repetitions (CPU time)")
 
+    compiled = activity._native is not None
     results: dict[str, list[float]] = {"orjson": [], "normalize": [], "normalize+encode": []}
     ratios: dict[str, list[float]] = {"normalize": [], "normalize+encode": []}
+    if compiled:
+        results["normalize (typed)"] = []
+    gains: list[float] = []
     chunks = [data[i : i + CHUNK] for i in range(0, n, CHUNK)]
     for _ in range(args.repeat):
         totals = dict.fromkeys(results, 0.0)
@@ -82,10 +101,15 @@ def main() -> None:
             gc.collect()
             base = bench_orjson(chunk)
             totals["orjson"] += base
+            joined = b"".join(chunk)
             for name, paired in ratios.items():
-                spent = bench_normalize(b"".join(chunk), len(chunk), name.endswith("encode"))
+                spent = bench_normalize(joined, len(chunk), name.endswith("encode"))
                 totals[name] += spent
                 paired.append(base / spent)
+                if compiled and name == "normalize":
+                    typed = bench_normalize(joined, len(chunk), False, typed=True)
+                    totals["normalize (typed)"] += typed
+                    gains.append(typed / spent)
         for name, total in totals.items():
             results[name].append(total)
 
@@ -103,6 +127,12 @@ def main() -> None:
     print(f"  ratio normalize+encode/orjson  {ratio_enc:.3f}")
     report["ratio"] = ratio
     report["ratio_with_encode"] = ratio_enc
+    if gains:
+        gain = statistics.median(gains)
+        print(f"  compiled Activity path: typed / compiled time {gain:.2f} (median of {len(gains)} pairs)")
+        report["compiled_gain"] = gain
+    else:
+        print("  compiled Activity path: not built (or VIGIL_PURE_PYTHON): the typed path ran")
     if args.json:
         Path(args.json).write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
