@@ -196,6 +196,26 @@ def test_new_actions_reuse_compiled_buckets(tmp_path: Path) -> None:
     assert [f.rule for f in found] == ["t.prefix"]
 
 
+def test_merged_buckets_share_the_functions_of_the_slots_they_have_in_common(tmp_path: Path) -> None:
+    """The rules filed under one key of the kind's unindexed bucket recur in every merged bucket of that kind:
+    their function is generated once, and still finds what it should for each action."""
+    m = Matcher(_ruleset(tmp_path).rules)
+    ip = Actor(ip="203.0.113.9")
+    for action in ("secretget", "keydelete", "made-up"):
+        found = {f.rule for f in m.match(_event("azure.keyvault", action, actor=ip))}
+        assert "t.unindexed" in found, action
+    runs = set()
+    slots = 0
+    for _always, lookups, _dispatch in m._compiled.values():
+        for field, _n, table in lookups:
+            slots += len(table)
+            if field == "actor.ip" and "203.0.113.9" in table:
+                runs.add(table["203.0.113.9"].run)
+    assert len(m._compiled) == 3
+    assert len(runs) == 1  # one function for the shared slot, not one per merged bucket
+    assert len(m._slot_fns) < slots
+
+
 def test_generated_conditions_keep_literals_that_spell_field_reads(tmp_path: Path) -> None:
     """The generated bucket functions write field reads as source (``e.actor.name``); a string literal that
     spells such a read stays a literal, and several clauses on one field in one bucket agree."""

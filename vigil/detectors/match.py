@@ -215,6 +215,9 @@ class Matcher:
         self._merged: dict[tuple[str, str], _Frozen] = {}
         #: merged buckets by the identity of their source buckets (bounded by the rule set, not the input)
         self._compiled: dict[tuple[int, ...], _Frozen] = {}
+        #: generated slot functions by the slot's entries (rule identity, proven clauses): a quarter of the
+        #: slots of merged buckets recur in others, and compiling is most of a merge's cost
+        self._slot_fns: dict[tuple[tuple[int, frozenset[int]], ...], BucketFn] = {}
 
     def _merge(self, kind: str, action: str) -> _Frozen:
         """Build (or reuse) the merged bucket of a (kind, action) pair seen for the first time.
@@ -241,8 +244,7 @@ class Matcher:
             merged.dedupe()
             slots: list[_Slot] = []
             always, lookups = merged.frozen(slots)
-            for slot, run in zip(slots, compile_buckets([s.entries for s in slots], self.fault), strict=True):
-                slot.run = run
+            self._compile_slots(slots)
             tables = [(field, n, {k: s.run for k, s in table.items()}) for field, n, table in lookups]
             dispatch = compile_dispatch(always.run if always else None, tables, str(len(self._compiled)))
             frozen = always, lookups, dispatch
@@ -251,6 +253,17 @@ class Matcher:
             self._merged.clear()
         self._merged[kind, action] = frozen
         return frozen
+
+    def _compile_slots(self, slots: list[_Slot]) -> None:
+        """Give every slot its function: the one made for the same entries before, or a new one (all the new
+        ones generated into one module)."""
+        keys = [tuple((id(rule), proven) for rule, proven in slot.entries) for slot in slots]
+        todo = [i for i, key in enumerate(keys) if key not in self._slot_fns]
+        fns = compile_buckets([slots[i].entries for i in todo], self.fault) if todo else []
+        for i, fn in zip(todo, fns, strict=True):
+            self._slot_fns[keys[i]] = fn
+        for slot, key in zip(slots, keys, strict=True):
+            slot.run = self._slot_fns[key]
 
     def _add(self, index: dict[str, _KindIndex], rule: Rule) -> None:
         action_hint = next(
