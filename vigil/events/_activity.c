@@ -29,26 +29,26 @@ enum {
 };
 
 static const js_field EVIDENCE_F[] = {
-    {S("principalId"), JS_STR, PRINCIPAL_ID, NULL},
-    {S("principalType"), JS_STR, PRINCIPAL_TYPE, NULL},
+    {S("principalId"), JS_SHARED, PRINCIPAL_ID, NULL},
+    {S("principalType"), JS_SHARED, PRINCIPAL_TYPE, NULL},
 };
 static const js_schema EVIDENCE = {2, EVIDENCE_F};
 static const js_field AUTHZ_F[] = {{S("evidence"), JS_OBJ, 0, &EVIDENCE}};
 static const js_schema AUTHZ = {1, AUTHZ_F};
 static const js_field CLAIMS_F[] = {
-    {S("http://schemas.microsoft.com/identity/claims/objectidentifier"), JS_STR, OID_URI, NULL},
-    {S("oid"), JS_STR, OID, NULL},
-    {S("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"), JS_STR, UPN_URI, NULL},
-    {S("upn"), JS_STR, UPN, NULL},
-    {S("unique_name"), JS_STR, UNIQUE_NAME, NULL},
-    {S("name"), JS_STR, NAME, NULL},
-    {S("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"), JS_STR, NAME_URI, NULL},
-    {S("appid"), JS_STR, APPID, NULL},
-    {S("azp"), JS_STR, AZP, NULL},
-    {S("http://schemas.microsoft.com/identity/claims/tenantid"), JS_STR, TID_URI, NULL},
-    {S("tid"), JS_STR, TID, NULL},
-    {S("ipaddr"), JS_STR, IPADDR, NULL},
-    {S("xms_mirid"), JS_STR, MIRID, NULL},
+    {S("http://schemas.microsoft.com/identity/claims/objectidentifier"), JS_SHARED, OID_URI, NULL},
+    {S("oid"), JS_SHARED, OID, NULL},
+    {S("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"), JS_SHARED, UPN_URI, NULL},
+    {S("upn"), JS_SHARED, UPN, NULL},
+    {S("unique_name"), JS_SHARED, UNIQUE_NAME, NULL},
+    {S("name"), JS_SHARED, NAME, NULL},
+    {S("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"), JS_SHARED, NAME_URI, NULL},
+    {S("appid"), JS_SHARED, APPID, NULL},
+    {S("azp"), JS_SHARED, AZP, NULL},
+    {S("http://schemas.microsoft.com/identity/claims/tenantid"), JS_SHARED, TID_URI, NULL},
+    {S("tid"), JS_SHARED, TID, NULL},
+    {S("ipaddr"), JS_SHARED, IPADDR, NULL},
+    {S("xms_mirid"), JS_SHARED, MIRID, NULL},
 };
 static const js_schema CLAIMS = {13, CLAIMS_F};
 static const js_field IDENTITY_F[] = {
@@ -56,19 +56,19 @@ static const js_field IDENTITY_F[] = {
     {S("authorization"), JS_OBJ, 0, &AUTHZ},
 };
 static const js_schema IDENTITY = {2, IDENTITY_F};
-static const js_field PROPERTIES_F[] = {{S("eventCategory"), JS_STR, EVENT_CATEGORY, NULL}};
+static const js_field PROPERTIES_F[] = {{S("eventCategory"), JS_SHARED, EVENT_CATEGORY, NULL}};
 static const js_schema PROPERTIES = {1, PROPERTIES_F};
 static const js_field RECORD_F[] = {
     {S("records"), JS_REFUSE, 0, NULL}, /* an envelope: the typed decoder splits it */
     {S("time"), JS_STR, TIME, NULL},
     {S("resourceId"), JS_STR, RID, NULL},
-    {S("operationName"), JS_STR, OP, NULL},
-    {S("category"), JS_STR, CATEGORY, NULL},
-    {S("resultType"), JS_STR, RESULT_TYPE, NULL},
-    {S("resultSignature"), JS_STR, RESULT_SIG, NULL},
+    {S("operationName"), JS_SHARED, OP, NULL},
+    {S("category"), JS_SHARED, CATEGORY, NULL},
+    {S("resultType"), JS_SHARED, RESULT_TYPE, NULL},
+    {S("resultSignature"), JS_SHARED, RESULT_SIG, NULL},
     {S("correlationId"), JS_STR, CORRELATION, NULL},
-    {S("callerIpAddress"), JS_STR, CALLER_IP, NULL},
-    {S("level"), JS_STR, LEVEL, NULL},
+    {S("callerIpAddress"), JS_SHARED, CALLER_IP, NULL},
+    {S("level"), JS_SHARED, LEVEL, NULL},
     {S("identity"), JS_OBJ, 0, &IDENTITY},
     {S("properties"), JS_OBJ, 0, &PROPERTIES},
 };
@@ -78,7 +78,7 @@ static const js_schema RECORD = {12, RECORD_F};
 static struct {
     PyObject *event, *actor, *frozen_map, *no_actor, *categories, *normalize_error;
     PyObject *parse_time, *parse_resource_id, *time_id, *to_ms, *outcome, *severity, *strip_port;
-    PyObject *fromisoformat, *resource_cache, *outcomes, *severities;
+    PyObject *fromisoformat, *resource_cache, *outcomes, *severities, *lowered;
     Py_ssize_t raw_data_offset, raw_json_offset; /* FrozenMap's two slots */
     PyObject *kind, *prefix, *time_field, *sep, *none_text, *id_attr, *lower;
     PyObject *managed, *user, *service_principal;
@@ -98,7 +98,7 @@ static PyObject *or_chain(PyObject **slots, const int *order, int n) {
 static inline PyObject *or_none(PyObject *v) { return v != NULL ? v : Py_None; }
 
 /* value.lower(), without a call for ASCII text. */
-static PyObject *lower(PyObject *value) {
+static PyObject *lower_text(PyObject *value) {
     if (!PyUnicode_IS_ASCII(value)) return PyObject_CallMethodNoArgs(value, C.lower);
     Py_ssize_t n = PyUnicode_GET_LENGTH(value);
     const Py_UCS1 *src = PyUnicode_1BYTE_DATA(value);
@@ -111,6 +111,24 @@ static PyObject *lower(PyObject *value) {
     memcpy(dst, src, (size_t)i);
     for (; i < n; i++) dst[i] = (src[i] >= 'A' && src[i] <= 'Z') ? (Py_UCS1)(src[i] + 32) : src[i];
     return out;
+}
+
+/* lower_text(value), remembered for short values (operations, principal types, categories: the scanner
+hands out one str object per repeated value, so the look-up is by a cached hash and identity). */
+#define LOWERED_MAX 4096
+static PyObject *lower(PyObject *value) {
+    if (PyUnicode_GET_LENGTH(value) > 64) return lower_text(value);
+    PyObject *hit = PyDict_GetItemWithError(C.lowered, value);
+    if (hit != NULL) return Py_NewRef(hit);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *low = lower_text(value);
+    if (low == NULL) return NULL;
+    if (PyDict_GET_SIZE(C.lowered) >= LOWERED_MAX) PyDict_Clear(C.lowered); /* bounded, whatever the input */
+    if (PyDict_SetItem(C.lowered, value, low) < 0) {
+        Py_DECREF(low);
+        return NULL;
+    }
+    return low;
 }
 
 static PyObject *call1(PyObject *fn, PyObject *arg) { return PyObject_Vectorcall(fn, &arg, 1, NULL); }
@@ -327,7 +345,7 @@ static PyObject *activity_configure(PyObject *self, PyObject *args, PyObject *kw
                           &C.strip_port, &C.resource_cache, &C.outcomes, &C.severities};
     for (int i = 0; i < 16; i++) *dst[i] = Py_NewRef(o[i]);
     C.fromisoformat = PyObject_GetAttrString((PyObject *)PyDateTimeAPI->DateTimeType, "fromisoformat");
-    if (C.fromisoformat == NULL) return NULL;
+    if (C.fromisoformat == NULL || (C.lowered = PyDict_New()) == NULL) return NULL;
     static const char *actor_kw[] = {"id", "name", "type", "ip", "app_id", "tenant"};
     static const char *event_kw[] = {"id", "time", "kind", "action", "outcome", "severity", "actor",
                                      "resource", "raw"};

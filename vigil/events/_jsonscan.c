@@ -201,6 +201,46 @@ static PyObject *decode_string(const unsigned char *start, Py_ssize_t len, int e
     return out;
 }
 
+/* The table of shared values: direct-mapped by a hash of the bytes, a miss replaces the entry, so it holds
+at most SHARED_SLOTS str objects of at most SHARED_MAX characters (about 200 KB) whatever the input. */
+#define SHARED_SLOTS 2048
+#define SHARED_MAX 64
+
+typedef struct {
+    PyObject *str; /* NULL while empty; the entry's bytes are the str's own (ASCII) data */
+} shared_t;
+
+static shared_t SHARED[SHARED_SLOTS];
+
+static inline uint64_t mix_bytes(const unsigned char *p, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 29);
+}
+
+/* The str of a plain-ASCII string's content, from the shared table when it is there. */
+static PyObject *shared_string(const unsigned char *start, Py_ssize_t len) {
+    if (len > SHARED_MAX) return decode_string(start, len, 0);
+    shared_t *e = &SHARED[mix_bytes(start, len) & (SHARED_SLOTS - 1)];
+    if (e->str != NULL && PyUnicode_GET_LENGTH(e->str) == len &&
+        memcmp(PyUnicode_1BYTE_DATA(e->str), start, (size_t)len) == 0)
+        return Py_NewRef(e->str);
+    PyObject *value = decode_string(start, len, 0);
+    if (value == NULL) return NULL;
+    Py_XSETREF(e->str, Py_NewRef(value));
+    return value;
+}
+
 static int literal(js_t *s, const char *word, Py_ssize_t n) {
     if (s->end - s->p < n || memcmp(s->p, word, (size_t)n) != 0) return JS_DECLINE;
     s->p += n;
@@ -352,9 +392,10 @@ static int read_object(js_t *s, const js_schema *schema, PyObject **slots) {
             seen |= 1u << index;
             if (*s->p == 'n') {
                 if (literal(s, "null", 4) != JS_OK) return JS_DECLINE;
-            } else if (f->kind == JS_STR && *s->p == '"') {
+            } else if ((f->kind == JS_STR || f->kind == JS_SHARED) && *s->p == '"') {
                 if (scan_string(s, &start, &len, &esc) != JS_OK) return JS_DECLINE;
-                PyObject *value = decode_string(start, len, esc);
+                PyObject *value = (f->kind == JS_SHARED && esc == 0) ? shared_string(start, len)
+                                                                     : decode_string(start, len, esc);
                 if (value == NULL) return JS_ERROR;
                 slots[f->slot] = value;
             } else if (f->kind == JS_OBJ && *s->p == '{') {

@@ -25,16 +25,18 @@ typedef struct {
     int depth;
 } js_t;
 
-/* What a field of a schema is. */
-enum { JS_STR, JS_OBJ, JS_REFUSE };
+/* What a field of a schema is. JS_SHARED is a JS_STR whose values repeat (an operation, a caller, a
+claim): short plain-ASCII values come from a bounded table of str objects made before, so the same value is
+the same object, its str hash computed once (dict look-ups downstream are cheaper too). */
+enum { JS_STR, JS_OBJ, JS_REFUSE, JS_SHARED };
 
 typedef struct js_schema js_schema;
 
 typedef struct {
     const char *name;
     Py_ssize_t len;
-    int kind;             /* JS_STR: a string or null; JS_OBJ: an object or null; JS_REFUSE: decline if present */
-    int slot;             /* JS_STR: where the decoded str goes */
+    int kind;             /* JS_STR, JS_SHARED: a string or null; JS_OBJ: an object or null; JS_REFUSE: decline */
+    int slot;             /* JS_STR, JS_SHARED: where the decoded str goes */
     const js_schema *sub; /* JS_OBJ: the fields read inside it */
 } js_field;
 

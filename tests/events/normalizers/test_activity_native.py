@@ -265,6 +265,21 @@ def test_mutated_records_agree(
     _same(native, bytes(data))
 
 
+def test_repeated_values_are_shared_and_distinct_ones_never_confused(native: Callable[[bytes], Any]) -> None:
+    """Short repeated values (operation, caller, claims) come from a bounded table of str objects: the same
+    object each time, and a table slot taken over by another value never hands out the wrong one."""
+    rec = _records(1)[0]
+    first, second = native(orjson.dumps(rec)), native(orjson.dumps(rec))
+    assert first.action is second.action and first.actor.app_id is second.actor.app_id
+    claims = rec["identity"]["claims"]
+    for i in range(6000):  # more distinct values than the table has slots, each seen twice
+        claims["appid"] = f"app-{i % 3000:04d}"
+        rec["operationName"] = f"Microsoft.Test/things/OP{i % 2500}/write"
+        event = native(orjson.dumps(rec))
+        assert event.actor.app_id == claims["appid"]
+        assert event.action == rec["operationName"].lower()
+
+
 def test_no_references_leak(native: Callable[[bytes], Any]) -> None:
     lines = [orjson.dumps(r) for r in _records(200)]
     odd = [b'{"time": 5}', b'{"x": "\\ud800"}', lines[0][:-3], b'{"records": [1]}']
