@@ -119,7 +119,7 @@ static PyObject *lower_text(PyObject *value) {
 hands out one str object per repeated value, so the look-up is by a cached hash and identity). */
 #define LOWERED_MAX 4096
 static PyObject *lower(PyObject *value) {
-    if (PyUnicode_GET_LENGTH(value) > 64) return lower_text(value);
+    if (PyUnicode_GET_LENGTH(value) > JS_SHARED_MAX) return lower_text(value);
     PyObject *hit = PyDict_GetItemWithError(C.lowered, value);
     if (hit != NULL) return Py_NewRef(hit);
     if (PyErr_Occurred()) return NULL;

@@ -202,9 +202,8 @@ static PyObject *decode_string(const unsigned char *start, Py_ssize_t len, int e
 }
 
 /* The table of shared values: direct-mapped by a hash of the bytes, a miss replaces the entry, so it holds
-at most SHARED_SLOTS str objects of at most SHARED_MAX characters (about 200 KB) whatever the input. */
+at most SHARED_SLOTS str objects of at most JS_SHARED_MAX characters (about 200 KB) whatever the input. */
 #define SHARED_SLOTS 2048
-#define SHARED_MAX 64
 
 typedef struct {
     PyObject *str; /* NULL while empty; the entry's bytes are the str's own (ASCII) data */
@@ -230,7 +229,7 @@ static inline uint64_t mix_bytes(const unsigned char *p, Py_ssize_t n) {
 
 /* The str of a plain-ASCII string's content, from the shared table when it is there. */
 static PyObject *shared_string(const unsigned char *start, Py_ssize_t len) {
-    if (len > SHARED_MAX) return decode_string(start, len, 0);
+    if (len > JS_SHARED_MAX) return decode_string(start, len, 0);
     shared_t *e = &SHARED[mix_bytes(start, len) & (SHARED_SLOTS - 1)];
     if (e->str != NULL && PyUnicode_GET_LENGTH(e->str) == len &&
         memcmp(PyUnicode_1BYTE_DATA(e->str), start, (size_t)len) == 0)
@@ -316,28 +315,17 @@ static inline int open_container(js_t *s, unsigned char close) {
     return 0;
 }
 
-static int skip_object(js_t *s) {
-    int r = open_container(s, '}');
+/* An object ('}') or array (']') at s->p, every member or element validated and skipped. */
+static int skip_container(js_t *s, unsigned char close) {
+    int r = open_container(s, close);
     if (r != 0) return r == 1 ? JS_OK : r;
     for (;;) {
         const unsigned char *k;
         Py_ssize_t kl;
         int ke;
-        if (scan_key(s, &k, &kl, &ke) != JS_OK || skip_value(s) != JS_OK) return JS_DECLINE;
-        r = next_item(s, '}');
-        if (r == 0) break;
-        if (r < 0) return r;
-    }
-    s->depth--;
-    return JS_OK;
-}
-
-static int skip_array(js_t *s) {
-    int r = open_container(s, ']');
-    if (r != 0) return r == 1 ? JS_OK : r;
-    for (;;) {
+        if (close == '}' && scan_key(s, &k, &kl, &ke) != JS_OK) return JS_DECLINE;
         if (skip_value(s) != JS_OK) return JS_DECLINE;
-        r = next_item(s, ']');
+        r = next_item(s, close);
         if (r == 0) break;
         if (r < 0) return r;
     }
@@ -353,8 +341,8 @@ static int skip_value(js_t *s) {
     int esc;
     switch (*s->p) {
         case '"': return scan_string(s, &start, &len, &esc);
-        case '{': return skip_object(s);
-        case '[': return skip_array(s);
+        case '{': return skip_container(s, '}');
+        case '[': return skip_container(s, ']');
         case 't': return literal(s, "true", 4);
         case 'f': return literal(s, "false", 5);
         case 'n': return literal(s, "null", 4);

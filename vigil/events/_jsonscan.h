@@ -30,6 +30,9 @@ claim): short plain-ASCII values come from a bounded table of str objects made b
 the same object, its str hash computed once (dict look-ups downstream are cheaper too). */
 enum { JS_STR, JS_OBJ, JS_REFUSE, JS_SHARED };
 
+/* The longest value JS_SHARED hands out from its table (longer ones are decoded each time). */
+#define JS_SHARED_MAX 64
+
 typedef struct js_schema js_schema;
 
 typedef struct {
