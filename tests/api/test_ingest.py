@@ -60,7 +60,7 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def test_events_with_the_local_token_are_stored_and_detected(daemon: tuple[str, str, Path]) -> None:
-    base, token, _ = daemon
+    base, token, work = daemon
     body = (json.dumps(ACTIVITY) + "\n" + json.dumps({**ACTIVITY, "correlationId": "c-2"}) + "\n").encode()
     r = httpx.post(f"{base}/v1/events", content=body, headers=_bearer(token))
     assert r.status_code == 200, r.text
@@ -77,6 +77,12 @@ def test_events_with_the_local_token_are_stored_and_detected(daemon: tuple[str, 
     assert again.status_code == 200 and again.json() == {"accepted": 2, "dead_lettered": 0, "duplicates": 2}
     time.sleep(0.5)
     assert len(httpx.get(f"{base}/v1/findings", params={"rule": "t.vault-write"}).json()["findings"]) == 2
+    # the log keeps the body as received (no re-encoding), with how to normalise it again
+    with sqlite3.connect(work / "var" / "vigil.db") as conn:
+        stored = conn.execute(
+            "SELECT form, params, body FROM event_batches WHERE body = ?", (body,)
+        ).fetchall()
+    assert len(stored) == 1 and stored[0][0] == "raw" and json.loads(stored[0][1])["format"] == "auto"
 
 
 @pytest.mark.parametrize(

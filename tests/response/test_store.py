@@ -258,9 +258,9 @@ def test_shares_the_daemon_database_file_and_survives_reopening(tmp_path: Path) 
     assert actions.get("a1") == action(1) and actions.history("a1")[0]["message"] == "created"
     conn = sqlite3.connect(path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"events", "findings", "actions", "action_log"} <= tables
+    assert {"event_batches", "event_ids", "findings", "actions", "action_log"} <= tables
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert dict(conn.execute("SELECT key, value FROM meta")) == {"schema": "2", "actions_schema": "1"}
+    assert dict(conn.execute("SELECT key, value FROM meta")) == {"schema": "3", "actions_schema": "1"}
     conn.close()
     events.close()
     actions.close()

@@ -183,3 +183,57 @@ def test_a_retried_requests_dead_letters_are_stored_once_and_counted(tmp_path: P
         db.close()
     finally:
         store.close()
+
+
+def _activity_body(n: int, start: int = 0) -> bytes:
+    """JSON Lines of ``n`` Activity Log records (each a distinct event)."""
+    from bench.gen_activity import lines
+
+    return b"".join(lines(start + n, seed=3)[start:])
+
+
+def test_a_raw_batch_is_stored_as_its_bytes_and_read_back_as_the_same_events(tmp_path: Path) -> None:
+    """HTTP ingestion keeps a body's bytes: reading it back normalises them again and gives exactly the events
+    (and sequence numbers) accepted, with duplicates (of the log, or inside the body) skipped as before."""
+    from vigil.events.batch import BatchNormalizer
+    from vigil.store.eventlog import RawBody
+
+    store = Store(tmp_path / "vigil.db")
+    body = _activity_body(20)
+    events = BatchNormalizer().body(body, "http").events
+    assert len(events) == 20
+    assert store.accept(events, (), "http:events", raw=RawBody(body, "auto", 1 << 20, 1 << 26)) == [
+        *range(1, 21)
+    ]
+    # a retry of half of it plus three new records, one of them twice (a repeat inside the body)
+    more = _activity_body(10, start=10) + _activity_body(3, start=20) + _activity_body(1, start=20)
+    again = BatchNormalizer().body(more, "http").events
+    seqs = store.accept(again, (), "http:events", raw=RawBody(more, "auto", 1 << 20, 1 << 26))
+    assert seqs[:10] == [0] * 10 and seqs[13] == 0 and 20 < seqs[10] < seqs[11] < seqs[12]
+    back = store.read_events(0, limit=100)
+    assert [s.event for s in back] == [*events, *again[10:13]]
+    assert [s.seq for s in back] == [*range(1, 21), *seqs[10:13]]
+    assert [s.seq for s in store.read_events(15, limit=3)] == [16, 17, 18]  # from inside a batch
+    assert store.event(events[7].id) == events[7] and store.event("act:nope") is None
+    with sqlite3.connect(tmp_path / "vigil.db") as conn:
+        forms = conn.execute("SELECT form, length(body) FROM event_batches ORDER BY last").fetchall()
+    assert forms == [("raw", len(body)), ("raw", len(more))]
+
+
+def test_events_a_raw_batch_no_longer_gives_are_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should re-normalising a stored body give other events (here: a smaller record limit, as a changed
+    normaliser might), the ones that no longer come out are logged and counted, never silently lost."""
+    from vigil.events.batch import BatchNormalizer
+    from vigil.store import eventlog
+    from vigil.store.eventlog import RawBody
+
+    store = Store(tmp_path / "vigil.db")
+    body = _activity_body(4)
+    events = BatchNormalizer().body(body, "http").events
+    store.accept(events, (), "http:events", raw=RawBody(body, "auto", 1000, 1 << 26))  # (records are ~1.5 KB)
+    before = eventlog.MISSING[0]
+    assert store.read_events(0) == []
+    assert eventlog.MISSING[0] == before + 4
+    assert "4 stored events of sequence 1..4 no longer come out of their batch" in caplog.text

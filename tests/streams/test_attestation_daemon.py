@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,3 +171,9 @@ def test_telemetry_signed_by_the_attested_key_passes_and_a_forged_record_is_a_fi
     while not bad() and time.monotonic() < end:
         time.sleep(0.2)
     assert len(bad()) == 1, bad()
+    # the signature check changed the events after normalising: the log keeps them, not the bytes received
+    with sqlite3.connect(daemon.work / "var" / "vigil.db") as conn:
+        form, stored = conn.execute(
+            "SELECT form, body FROM event_batches WHERE source = 'http:events' ORDER BY last DESC LIMIT 1"
+        ).fetchone()
+    assert form == "events" and b'"signature":"valid"' in stored and b'"signature":"invalid"' in stored

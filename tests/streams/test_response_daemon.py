@@ -122,13 +122,11 @@ class Running:
     def platform_events(self, kind: str) -> int:
         db = sqlite3.connect(self.work / "var" / "vigil.db")
         try:
-            rows = db.execute("SELECT body FROM events WHERE source = 'platform'").fetchall()
+            rows = db.execute("SELECT body FROM event_batches WHERE source = 'platform'").fetchall()
         finally:
             db.close()
-        return sum(
-            f'"action":"{kind}"' in row[0].decode() and '"outcome":"success"' in row[0].decode()
-            for row in rows
-        )
+        lines = [line.decode() for (body,) in rows for line in body.split(b"\n")]  # (JSON Lines of events)
+        return sum(f'"action":"{kind}"' in line and '"outcome":"success"' in line for line in lines)
 
     def platform(self, fn: Callable[[PlatformClient], Any]) -> Any:
         async def call() -> Any:

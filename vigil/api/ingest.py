@@ -12,7 +12,8 @@ Order of checks, cheapest first, so a flood costs little: a ``Content-Length`` o
 is ``413``; a detect backlog over ``http.max_backlog`` is ``429`` with ``Retry-After`` (before the body is
 read); bearer tokens and URL codes are checked (``401``); the body is read with the same cap (``413``);
 an HMAC signature is checked over it (``401``). Then the body is normalised and its events and dead letters
-are committed to the store in one transaction (:meth:`~vigil.store.sqlite.Store.accept`) before the answer:
+are committed to the store in one transaction (:meth:`~vigil.store.sqlite.Store.accept`; the log keeps the
+body's bytes, :mod:`vigil.store.eventlog`) before the answer:
 ``200 {"accepted": N, "dead_lettered": M}``. A body with no event at all (not JSON, every record bad) is
 ``400`` with the reasons, and its dead letters are stored too. Normalising and committing run in a worker
 thread, so the event loop keeps serving.
@@ -21,6 +22,7 @@ thread, so the event loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Final
 
@@ -30,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from vigil.api.auth import SIGNATURE_HEADER, pre_body, signature
 from vigil.events.batch import BatchNormalizer, Result
 from vigil.settings import SourceAuth
-from vigil.store.sqlite import StoreError
+from vigil.store.sqlite import RawBody, StoreError
 from vigil.streams import RunState
 from vigil.streams.crash import crash_point
 
@@ -126,9 +128,15 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
             )
             if verdict:
                 return _reject(state, source, verdict)
-        result = await asyncio.to_thread(_normalise, body, fmt, settings.ingest.max_record_bytes, limit)
+        max_record = settings.ingest.max_record_bytes
+        result = await asyncio.to_thread(_normalise, body, fmt, max_record, limit)
+        # kept as the bytes received (not re-encoded) unless a step below changes an event
+        raw: RawBody | None = RawBody(body, fmt, max_record, limit)
         if state.telemetry_check is not None and result.events:
-            result.events = state.telemetry_check(result.events)
+            normalised = result.events
+            result.events = state.telemetry_check(normalised)
+            if any(a is not b for a, b in zip(normalised, result.events, strict=True)):
+                raw = None
         validation = _validation(result, source, request, auth)
         if validation is not None and not result.events:
             stats.bump(stats.controls, source, len(result.controls))
@@ -136,7 +144,9 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
         store = state.store
         crash_point("http.before_accept")
         try:
-            seqs = await asyncio.to_thread(store.accept, result.events, result.dead, f"http:{source}")
+            seqs = await asyncio.to_thread(
+                functools.partial(store.accept, raw=raw), result.events, result.dead, f"http:{source}"
+            )
         except StoreError as exc:  # disk full, locked, I/O error: nothing was stored, the sender retries
             stats.bump(stats.store_errors, source)
             return _error(503, f"cannot store the events now: {exc}", {"Retry-After": "5"})

@@ -8,8 +8,8 @@ touches nothing of :mod:`vigil.store.sqlite` but its public offsets.
 
 For each new finding whose rule (in the rule set loaded *now*) has ``remediate`` actions:
 
-* the triggering event is the first of the finding's ``event_ids``, read from the event log and validated
-  with :func:`~vigil.events.model.event_from_mapping`;
+* the triggering event is the first of the finding's ``event_ids``, read from the event log
+  (:func:`~vigil.store.eventlog.lookup`: decoded and validated, or its batch's raw bytes normalised again);
 * the action's target template (``{{ node.id }}``, ``kv-{{ raw.vault.name }}``) and templated parameters
   are resolved against it (``templates.py``): each placeholder is a dotted path through the event's fields
   and ``raw``/``labels`` mappings, and must give a non-empty string or number. A placeholder that does not
@@ -41,11 +41,12 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from vigil.events.model import Event, event_from_mapping
+from vigil.events.model import Event
 from vigil.response.engine import ResponseEngine
 from vigil.response.policy import Proposal
 from vigil.response.templates import bind
 from vigil.rules.model import RemediateAction, Rule, RuleSet
+from vigil.store import eventlog
 from vigil.store.sidecar import read_only
 from vigil.store.sqlite import Store
 
@@ -170,11 +171,8 @@ class ResponseStage:
         return out
 
     def _event(self, event_id: str) -> Event | None:
-        row = self._db.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
-        if row is None:
-            return None  # pruned by retention, or never stored: the target will not resolve
-        try:
-            return event_from_mapping(orjson.loads(row[0]))
+        try:  # (None: pruned by retention, or never stored: the target will not resolve)
+            return eventlog.lookup(self._db, event_id)
         except (msgspec.ValidationError, orjson.JSONDecodeError) as exc:
             log.error("event %s in the store does not validate: %s", event_id, exc)
             return None

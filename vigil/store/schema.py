@@ -11,6 +11,8 @@ Versions:
 2. ``findings.incident``: the incident a finding was filed into (set when it is stored; filled from the
    incident timelines for findings stored before), with an index. The response stage and
    ``GET /v1/findings`` (which can filter by it) read it.
+3. the event log as batches (``event_batches``) and ids (``event_ids``) instead of a row per event
+   (:mod:`vigil.store.eventlog` says why); an older store's event rows become one-event batches.
 """
 
 from __future__ import annotations
@@ -18,22 +20,19 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-from vigil.store import deadletters, findings, incidents, staging
+from vigil.store import deadletters, eventlog, findings, incidents, staging
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _BASE: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, source TEXT NOT NULL,
-    time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
-CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
 CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (
     name TEXT PRIMARY KEY, cursor INTEGER NOT NULL, saved_ms INTEGER NOT NULL, body BLOB NOT NULL);
 """
-SCHEMA: Final = _BASE + staging.SCHEMA + deadletters.SCHEMA + findings.SCHEMA + incidents.SCHEMA
+SCHEMA: Final = (
+    _BASE + eventlog.SCHEMA + staging.SCHEMA + deadletters.SCHEMA + findings.SCHEMA + incidents.SCHEMA
+)
 
 
 class NewerSchemaError(Exception):
@@ -49,6 +48,8 @@ def apply(db: sqlite3.Connection) -> None:
         raise NewerSchemaError(version)
     if version < 2:
         _finding_incidents(db)
+    if version < 3:
+        eventlog.migrate_rows(db)
     _run(db, findings.INDEXES)
     db.execute(
         "INSERT INTO meta VALUES ('schema', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

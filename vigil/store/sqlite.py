@@ -1,12 +1,12 @@
 """The embedded store: one SQLite database in WAL mode under the data folder.
 
 What lives here, and why in one database: the **event log** (every accepted event, with a sequence number,
-written before a source acknowledges it), the **findings** (keyed by their identity, so re-processing the
-same events after a crash inserts nothing twice), **dead letters**, **source offsets** (a file tail's
-position) and **detector snapshots** with the event sequence they cover. Because the detector's cursor, its
-snapshot and the findings it produced commit in one transaction (:meth:`Store.commit_detection`), a crash
-anywhere leaves a state from which re-processing the events after the cursor gives exactly the same
-findings: at-least-once processing, exactly-once findings.
+written before a source acknowledges it, in batches: :mod:`vigil.store.eventlog`), the **findings** (keyed by
+their identity, so re-processing the same events after a crash inserts nothing twice), **dead letters**,
+**source offsets** (a file tail's position) and **detector snapshots** with the event sequence they cover.
+Because the detector's cursor, its snapshot and the findings it produced commit in one transaction
+(:meth:`Store.commit_detection`), a crash anywhere leaves a state from which re-processing the events after
+the cursor gives exactly the same findings: at-least-once processing, exactly-once findings.
 
 Durability: ``synchronous=FULL`` by default (a commit survives power loss); ``NORMAL`` survives a crash of
 the process but may lose the last commits on power loss, and is faster. Retention: :meth:`prune_events`
@@ -22,40 +22,31 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import orjson
 
-from vigil.detectors.clock import to_ms
 from vigil.detectors.finding import Finding
 from vigil.errors import VigilError
 from vigil.events.deadletter import DeadLetter
-from vigil.events.model import Event, encode_event, event_from_mapping
+from vigil.events.model import Event
 from vigil.store import deadletters as letters_table
+from vigil.store import eventlog, schema, staging
 from vigil.store import findings as found
 from vigil.store import incidents as book
-from vigil.store import schema, staging
-from vigil.store.bulk import Prepared, prepare
+from vigil.store.eventlog import RawBody, StoredEvent
+
+__all__ = ["PAGE_SIZE", "PRUNE_SLICE", "RawBody", "Store", "StoreError", "StoredEvent"]
 
 #: expired events deleted per transaction (:meth:`Store.prune_events`)
 PRUNE_SLICE: Final = 10_000
-_INSERT_EVENTS: Final = "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body)"
 #: SQLite page size of a new store (docs/daemon.md, "Performance")
 PAGE_SIZE: Final = 65536
 
 
 class StoreError(VigilError):
     """The store cannot be opened or written (disk full, locked, corrupt, newer schema)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event of the log with its sequence number."""
-
-    seq: int
-    event: Event
 
 
 class Store:
@@ -74,9 +65,9 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-            # (a new database only: an existing one keeps its page size) Events are about 2 KB, so with
-            # 4 KB pages each one takes a page of its own, and every page costs WAL frame and checkpoint
-            # system calls; 64 KB pages hold about 30 and made durable ingestion about 1.5x faster here
+            # (a new database only: an existing one keeps its page size) A batch of events is hundreds of
+            # KB and every page costs WAL frame and checkpoint system calls; 64 KB pages made durable
+            # ingestion about 1.5x faster here when the log kept a row per event
             self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -121,7 +112,7 @@ class Store:
                 self.db.execute("ROLLBACK")
 
     def _max_seq(self) -> int:
-        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        return eventlog.last_seq(self._db)
 
     def _tx(self) -> Store._Tx:
         return Store._Tx(self._db)
@@ -148,36 +139,6 @@ class Store:
         """Persist ``events`` in one transaction; (first seq, last seq) of those that were new, or (0, 0)."""
         seqs = [s for s in self.accept(events, (), source) if s]
         return (seqs[0], seqs[-1]) if seqs else (0, 0)
-
-    @staticmethod
-    def _event_rows(events: Sequence[Event], source: str, now: int) -> Prepared | None:
-        """The insert of ``events`` into the log, built before the lock is taken (encoding the events and
-        the batch's JSON is Python work that must not hold up other threads' transactions)."""
-        rows = [(e.id, source, to_ms(e.time), now, encode_event(e)) for e in events]
-        return prepare(_INSERT_EVENTS, rows, blob=4)
-
-    def _insert_events(self, events: Sequence[Event], statement: Prepared | None) -> list[int]:
-        """Insert (inside a transaction) the events whose id the log does not hold yet (``statement``, from
-        :meth:`_event_rows`); their sequence numbers, aligned with ``events``, 0 for a duplicate. Event ids
-        are stable per source record, so a re-delivery (an HTTP retry after a lost answer, Event Grid's
-        at-least-once) is recognised here and never reaches detection twice, as long as the first copy is
-        within the retention.
-
-        One statement for the whole batch (:func:`~vigil.store.bulk.prepare`, which says why). The
-        sequence numbers come from its row count and last row id: with no duplicate, the inserted rows
-        number consecutively (the transaction holds the write lock); only a batch with duplicates needs a
-        look-up."""
-        cur = self._db.execute(*statement) if statement is not None else None
-        added, last = (cur.rowcount, int(cur.lastrowid or 0)) if cur is not None else (0, 0)
-        if added == len(events):
-            return list(range(last - added + 1, last + 1))
-        if not added:
-            return [0] * len(events)
-        # Some were duplicates, and an ignored row may still have used up a sequence number: the new rows
-        # are the ``added`` newest of the log (the write lock is held), gaps or not.
-        newest = self._db.execute("SELECT id, seq FROM events ORDER BY seq DESC LIMIT ?", (added,))
-        new: dict[str, int] = dict(newest.fetchall())
-        return [new.pop(e.id, 0) for e in events]
 
     # -- staging: a source's unit of work becomes visible all at once (staging.py) -------------------
 
@@ -220,21 +181,25 @@ class Store:
         source: str,
         *,
         offset: tuple[str, str] | None = None,
+        raw: RawBody | None = None,
     ) -> list[int]:
         """What one ingestion request (or one batch of a followed file) brought, in one transaction: new
         events into the log (duplicates of events already there are skipped), dead letters beside them and,
         when given, the source's new ``offset`` (name, value), so a crash can never keep one and lose
         another. The sequence numbers, aligned with ``events`` (0 for a duplicate).
 
+        ``raw``: the bytes ``events`` are exactly the normalisation of (nothing changed them since); the
+        log then keeps those bytes instead of encoding the events (:mod:`vigil.store.eventlog`).
+
         A dead letter identical to one accepted before (same source, reason, position and content: a client
         retrying a request whose answer it lost) is not stored twice; ``dead_letter_ids.repeats`` counts it.
         """
         now = int(time.time() * 1000)
         letters = letters_table.prepare(dead, source, now)
-        statement = self._event_rows(events, source, now)
+        batch = eventlog.pending(events, raw)
 
         def insert() -> list[int]:
-            seqs = self._insert_events(events, statement) if events else []
+            seqs = eventlog.insert(self._db, events, batch, source, now) if batch is not None else []
             letters_table.insert_new(self._db, letters)
             if offset is not None:
                 self._set_offset(*offset)
@@ -245,16 +210,28 @@ class Store:
         return result
 
     def read_events(self, after: int, limit: int = 1000) -> list[StoredEvent]:
-        """Events with ``seq > after``, oldest first."""
-        rows = self._read("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
-        return [StoredEvent(seq, event_from_mapping(orjson.loads(body))) for seq, body in rows]
+        """Up to ``limit`` events with ``seq > after``, oldest first."""
+        try:
+            with self._lock:
+                return eventlog.read(self._db, after, limit)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: read failed: {exc}") from exc
+
+    def event(self, event_id: str) -> Event | None:
+        """The stored event with this id, or None (never stored, or pruned by retention)."""
+        try:
+            with self._lock:
+                return eventlog.lookup(self._db, event_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: read failed: {exc}") from exc
 
     def last_seq(self) -> int:
         """The newest sequence number in the event log (from memory: no query, no lock)."""
         return self._last_seq
 
     def count_events(self) -> int:
-        return int(self._read("SELECT count(*) FROM events")[0][0])
+        with self._lock:
+            return eventlog.count(self._db)
 
     def prune_events(self, received_before_ms: int, processed_through: int) -> int:
         """Drop raw events received before the cut-off that the detector has processed; how many.
@@ -263,17 +240,9 @@ class Store:
         go in between: at 10,000 events/s a snapshot interval's worth of expired events is 300,000 rows, and
         one transaction for all of them would hold ingestion up for seconds."""
 
-        def delete() -> int:
-            cur = self._db.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND received_ms < ? "
-                "ORDER BY seq LIMIT ?)",
-                (processed_through, received_before_ms, PRUNE_SLICE),
-            )
-            return int(cur.rowcount)
-
         removed = 0
         while True:
-            n: int = self._write(delete)
+            n: int = self._write(eventlog.prune, self._db, received_before_ms, processed_through, PRUNE_SLICE)
             removed += n
             if n < PRUNE_SLICE:
                 return removed

@@ -20,6 +20,7 @@ import msgspec
 from vigil.detectors.clock import to_ms
 from vigil.events.deadletter import DeadLetter
 from vigil.events.model import Event, encode_event
+from vigil.store import eventlog
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS staged (
@@ -50,14 +51,19 @@ def insert(db: sqlite3.Connection, staged: list[Row]) -> None:
 
 
 def move(db: sqlite3.Connection, token: str, source: str, now_ms: int) -> int:
-    """Move what is staged under ``token`` into the event log and the dead letters, in order, and forget
-    it; the number of events that were new to the log (the caller records the token as published)."""
-    cur = db.execute(
-        "INSERT OR IGNORE INTO events (id, source, time_ms, received_ms, body) "
-        "SELECT id, ?, time_ms, ?, body FROM staged WHERE token = ? AND kind = 'e' ORDER BY n",
-        (source, now_ms, token),
-    )
-    count = int(cur.rowcount)
+    """Move what is staged under ``token`` into the event log (one batch of the events' JSON Lines, as
+    they were staged) and the dead letters, in order, and forget it; the number of events that were new
+    to the log (the caller records the token as published)."""
+    staged = db.execute(
+        "SELECT id, body FROM staged WHERE token = ? AND kind = 'e' ORDER BY n", (token,)
+    ).fetchall()
+    count = 0
+    if staged:
+        ids = [str(i) for i, _ in staged]
+        batch = eventlog.Pending(
+            msgspec.json.encode(ids), "events", None, b"\n".join(bytes(b) for _, b in staged), len(ids)
+        )
+        count = sum(1 for seq in eventlog.insert_ids(db, ids, batch, source, now_ms) if seq)
     db.execute(
         "INSERT INTO dead_letters (source, reason, received_ms, body) SELECT ?, reason, ?, body "
         "FROM staged WHERE token = ? AND kind = 'd' ORDER BY n",
