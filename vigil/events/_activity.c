@@ -364,7 +364,50 @@ static PyObject *activity_configure(PyObject *self, PyObject *args, PyObject *kw
     Py_RETURN_NONE;
 }
 
+/* json_path(data, keys): the bytes of the value at a path of member names in a JSON object's bytes, None
+where the path is absent (a member missing, or a value on the way not an object), NotImplemented where the
+caller must decode the whole document instead (see js_find_path). Rules read one or two fields of an
+event's raw record; decoding all of it for them (and freeing it) cost more than the rest of matching. */
+static PyObject *json_path(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "json_path(data, keys: tuple[str, ...])");
+        return NULL;
+    }
+    PyObject *keys = args[1];
+    js_path path;
+    path.n = (int)PyTuple_GET_SIZE(keys);
+    if (path.n < 1 || path.n > JS_PATH_MAX) Py_RETURN_NOTIMPLEMENTED;
+    for (int i = 0; i < path.n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, i);
+        if (!PyUnicode_Check(key)) Py_RETURN_NOTIMPLEMENTED;
+        path.keys[i] = PyUnicode_AsUTF8AndSize(key, &path.lens[i]);
+        if (path.keys[i] == NULL) {
+            PyErr_Clear(); /* (a lone surrogate cannot be a key of valid JSON: the full decode decides) */
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *vs = NULL, *ve = NULL;
+    int r = js_find_path(view.buf, view.len, &path, &vs, &ve);
+    PyObject *out;
+    if (r == JS_OK) {
+        out = PyBytes_FromStringAndSize((const char *)vs, ve - vs);
+    } else if (r == JS_ABSENT) {
+        out = Py_NewRef(Py_None);
+    } else if (r == JS_DECLINE) {
+        out = Py_NewRef(Py_NotImplemented);
+    } else {
+        out = NULL;
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"json_path", (PyCFunction)(void (*)(void))json_path, METH_FASTCALL,
+     "json_path(data, keys): the JSON bytes at a path of member names, None if absent, NotImplemented "
+     "where the whole document must be decoded."},
     {"configure", (PyCFunction)(void (*)(void))activity_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(*, event, actor, ...): hand over the Python types and helpers the events are built with."},
     {"normalize", activity_normalize, METH_O,

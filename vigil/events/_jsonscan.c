@@ -411,3 +411,53 @@ int js_read_document(const unsigned char *data, Py_ssize_t len, const js_schema 
     skip_ws(&s);
     return s.p == s.end ? JS_OK : JS_DECLINE;
 }
+
+/* The member at keys[level] of the value at s->p, and on down the path; the whole value is consumed
+either way. JS_OK with *vs..*ve the final value's bytes, JS_ABSENT where a member is missing or a value on
+the way is not an object (null included), JS_DECLINE on a duplicate or an escaped key at a level that is
+searched (which member wins, or what the key spells, is the full decoder's business). */
+static int find_path(js_t *s, const js_path *path, int level, const unsigned char **vs, const unsigned char **ve) {
+    if (*s->p != '{') return skip_value(s) == JS_OK ? JS_ABSENT : JS_DECLINE;
+    int r = open_container(s, '}');
+    if (r != 0) return r == 1 ? JS_ABSENT : r;
+    int result = JS_ABSENT, seen = 0;
+    for (;;) {
+        const unsigned char *key;
+        Py_ssize_t kl;
+        int ke;
+        if (scan_key(s, &key, &kl, &ke) != JS_OK) return JS_DECLINE;
+        if (ke) return JS_DECLINE;
+        if (kl == path->lens[level] && memcmp(key, path->keys[level], (size_t)kl) == 0) {
+            if (seen) return JS_DECLINE;
+            seen = 1;
+            if (level + 1 == path->n) {
+                *vs = s->p;
+                if (skip_value(s) != JS_OK) return JS_DECLINE;
+                *ve = s->p;
+                result = JS_OK;
+            } else {
+                result = find_path(s, path, level + 1, vs, ve);
+                if (result < 0) return result;
+            }
+        } else if (skip_value(s) != JS_OK) {
+            return JS_DECLINE;
+        }
+        r = next_item(s, '}');
+        if (r == 0) break;
+        if (r < 0) return r;
+    }
+    s->depth--;
+    return result;
+}
+
+int js_find_path(const unsigned char *data, Py_ssize_t len, const js_path *path, const unsigned char **vs,
+                 const unsigned char **ve) {
+    if (!plain_ready) init_plain();
+    js_t s = {data, data + len, 0};
+    skip_ws(&s);
+    if (s.p >= s.end || path->n < 1) return JS_DECLINE;
+    int r = find_path(&s, path, 0, vs, ve);
+    if (r < 0) return r;
+    skip_ws(&s);
+    return s.p == s.end ? r : JS_DECLINE;
+}

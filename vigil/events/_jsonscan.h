@@ -53,4 +53,19 @@ references; NULL where the field is absent or null) per ``schema``. On JS_DECLIN
 hold references already: the caller clears them either way. */
 int js_read_document(const unsigned char *data, Py_ssize_t len, const js_schema *schema, PyObject **slots);
 
+/* A path of member names (at most JS_PATH_MAX), for js_find_path. */
+#define JS_PATH_MAX 16
+#define JS_ABSENT 1 /* js_find_path: a member of the path is missing, or a value on the way is not an object */
+
+typedef struct {
+    int n;
+    const char *keys[JS_PATH_MAX];
+    Py_ssize_t lens[JS_PATH_MAX];
+} js_path;
+
+/* Find the value at ``path`` in a document that must be one object: JS_OK with its bytes in *vs ... *ve
+(exclusive), JS_ABSENT, or JS_DECLINE (invalid, a duplicate or escaped key where the path is searched). */
+int js_find_path(const unsigned char *data, Py_ssize_t len, const js_path *path, const unsigned char **vs,
+                 const unsigned char **ve);
+
 #endif

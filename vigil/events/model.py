@@ -22,6 +22,15 @@ from typing import Any, Final, Literal
 import msgspec
 import orjson
 
+from vigil.runtime import PURE_PYTHON
+
+try:
+    from vigil.events._activity import json_path as _json_path
+except ImportError:  # built without a C compiler: paths are read from the decoded dict
+    _json_path = None  # type: ignore[assignment]
+if PURE_PYTHON:
+    _json_path = None  # type: ignore[assignment]
+
 Outcome = Literal["success", "failure", "unknown"]
 Severity = Literal["informational", "low", "medium", "high"]
 
@@ -84,6 +93,24 @@ class FrozenMap(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"FrozenMap({self._dict()!r})"
+
+    def path(self, keys: tuple[str, ...]) -> Any:
+        """``self[k1][k2]...``, None where a member is missing or a value on the way is not a mapping.
+
+        While the JSON bytes are still undecoded, only the value at the path is (``_activity.json_path``
+        finds it in the bytes): a rule reads one field of a 1.5 KB record, and decoding the whole record for
+        it, then freeing it with the event, took about 15 % of the daemon's GIL time under the shipped
+        rules. Whatever the compiled finder declines (a duplicate or escaped key on the path) decodes all."""
+        if self._data is None and self._json is not None and _json_path is not None:
+            found = _json_path(self._json, keys)
+            if found is not NotImplemented:
+                return None if found is None else orjson.loads(found)
+        value: Any = self._dict()
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
+            if value is None:
+                return None
+        return value
 
     def to_json_value(self) -> Any:
         """What the encoder writes: the original bytes when they were kept, the dict otherwise."""

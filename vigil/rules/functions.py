@@ -24,6 +24,8 @@ from typing import Any, Final
 
 import re2  # type: ignore[import-untyped]
 
+from vigil.events.model import FrozenMap
+
 
 class RuleRuntimeError(Exception):
     """A real fault while evaluating an expression on one event (type error on a present value, a failing
@@ -139,6 +141,16 @@ def path_getter(root: str, steps: tuple[tuple[bool, Any], ...]) -> Getter:
     base = operator.attrgetter(root)
     if not steps:
         return base
+    if all(not is_item and type(key) is str for is_item, key in steps):
+        # member names only: an undecoded raw record gives just that value (FrozenMap.path)
+        names = tuple(key for _, key in steps)
+        walk = _walker(base, steps)
+        return lambda e: m.path(names) if type(m := base(e)) is FrozenMap else walk(e)
+    return _walker(base, steps)
+
+
+def _walker(base: Getter, steps: tuple[tuple[bool, Any], ...]) -> Getter:
+    """:func:`path_getter` over a mapping, one step at a time."""
     first, rest = steps[0][1], steps[1:]  # raw and labels are always mappings
     if not rest:
         return lambda e: base(e).get(first)
