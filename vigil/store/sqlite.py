@@ -18,6 +18,7 @@ hand the store to a worker thread); SQLite's own locking makes a second process 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -36,6 +37,7 @@ from vigil.store import eventlog, schema, staging
 from vigil.store import findings as found
 from vigil.store import incidents as book
 from vigil.store.eventlog import RawBody, StoredEvent
+from vigil.store.group import GroupCommit
 
 __all__ = ["PAGE_SIZE", "PRUNE_SLICE", "RawBody", "Store", "StoreError", "StoredEvent"]
 
@@ -62,6 +64,7 @@ class Store:
         self.path = Path(path)
         self.incident_window_ms = incident_window_ms
         self._lock = threading.RLock()
+        self._group = GroupCommit(self._lock, self._transaction)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -118,11 +121,16 @@ class Store:
         return Store._Tx(self._db)
 
     def _write(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` in one transaction; SQLite failures become :class:`StoreError`. The lock keeps a
-        transaction of one thread (an ingestion request in a worker) from interleaving with another's."""
+        """Run ``fn(*args)`` in a transaction, shared with the writes of other threads queued meanwhile
+        (:mod:`vigil.store.group` says why); SQLite failures become :class:`StoreError`."""
+        return self._group.submit(functools.partial(fn, *args))
+
+    def _transaction(self, fn: Any) -> Any:
+        """Run ``fn`` in one transaction. The lock keeps a transaction of one thread (an ingestion request in
+        a worker) from interleaving with another's."""
         try:
             with self._lock, self._tx():
-                return fn(*args)
+                return fn()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
 
