@@ -196,6 +196,7 @@ def test_a_raw_batch_is_stored_as_its_bytes_and_read_back_as_the_same_events(tmp
     """HTTP ingestion keeps a body's bytes: reading it back normalises them again and gives exactly the events
     (and sequence numbers) accepted, with duplicates (of the log, or inside the body) skipped as before."""
     from vigil.events.batch import BatchNormalizer
+    from vigil.store import eventlog
     from vigil.store.eventlog import RawBody
 
     store = Store(tmp_path / "vigil.db")
@@ -215,6 +216,12 @@ def test_a_raw_batch_is_stored_as_its_bytes_and_read_back_as_the_same_events(tmp
     assert [s.seq for s in back] == [*range(1, 21), *seqs[10:13]]
     assert [s.seq for s in store.read_events(15, limit=3)] == [16, 17, 18]  # from inside a batch
     assert store.event(events[7].id) == events[7] and store.event("act:nope") is None
+    cache: dict[int, dict[int, object]] = {}  # (the response stage's: the last batch read, by seq)
+    with sqlite3.connect(tmp_path / "vigil.db") as conn:
+        assert eventlog.lookup(conn, events[3].id, cache) == events[3] and list(cache) == [20]
+        assert len(cache[20]) == 20  # the whole batch, decoded once
+        assert eventlog.lookup(conn, again[11].id, cache) == again[11] and list(cache) == [seqs[12]]
+        assert eventlog.lookup(conn, again[0].id, cache) == events[10]  # (a duplicate: its first copy)
     with sqlite3.connect(tmp_path / "vigil.db") as conn:
         forms = conn.execute("SELECT form, length(body) FROM event_batches ORDER BY last").fetchall()
     assert forms == [("raw", len(body)), ("raw", len(more))]

@@ -87,6 +87,8 @@ class ResponseStage:
         self.batch_window = batch_window
         self._clock = clock
         self._db = read_only(event_store.path)
+        #: the event log's last batch read (eventlog.lookup): a finding's event is looked up by id
+        self._batch_cache: dict[int, dict[int, Event]] = {}
         saved = event_store.offset(OFFSET)
         if saved is None:
             start = 0 if from_start else self._max_rowid()
@@ -172,7 +174,7 @@ class ResponseStage:
 
     def _event(self, event_id: str) -> Event | None:
         try:  # (None: pruned by retention, or never stored: the target will not resolve)
-            return eventlog.lookup(self._db, event_id)
+            return eventlog.lookup(self._db, event_id, self._batch_cache)
         except (msgspec.ValidationError, orjson.JSONDecodeError) as exc:
             log.error("event %s in the store does not validate: %s", event_id, exc)
             return None
