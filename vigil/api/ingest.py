@@ -22,7 +22,6 @@ thread, so the event loop keeps serving.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import Any, Final
 
@@ -145,7 +144,7 @@ def _handler(state: RunState, source: str, fmt: str) -> Any:
         crash_point("http.before_accept")
         try:
             seqs = await asyncio.to_thread(
-                functools.partial(store.accept, raw=raw), result.events, result.dead, f"http:{source}"
+                store.accept, result.events, result.dead, f"http:{source}", raw=raw
             )
         except StoreError as exc:  # disk full, locked, I/O error: nothing was stored, the sender retries
             stats.bump(stats.store_errors, source)

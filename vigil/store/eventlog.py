@@ -87,42 +87,40 @@ class RawBody:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A batch ready to insert, built before the write lock is taken (JSON and encoding need no lock)."""
+    """A batch ready to insert, built before the write lock is taken (JSON and encoding need no lock): its
+    events' ids in order, as a list and as the JSON array the insert reads, and its body."""
 
-    ids: bytes
+    ids: list[str]
+    ids_json: bytes
     form: str
     params: str | None
     body: bytes
-    count: int
 
 
 def pending(events: Sequence[Event], raw: RawBody | None) -> Pending | None:
     """What :func:`insert` writes for ``events`` (None for none): the raw body when given, else JSON Lines."""
     if not events:
         return None
-    ids = orjson.dumps([e.id for e in events])
+    ids = [e.id for e in events]
     if raw is not None:
-        return Pending(ids, "raw", raw.params(), raw.body, len(events))
-    return Pending(ids, "events", None, encode_events(list(events)), len(events))
+        return Pending(ids, orjson.dumps(ids), "raw", raw.params(), raw.body)
+    return lines(ids, encode_events(list(events)))
 
 
-def insert(
-    db: sqlite3.Connection, events: Sequence[Event], batch: Pending, source: str, now: int
-) -> list[int]:
-    """Insert (inside a transaction) the ids of ``events`` the log does not hold yet and, if any was new,
-    the batch; the sequence numbers, aligned with ``events``, 0 for a duplicate."""
-    return insert_ids(db, [e.id for e in events], batch, source, now)
+def lines(ids: list[str], body: bytes) -> Pending:
+    """A batch of canonical events as JSON Lines (``body``), with their ids in order."""
+    return Pending(ids, orjson.dumps(ids), "events", None, body)
 
 
-def insert_ids(
-    db: sqlite3.Connection, ids: Sequence[str], batch: Pending, source: str, now: int
-) -> list[int]:
-    """:func:`insert` of the events with these ids (in the batch's order).
+def insert(db: sqlite3.Connection, batch: Pending, source: str, now: int) -> list[int]:
+    """Insert (inside a transaction) the ids of the batch's events the log does not hold yet and, if any
+    was new, the batch; the sequence numbers, aligned with ``batch.ids``, 0 for a duplicate.
 
     One statement for the ids (SQLite's ``json_each``; see :mod:`vigil.store.bulk` for why). With no
     duplicate the new rows number consecutively (the transaction holds the write lock); only a batch with
     duplicates needs a look-up, since an ignored row may still have used up a sequence number."""
-    cur = db.execute(_INSERT_IDS, (batch.ids,))
+    ids = batch.ids
+    cur = db.execute(_INSERT_IDS, (batch.ids_json,))
     added, last = cur.rowcount, int(cur.lastrowid or 0)
     if not added:
         return [0] * len(ids)
@@ -173,9 +171,7 @@ def lookup(
     if batch is None:
         return None
     last, first = int(batch[0]), int(batch[1])
-    if cache is None:
-        found = _batch(db, seq, seq, *batch[2:])
-        return found[0].event if found else None
+    cache = {} if cache is None else cache
     events = cache.get(last)
     if events is None:
         events = {s.seq: s.event for s in _batch(db, first, last, *batch[2:])}

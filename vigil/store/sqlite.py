@@ -207,7 +207,7 @@ class Store:
         batch = eventlog.pending(events, raw)
 
         def insert() -> list[int]:
-            seqs = eventlog.insert(self._db, events, batch, source, now) if batch is not None else []
+            seqs = eventlog.insert(self._db, batch, source, now) if batch is not None else []
             letters_table.insert_new(self._db, letters)
             if offset is not None:
                 self._set_offset(*offset)

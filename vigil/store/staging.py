@@ -59,11 +59,8 @@ def move(db: sqlite3.Connection, token: str, source: str, now_ms: int) -> int:
     ).fetchall()
     count = 0
     if staged:
-        ids = [str(i) for i, _ in staged]
-        batch = eventlog.Pending(
-            msgspec.json.encode(ids), "events", None, b"\n".join(bytes(b) for _, b in staged), len(ids)
-        )
-        count = sum(1 for seq in eventlog.insert_ids(db, ids, batch, source, now_ms) if seq)
+        batch = eventlog.lines([str(i) for i, _ in staged], b"\n".join(bytes(b) for _, b in staged))
+        count = sum(1 for seq in eventlog.insert(db, batch, source, now_ms) if seq)
     db.execute(
         "INSERT INTO dead_letters (source, reason, received_ms, body) SELECT ?, reason, ?, body "
         "FROM staged WHERE token = ? AND kind = 'd' ORDER BY n",
