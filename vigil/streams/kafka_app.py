@@ -11,9 +11,7 @@ Topics (``<prefix>-NAME``, every one with ``kafka.partitions`` partitions)::
 The stages are :mod:`.kafka_stages` (which call the embedded runner's functions); this module only wires
 them to topics. Detector state lives in the changelog-backed table ``detector-state`` (one key per
 partition, :mod:`.kafka_state`), saved every ``kafka.state_interval`` seconds; events are acknowledged
-only once the changelog write of the state that includes them is delivered, so the committed offsets
-never run ahead of the state, and events fetched before their partition was revoked are left to its next
-owner (:mod:`.kafka_acks` says why both matter).
+only once the state that includes them is saved, so the committed offsets never run ahead of the state.
 
 Delivery is ``at_least_once`` (faust's exactly-once needs transactions that the test broker lacks and that
 faust has open bugs in, reference/dependencies.md §1); effects are exactly-once through the ids the
@@ -26,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,7 +37,6 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2  # type: ignore[imp
 from vigil.alerts.model import Alert
 from vigil.detectors.finding import Finding
 from vigil.rules.model import RuleSet
-from vigil.streams.kafka_acks import Acks
 from vigil.streams.kafka_settings import KafkaSettings, credentials
 from vigil.streams.kafka_stages import Act, Detect, Normalise, Out, Submit
 from vigil.streams.kafka_state import PartitionDetectors
@@ -84,8 +81,6 @@ class Counters:
     actions: int = 0
     alerts: int = 0
     dead_letters: int = 0
-    #: events fetched before their partition was revoked, left to the next owner
-    stale: int = 0
     saves: int = 0
     #: messages the producer could not deliver
     failed: int = 0
@@ -168,8 +163,9 @@ class KafkaApp:
         self.normaliser = Normalise(fmt, settings.partition_key)
         self.detector = Detect(rules, self.detectors, base_url=base_url)
         self.act = Act(lambda: self.rules, self._submit)
-        #: processed events awaiting acknowledgement, and which fetched events are stale (:mod:`.kafka_acks`)
-        self.acks = Acks()
+        #: events of each partition processed but not yet covered by saved state (acknowledged after)
+        self._unacked: dict[int, list[Any]] = {}
+        self._detect_stream: Any = None
         self._agents()
 
     # -- wiring ----------------------------------------------------------------------------------------
@@ -192,8 +188,9 @@ class KafkaApp:
 
         @app.agent(topics["events"], name="vigil.detect")
         async def detect(stream: Any) -> AsyncIterator[int]:
+            self._detect_stream = stream
             async for batch in stream.noack_take(s.batch, within=s.batch_within):
-                yield await self.detect_batch(batch)
+                yield await self.detect_batch(stream, batch)
 
         @app.agent(topics["intents"], name="vigil.act")
         async def act(stream: Any) -> AsyncIterator[int]:
@@ -222,7 +219,11 @@ class KafkaApp:
         app.timer(max(0.2, s.state_interval or s.batch_within), name="vigil.state")(save_state)
 
         async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-            self.revoke({tp.partition for tp in revoked if tp.topic == s.topic("events")})
+            gone = {tp.partition for tp in revoked if tp.topic == s.topic("events")}
+            if gone:
+                self.detectors.drop(p for p in self.detectors.parts if p not in gone)
+                for p in gone:
+                    self._unacked.pop(p, None)  # not committed: the new owner processes them again
 
         app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
 
@@ -231,58 +232,46 @@ class KafkaApp:
 
     # -- the stages --------------------------------------------------------------------------------------
 
-    def revoke(self, partitions: set[int]) -> None:
-        """Events-topic partitions were revoked: forget their state and unacknowledged events (the next
-        owner, maybe this worker again, processes them from the committed offset and the changelog), and
-        fence off their events fetched until now (see :mod:`.kafka_acks`)."""
-        if partitions:
-            self.detectors.drop(p for p in self.detectors.parts if p not in partitions)
-            self.acks.revoke(partitions, self.app.consumer_generation_id)
-
-    async def detect_batch(self, batch: Sequence[Any]) -> int:
-        """Detect over one batch of events-topic events, produce what it found, save and acknowledge.
-
-        An event fetched before its partition was revoked is skipped unacknowledged (the next owner gets it
-        again); the others are held for acknowledgement only once what they produced is with the producer,
-        so the state timer cannot save and acknowledge them while their findings are still on the way."""
+    async def detect_batch(self, stream: Any, batch: Sequence[Any]) -> int:
+        """Detect over one batch of events-topic events, produce what it found, save and acknowledge."""
         out: list[Out] = []
-        taken: list[Any] = []
+        touched: set[int] = set()
         for event in batch:
             msg = event.message
-            if not self.acks.current(msg):
-                self.counters.stale += 1
-                continue
             out += self.detector.run(msg.partition, msg.offset, _bytes(event.value), msg.topic)
-            taken.append(event)
+            self._unacked.setdefault(msg.partition, []).append(event)
+            touched.add(msg.partition)
         if self.settings.live_timers:
             out += self.detector.tick()
-        self.counters.events += len(taken)
+        self.counters.events += len(batch)
         await self.send(out)
-        touched = {p for p in map(self.acks.add, taken) if p is not None}
-        await self.flush(touched)
+        await self.flush(stream, touched)
         return len(out)
 
-    async def flush(self, partitions: Iterable[int] | None = None) -> None:
-        """Save the state of partitions that are due and acknowledge the events it covers once its changelog
-        write is delivered (also on a timer, so a quiet partition's last events are committed too)."""
+    async def flush(self, stream: Any = None, partitions: Sequence[int] | set[int] | None = None) -> None:
+        """Save the state of partitions that are due and acknowledge the events it covers (also on a
+        timer, so a quiet partition's last events are committed too)."""
+        stream = stream or self._detect_stream
         if partitions is None:
             if self.settings.live_timers:
                 await self.send(self.detector.tick())
-            partitions = self.acks.partitions()
+            partitions = list(self._unacked)
         for p in partitions:
             if self.detectors.stateful and self.detectors.due(p, self.settings.state_interval):
                 body = self.detectors.save(p)
                 key = b"%d" % p
                 self.state.data[key] = body
-                write = self.state.send_changelog(p, key, body, key_serializer="raw", value_serializer="raw")
-                self.acks.wrote(p, write)
+                self.state.send_changelog(p, key, body, key_serializer="raw", value_serializer="raw")
                 self.counters.saves += 1
             part = self.detectors.parts.get(p)
             if part is None:
                 continue
             if not self.detectors.stateful or not part.dirty:
-                for event in self.acks.release(p):
-                    event.ack()
+                for event in self._unacked.pop(p, []):
+                    if stream is not None:
+                        await stream.ack(event)
+                    else:
+                        event.ack()
 
     async def act_batch(self, values: Sequence[Any]) -> int:
         source = f"kafka:{self.settings.topic('intents')}"

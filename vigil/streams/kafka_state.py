@@ -9,14 +9,11 @@ is the value of one key (the partition number) in a changelog-backed faust table
 a restart, keeps standby copies, and hands it to whichever worker the partition moves to.
 
 Exactly-once state over at-least-once delivery: a snapshot records the offset of the last event it
-includes, and the events up to it are acknowledged only *after* the snapshot's changelog write was
-delivered (:mod:`.kafka_acks`). So the committed offset never passes the saved state: after a crash the
-worker restores the snapshot, skips re-delivered events at or below its offset, and processes the rest
-from exactly the state they first met. Skipping by offset needs a partition's events to reach its state in
-offset order, which a rebalance could break (events fetched before a revoke, processed after it, jumped
-the offset past events counted only in the dropped state): the app fences those off (:mod:`.kafka_acks`).
-The ids of recent events are kept in the snapshot too, so an event the normaliser published twice (its
-raw record re-delivered) counts once.
+includes, and the events up to it are acknowledged only *after* the snapshot was handed to the producer
+(faust flushes the producer before it commits offsets). So the committed offset never passes the saved
+state: after a crash the worker restores the snapshot, skips re-delivered events at or below its offset,
+and processes the rest from exactly the state they first met. The ids of recent events are kept in the
+snapshot too, so an event the normaliser published twice (its raw record re-delivered) counts once.
 """
 
 from __future__ import annotations
