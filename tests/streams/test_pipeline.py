@@ -211,7 +211,7 @@ def test_run_detects_the_next_batch_while_one_commits_and_survives_a_failed_comm
     seen: list[tuple[int, int]] = []  # (the batch's cursor, the detector's read position) at each commit
 
     def flaky(*args: object, **kw: object) -> int:
-        time.sleep(0.05)  # (a slow commit: the loop is free meanwhile)
+        time.sleep(0.25)  # (a slow commit: the loop is free meanwhile, long enough on a busy CI machine)
         seen.append((int(args[1]), stage.read_to))  # type: ignore[call-overload]
         if len(seen) == 3:
             raise StoreError("database or disk is full")
