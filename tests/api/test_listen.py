@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
-from vigil.api.listen import Server, bind, guarded_protocol, url_of
+from vigil.api.listen import PARSERS, Server, bind, guarded_protocol, url_of
 from vigil.streams import HttpIngestStats
 
 
@@ -35,11 +36,15 @@ async def _ok(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send
 
 @contextlib.asynccontextmanager
 async def _serving(
-    stats: HttpIngestStats, header_timeout: float, max_connections: int, body_timeout: float = 60.0
+    stats: HttpIngestStats,
+    header_timeout: float,
+    max_connections: int,
+    body_timeout: float = 60.0,
+    parser: str | None = None,
 ) -> AsyncIterator[str]:
     """uvicorn with the guarded protocol on a loopback port, for the block (its URL)."""
     sock = bind("127.0.0.1", 0)
-    protocol = guarded_protocol(stats, header_timeout, max_connections, body_timeout)
+    protocol = guarded_protocol(stats, header_timeout, max_connections, body_timeout, parser)
     config = uvicorn.Config(_ok, log_config=None, http=protocol, lifespan="off")
     server = Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
@@ -50,6 +55,17 @@ async def _serving(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 5)
+
+
+@pytest.fixture(params=list(PARSERS))
+def parser(request: pytest.FixtureRequest) -> str:
+    """Each HTTP parser the daemon can run on (httptools by default, h11 as the fallback) gets the guards."""
+    name: str = request.param
+    return name
+
+
+def test_httptools_is_the_default_parser() -> None:
+    assert next(iter(PARSERS)) == "httptools"
 
 
 def _connect(url: str) -> socket.socket:
@@ -67,10 +83,10 @@ async def _closed_by_server(s: socket.socket) -> bool:
         return False
 
 
-def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_on() -> None:
+def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_on(parser: str) -> None:
     async def main() -> None:
         stats = HttpIngestStats()
-        async with _serving(stats, header_timeout=0.3, max_connections=100) as url:
+        async with _serving(stats, header_timeout=0.3, max_connections=100, parser=parser) as url:
             idle = [_connect(url) for _ in range(20)]  # never send a byte
             slow = _connect(url)
             slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
@@ -89,10 +105,10 @@ def test_idle_and_slow_request_heads_are_closed_at_the_deadline_and_requests_go_
     asyncio.run(main())
 
 
-def test_connections_past_the_cap_are_closed_at_once() -> None:
+def test_connections_past_the_cap_are_closed_at_once(parser: str) -> None:
     async def main() -> None:
         stats = HttpIngestStats()
-        async with _serving(stats, header_timeout=5.0, max_connections=5) as url:
+        async with _serving(stats, header_timeout=5.0, max_connections=5, parser=parser) as url:
             held = [_connect(url) for _ in range(5)]
             await asyncio.sleep(0.1)
             extra = _connect(url)
@@ -108,14 +124,16 @@ def test_connections_past_the_cap_are_closed_at_once() -> None:
     asyncio.run(main())
 
 
-def test_a_body_trickling_in_is_cut_off_at_the_deadline_and_whole_bodies_go_on() -> None:
+def test_a_body_trickling_in_is_cut_off_at_the_deadline_and_whole_bodies_go_on(parser: str) -> None:
     """The body deadline runs from the head, once per request: a client sending a byte every 0.1 s (the
     head deadline would never see it) is closed after ``body_timeout``; a body that arrives in time, and
     the next request on the same keep-alive connection, are not."""
 
     async def main() -> None:
         stats = HttpIngestStats()
-        async with _serving(stats, header_timeout=0.3, max_connections=100, body_timeout=0.6) as url:
+        async with _serving(
+            stats, header_timeout=0.3, max_connections=100, body_timeout=0.6, parser=parser
+        ) as url:
             slow = _connect(url)
             slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
             started = time.monotonic()
