@@ -45,6 +45,14 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from vigil.alerts.model import Alert
+from vigil.runtime import PURE_PYTHON
+
+try:
+    from vigil.alerts import _screen
+except ImportError:  # built without a C compiler: the screen runs in Python
+    _screen = None  # type: ignore[assignment]
+if PURE_PYTHON:
+    _screen = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
@@ -221,8 +229,14 @@ _CASED_BITS: Final = _bits(lower=False)
 _LOWER_BITS: Final = _bits(lower=True)
 #: the shortest text :data:`_LONG_B64` can match
 _LONG_B64_MIN: Final = 86
+#: the screen's bit for :data:`_LONG_B64` (after one bit per pattern)
+_LONG_BIT: Final = 1 << len(_PATTERNS)
 #: strings up to this long are memoised (titles, rule ids and group values repeat in every alert)
 _CACHED_LEN: Final = 512
+
+
+if _screen is not None:
+    _screen.configure(_CASED_BITS, _LOWER_BITS, _LONG_B64_MIN, _LONG_BIT)
 
 
 def _words(name: str) -> list[str]:
@@ -278,35 +292,54 @@ def _long_blob(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """``text`` with every secret pattern replaced by ``[REDACTED]`` (see the module docstring)."""
+    todo = _todo(text)
+    if not todo:
+        return text  # (nearly every string: ids, names, times)
     if len(text) <= _CACHED_LEN:
-        return _redact_short(text)
-    return _redact(text)
+        return _redact_short(text, todo)
+    return _redact(text, todo)
 
 
-@functools.lru_cache(maxsize=16384)
-def _redact_short(text: str) -> str:
-    return _redact(text)
-
-
-def _redact(text: str) -> str:
+def _todo_py(text: str) -> int:
+    """The patterns whose literals occur in ``text``, and :data:`_LONG_BIT` when it is long enough for
+    :data:`_LONG_B64` (the compiled screen looks for a run of base64 characters instead)."""
     low = text.lower()
-    todo = 0
+    todo = _LONG_BIT if len(text) >= _LONG_B64_MIN else 0
     for n, bits in _CASED_BITS:
         if n in text:
             todo |= bits
     for n, bits in _LOWER_BITS:
         if n in low:
             todo |= bits
-    if todo:
+    return todo
+
+
+def _todo(text: str) -> int:
+    if _screen is not None:
+        found: int | None = _screen.screen(text)
+        if found is not None:  # (None: not ASCII, where str.lower() may make ASCII letters)
+            return found
+    return _todo_py(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _redact_short(text: str, todo: int) -> str:
+    return _redact(text, todo)
+
+
+def _redact(text: str, todo: int) -> str:
+    if todo & ~_LONG_BIT:
         # The literals were looked for once, before any replacement; a replacement adds none (it keeps
         # what its pattern matched before the secret and writes ``[REDACTED]``), so ``todo`` can only name
         # a pattern too many, never one too few. The guards look at the text as it now stands.
+        low = text.lower()
         for i, (pattern, replacement) in enumerate(_PATTERNS):
             if todo >> i & 1 and _GUARDS[i](text, low):
                 changed = pattern.sub(replacement, text)
                 if changed != text:
                     text, low = changed, changed.lower()
-    return text if len(text) < _LONG_B64_MIN else _LONG_B64.sub(_long_blob, text)
+    # (a replacement only shortens a run of base64 characters: no run before, none after)
+    return _LONG_B64.sub(_long_blob, text) if todo & _LONG_BIT else text
 
 
 def redact_all(text: str) -> str:

@@ -124,8 +124,14 @@ class AlertStage:
         ready: list[Alert] = []
         for _rowid, finding_id, rule_id, group_key, body in rows:
             incident = incidents.get((rule_id, group_key))
+            # (redacted by the outbox when stored: most are folded by the grouper and never are)
             alert = finding_alert(
-                orjson.loads(body), group_key, finding_id, incident[0] if incident else None, self.base_url
+                orjson.loads(body),
+                group_key,
+                finding_id,
+                incident[0] if incident else None,
+                self.base_url,
+                redacted=False,
             )
             ready += self.grouper.offer(alert)
         # one outbox transaction for the batch's alerts, committed before the cursor moves past them

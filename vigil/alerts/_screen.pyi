@@ -1,0 +1,6 @@
+"""Types of the compiled module ``_screen.c`` (redaction's literal screen; see vigil/alerts/redact.py)."""
+
+def configure(
+    cased: tuple[tuple[str, int], ...], lower: tuple[tuple[str, int], ...], long_min: int, long_bit: int, /
+) -> None: ...
+def screen(text: str, /) -> int | None: ...
