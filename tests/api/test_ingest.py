@@ -17,6 +17,7 @@ import pytest
 from tests.streams.test_embedded import COMMANDS, RULES, Daemon
 from vigil.api import create_app
 from vigil.api.auth import pre_body, sign, signature
+from vigil.api.ingest import direct
 from vigil.settings import SourceAuth, load_settings
 from vigil.store.sqlite import Store
 from vigil.streams import RunState
@@ -204,15 +205,18 @@ def test_sentinel_alerts_and_incidents(daemon: tuple[str, str, Path]) -> None:
 # -- at the ASGI level: a rigged backlog, and the auth functions ------------------------------------------
 
 
-def test_a_full_pipeline_answers_429_with_retry_after_before_reading(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front", ["direct", "fastapi"])
+def test_a_full_pipeline_answers_429_with_retry_after_before_reading(tmp_path: Path, front: str) -> None:
+    """The same through the daemon's direct path (vigil.api.ingest.direct) and through FastAPI's route."""
     profile = tmp_path / "profile.yaml"
     profile.write_text(f"data_dir: {tmp_path / 'var'}\nhttp:\n  max_backlog: 10\n", encoding="utf-8")
     state = RunState(settings=load_settings(profile, env={}), store=Store(tmp_path / "vigil.db"))
     state.local_token = "tok"
     state.backlog = lambda: 11
+    app = create_app(state)
 
     async def post() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(state))
+        transport = httpx.ASGITransport(app=direct(app, state) if front == "direct" else app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return await client.post("/v1/events", content=b"{}", headers=_bearer("tok"))
 
@@ -263,7 +267,7 @@ def test_readiness_and_store_failures(tmp_path: Path) -> None:
     state.backlog = lambda: lag[0]
 
     async def calls() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=create_app(state))
+        transport = httpx.ASGITransport(app=direct(create_app(state), state))  # (as the daemon serves)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             ready = await c.get("/readyz")
             lag[0] = 50

@@ -31,6 +31,7 @@ import uvicorn
 from vigil import logs
 from vigil.api import create_app
 from vigil.api.auth import TOKEN_FILE, local_token
+from vigil.api.ingest import direct
 from vigil.api.listen import Server, bind, guarded_protocol, url_of
 from vigil.detectors import compiled
 from vigil.detectors.engine import Detector
@@ -255,7 +256,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     settings = state.settings
     config = uvicorn.Config(
-        create_app(state),
+        direct(create_app(state), state),  # (ingestion skips FastAPI's layers: vigil/api/ingest.py)
         host=settings.http.host,
         port=sock.getsockname()[1],
         log_level=settings.log_level.lower(),
