@@ -15,7 +15,7 @@ bytes back out verbatim.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -84,6 +84,17 @@ class FrozenMap(Mapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._dict())
+
+    # (the dict's own views: Mapping's generic ones call __getitem__ per key, and group keys, suppression
+    # and incidents join a finding's group values for every finding)
+    def keys(self) -> KeysView[str]:
+        return self._dict().keys()
+
+    def values(self) -> ValuesView[Any]:
+        return self._dict().values()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self._dict().items()
 
     def __len__(self) -> int:
         return len(self._dict())
