@@ -176,10 +176,13 @@ class DetectStage:
         with self._handed_lock:
             handed = self._handed
             out: list[StoredEvent] = []
-            seq = self.read_to + 1
-            while len(out) < self.batch and seq in handed:
-                out.append(StoredEvent(seq, handed.pop(seq)))
-                seq += 1
+            pop = handed.pop
+            start = self.read_to + 1
+            for seq in range(start, start + self.batch):
+                event = pop(seq, None)
+                if event is None:
+                    break
+                out.append(StoredEvent(seq, event))
             if len(handed) > MAX_HANDED // 2:  # stale entries (below the position after a restart)
                 for old in [k for k in handed if k <= self.read_to]:
                     del handed[old]
@@ -262,7 +265,8 @@ class DetectStage:
             self.stats.pruned_incidents += work.pruned_incidents[0]
             self.stats.pruned_findings += work.pruned_incidents[1]
         stored = work.stored
-        self.stats.replayed += sum(1 for s in stored if s.seq <= self._committed)
+        if stored and stored[0].seq <= self._committed:  # (in seq order: only after a restart)
+            self.stats.replayed += sum(1 for s in stored if s.seq <= self._committed)
         self.stats.events += len(stored)
         self.stats.findings += len(work.found)
         self.stats.new_findings += work.new
