@@ -235,6 +235,41 @@ def test_run_detects_the_next_batch_while_one_commits_and_survives_a_failed_comm
     assert len(stored) == len(set(stored)) and set(stored) == _reference(ruleset, events)
 
 
+def test_events_appended_while_a_batch_commits_are_detected_without_waiting_for_a_tick(
+    tmp_path: Path,
+) -> None:
+    """A source that appends (and wakes the stage) while the stage awaits a commit must not have its wake-up
+    cleared afterwards: the stage would sleep a whole tick (here 30 s) with those events waiting."""
+    _, store, _, stage = _logged(tmp_path, 5)
+    real = store.commit_detection
+    committing = []
+
+    def slow(*args: object, **kw: object) -> int:
+        committing.append(True)
+        time.sleep(0.3)  # (outside the store's lock: the source below can append meanwhile)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    store.commit_detection = slow  # type: ignore[method-assign]
+
+    async def main() -> float:
+        wake, stopping = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(stage.run(wake, stopping, tick=30.0))
+        while not committing:
+            await asyncio.sleep(0.01)
+        store.append_events(_events(5, start=5), "test")  # a source appends during the commit ...
+        wake.set()  # ... and wakes the stage
+        appended = time.monotonic()
+        while store.cursor() < 10 and time.monotonic() - appended < 10:
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - appended
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+        return took
+
+    took = asyncio.run(main())
+    assert store.cursor() == 10 and took < 5, took
+
+
 def test_an_event_detection_raises_on_is_dead_lettered_once_and_the_stream_goes_on(tmp_path: Path) -> None:
     """Reliability A11: a poison event (here a bug in the engine that shows on one event) is dead-lettered
     with its reason and the canonical event, the others are processed, and processing it again after a

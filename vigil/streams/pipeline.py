@@ -295,6 +295,10 @@ class DetectStage:
         pending: tuple[_Batch, asyncio.Future[None]] | None = None
         while not stopping.is_set():
             work: _Batch | None = None
+            # Cleared before looking, not before waiting: a source that appends while this batch is
+            # detected or the previous one commits (the awaits below) must find the stage awake afterwards,
+            # not asleep for a tick with its events waiting.
+            wake.clear()
             try:
                 work = self._detect(False)
                 if pending is not None:
@@ -318,7 +322,6 @@ class DetectStage:
                     await asyncio.wait_for(stopping.wait(), timeout=5.0)
                 self.recover()
                 continue
-            wake.clear()
             waiter = asyncio.create_task(wake.wait())
             stop = asyncio.create_task(stopping.wait())
             await asyncio.wait({waiter, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
