@@ -10,6 +10,7 @@ Reference cycles are still collected, only less often.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import sys
@@ -23,6 +24,13 @@ GEN0_THRESHOLD: Final = 20_000
 OLDER_THRESHOLD: Final = 20
 #: seconds a thread waiting for the GIL waits before it asks the holder to drop it (CPython's default: 5 ms)
 SWITCH_INTERVAL: Final = 0.001
+
+#: glibc malloc: allocations up to this size come from the heap, not from a fresh mapping of their own
+MMAP_THRESHOLD: Final = 16 << 20
+#: glibc malloc: free memory at the top of the heap kept for reuse, not given back to the system
+TRIM_THRESHOLD: Final = 64 << 20
+_M_TRIM_THRESHOLD: Final = -1  # (mallopt's parameter numbers, malloc.h)
+_M_MMAP_THRESHOLD: Final = -3
 
 _tuned = False
 
@@ -49,3 +57,24 @@ def tune_threads() -> None:
     waits at all.
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def tune_allocator() -> bool:
+    """Keep the daemon's large buffers in the heap (glibc; elsewhere a no-op): whether it was applied.
+
+    Every ingestion request body (750 KB for 500 Activity records) is joined into one buffer and freed a
+    moment later. glibc's malloc serves such sizes from fresh mappings, or trims the heap top they leave,
+    so each new body faulted in its pages again: joining one took 0.6 ms instead of 0.1 on this machine's
+    VM, on the event loop. A 16 MiB mapping threshold (the default body cap) and 64 MiB of free heap kept
+    for reuse end that; the cost is at most that much memory held while idle.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # (not glibc)
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    mapped = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return bool(mapped and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -42,7 +42,7 @@ from vigil.logs import LogFormat
 from vigil.rules.lint import with_warnings
 from vigil.rules.loader import load_rules
 from vigil.rules.schema_forms import parse_duration
-from vigil.runtime import PURE_PYTHON, tune_gc, tune_threads
+from vigil.runtime import PURE_PYTHON, tune_allocator, tune_gc, tune_threads
 from vigil.settings import Settings
 from vigil.store.sqlite import Store, StoreError
 from vigil.streams import RunState
@@ -147,6 +147,7 @@ def _run(settings: Settings, profile: str | None) -> int:
         log.warning("cannot write %s (vigil platform and vigil actions need --url): %s", url_file, exc)
     tune_gc()  # the compiled rule set and the restored state are frozen out of the collector's way
     tune_threads()
+    tune_allocator()
     state = RunState(settings=settings, ingest=watcher.stats, store=store, ruleset=ruleset, detector=detector)
     state.detect = stage.stats
     state.wake = wake.set_threadsafe
