@@ -39,7 +39,7 @@ from vigil.detectors.finding import Finding
 from vigil.rules.model import RuleSet
 from vigil.streams.kafka_settings import KafkaSettings, credentials
 from vigil.streams.kafka_stages import Act, Detect, Normalise, Out, Submit
-from vigil.streams.kafka_state import PartitionDetectors
+from vigil.streams.kafka_state import Ownership, PartitionDetectors
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,8 @@ class KafkaApp:
         self.act = Act(lambda: self.rules, self._submit)
         #: events of each partition processed but not yet covered by saved state (acknowledged after)
         self._unacked: dict[int, list[Any]] = {}
+        #: which events partitions are held here, and since when (kept across a revoke, see Ownership)
+        self.ownership = Ownership()
         self._detect_stream: Any = None
         self._agents()
 
@@ -219,13 +221,18 @@ class KafkaApp:
         app.timer(max(0.2, s.state_interval or s.batch_within), name="vigil.state")(save_state)
 
         async def revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-            gone = {tp.partition for tp in revoked if tp.topic == s.topic("events")}
-            if gone:
-                self.detectors.drop(p for p in self.detectors.parts if p not in gone)
-                for p in gone:
-                    self._unacked.pop(p, None)  # not committed: the new owner processes them again
+            # state and pending acknowledgements stay until the assignment says which partitions remain
+            if any(tp.topic == s.topic("events") for tp in revoked):
+                self.ownership.revoke()
+
+        async def assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+            self.assign(
+                {tp.partition for tp in assigned if tp.topic == s.topic("events")},
+                self.app.consumer_generation_id,
+            )
 
         app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
 
         self.normalise_agent, self.detect_agent, self.act_agent = normalise, detect, act
         self.record_agent, self.alerts_agent = record, alerts
@@ -236,21 +243,30 @@ class KafkaApp:
         """Detect over one batch of events-topic events, produce what it found, save and acknowledge."""
         out: list[Out] = []
         touched: set[int] = set()
+        own = self.ownership
+        taken = 0
         for event in batch:
             msg = event.message
+            if not own.current(msg.partition, getattr(msg, "generation_id", None)):
+                own.stale += 1  # its owner reads it again from the committed offset
+                continue
             out += self.detector.run(msg.partition, msg.offset, _bytes(event.value), msg.topic)
             self._unacked.setdefault(msg.partition, []).append(event)
             touched.add(msg.partition)
+            taken += 1
         if self.settings.live_timers:
             out += self.detector.tick()
-        self.counters.events += len(batch)
+        self.counters.events += taken
         await self.send(out)
         await self.flush(stream, touched)
         return len(out)
 
     async def flush(self, stream: Any = None, partitions: Sequence[int] | set[int] | None = None) -> None:
         """Save the state of partitions that are due and acknowledge the events it covers (also on a
-        timer, so a quiet partition's last events are committed too)."""
+        timer, so a quiet partition's last events are committed too). Nothing while a rebalance is under
+        way: a partition about to move must not get a write from this worker after its new owner read it."""
+        if self.ownership.rebalancing:
+            return
         stream = stream or self._detect_stream
         if partitions is None:
             if self.settings.live_timers:
@@ -272,6 +288,14 @@ class KafkaApp:
                         await stream.ack(event)
                     else:
                         event.ack()
+
+    def assign(self, partitions: set[int], generation: int) -> None:
+        """A new assignment: the state and pending events of partitions no longer held are dropped (the new
+        owner restores the state from the changelog and processes the unacknowledged events again)."""
+        self.ownership.assign(partitions, generation)
+        self.detectors.drop(partitions)
+        for p in [p for p in self._unacked if p not in partitions]:
+            del self._unacked[p]
 
     async def act_batch(self, values: Sequence[Any]) -> int:
         source = f"kafka:{self.settings.topic('intents')}"

@@ -190,3 +190,62 @@ class PartitionDetectors:
         """The offset a saved snapshot covers (for tests and tools)."""
         offset: int = _HEADER.unpack_from(body)[0]
         return offset
+
+
+@dataclass
+class Ownership:
+    """Which events partitions this worker holds, since which consumer generation, and whether a rebalance
+    is under way: what decides if an event the detect agent holds may still be processed.
+
+    Why it is needed: faust's rebalances are eager (every partition is revoked, then the new assignment is
+    given, often the same partitions again), and the detect agent may still hold a batch fetched under the
+    old assignment. A partition's detector is therefore kept across a revoke and dropped only when the new
+    assignment leaves it out: an event of a partition held throughout is contiguous with the kept state
+    (processing it from a state restored from the last save instead would jump past the unsaved events,
+    and their re-delivery would then be skipped as covered: lost counts). An event of a partition no longer
+    held, or fetched before the partition was (re)assigned here, is left unprocessed and unacknowledged:
+    its owner reads it again from the committed offset. Between a revoke and the next assignment nothing
+    is saved or acknowledged, so a partition that moves away gets no write from its old owner."""
+
+    #: events partitions held (None: no assignment seen yet, as when a test drives the stage directly)
+    owned: set[int] | None = None
+    #: the consumer generation in which each held partition was assigned here (events fetched earlier are
+    #: from a previous stint and are not contiguous with the state restored for this one)
+    since: dict[int, int] = field(default_factory=dict)
+    #: the generation of the last assignment applied
+    generation: int | None = None
+    #: revoked and not yet assigned again: no saves, no acknowledgements
+    rebalancing: bool = False
+    #: events left unprocessed for their current owner
+    stale: int = 0
+
+    def revoke(self) -> None:
+        self.rebalancing = True
+
+    def assign(self, partitions: Iterable[int], generation: int) -> set[int]:
+        """Apply an assignment; returns the partitions no longer held (their state is to be dropped)."""
+        now = set(partitions)
+        before = self.owned if self.owned is not None else set()
+        for p in now - before:
+            self.since[p] = generation
+        gone = before - now
+        for p in gone:
+            self.since.pop(p, None)
+        self.owned, self.generation, self.rebalancing = now, generation, False
+        return gone
+
+    def current(self, partition: int, generation: int | None) -> bool:
+        """Whether an event of ``partition`` fetched in ``generation`` may be processed here."""
+        if self.owned is None:
+            return True
+        if generation is not None and self.generation is not None and generation > self.generation:
+            # fetched under an assignment whose signal has not reached this worker yet (faust may resume
+            # the streams first): the partition is held since then; the signal drops what went elsewhere
+            if partition not in self.owned:
+                self.owned.add(partition)
+                self.since[partition] = generation
+            return True
+        if partition not in self.owned:
+            return False
+        since = self.since.get(partition)
+        return generation is None or since is None or generation >= since
