@@ -1,5 +1,6 @@
 """The build: ``make setup`` compiles the window tables (``vigil/detectors/_windows.c``), the event ids
-(``vigil/events/_ids.c``) and the Activity Log's fast path (``vigil/events/_activity.c``).
+(``vigil/events/_ids.c``), the Activity Log's fast path (``vigil/events/_activity.c``) and redaction's
+literal screen (``vigil/alerts/_screen.c``).
 
 The extensions are optional for users (no compiler: Vigil runs pure Python), so a failed build would not
 stop the package from working, and every test of the compiled paths would quietly skip. This test makes
@@ -40,3 +41,9 @@ def test_the_compiled_activity_path_is_built_and_in_use() -> None:
     from vigil.events.normalizers import activity
 
     assert activity._native is not None, f"vigil/events/_activity.c {HOW}"
+
+
+def test_the_compiled_redaction_screen_is_built_and_in_use() -> None:
+    from vigil.alerts import redact
+
+    assert redact._screen is not None, f"vigil/alerts/_screen.c {HOW}"
