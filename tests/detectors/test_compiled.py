@@ -316,3 +316,38 @@ def test_distinct_expiry_in_c_matches_the_predicate() -> None:
     assert a.sweep_all(dead) == 1000  # (compiled expiry: type(dead) is BucketBelow)
     assert b.sweep_all(lambda v: dead(v)) == 1000  # noqa: PLW0108 - (a predicate per key)
     assert dict(a.items()) == dict(b.items()) and a.size == b.size == 1000
+
+
+def test_expiry_gives_back_the_slots_of_a_burst() -> None:
+    """An always-on daemon sees bursts of keys (a scan over many resources): once they expire, the shards
+    shrink instead of keeping the burst's peak for the process's lifetime."""
+    s = CountState(1000, 3, limit=1_000_000)
+    table = s.counts
+    for i in range(100_000):
+        s.put(f"burst{i}", pack(i % 100, 1, 0))
+    peak = table.slots
+    assert peak >= 100_000 * 4 // 3
+    survivors = {k: v for k, v in s.items() if v >> 48 >= 99}  # 1,000 keys in the newest bucket
+    assert s.sweep_all(BucketBelow(99)) == 99_000
+    assert dict(s.items()) == survivors and s.size == 1000
+    assert table.slots <= 1000 * 8 // 3 + SHARDS * 8  # at most 3/8 full, or the least a shard holds
+    for key, value in survivors.items():  # every survivor is still found where probing looks for it
+        assert s.get(key) == value
+    for i in range(5000):  # and the shards grow again as keys come
+        s.put(f"next{i}", pack(100, 1, 0))
+    assert s.size == 6000 and all(s.get(f"next{i}") == pack(100, 1, 0) for i in range(5000))
+    assert s.sweep_all(BucketBelow(1000)) == 6000 and table.slots == 0
+
+
+def test_random_inserts_and_expiries_agree_with_a_dict() -> None:
+    rng = random.Random(7)
+    s, want = CountState(1000, 3, limit=1_000_000), {}
+    for step in range(40):
+        for _ in range(rng.choice([10, 500, 5000])):
+            key, value = f"k{rng.randrange(20_000)}", pack(step, rng.randrange(1, 9), 0)
+            s.put(key, value)
+            want[key] = value
+        oldest = step - rng.randrange(0, 4)
+        assert s.sweep_all(BucketBelow(oldest)) == sum(1 for v in want.values() if v >> 48 < oldest)
+        want = {k: v for k, v in want.items() if v >> 48 >= oldest}
+        assert dict(s.items()) == want and all(s.get(k) == v for k, v in want.items())

@@ -61,6 +61,7 @@ typedef struct {
     double low;
     Py_ssize_t cap; /* distinct: most hashes kept per bucket */
     Py_ssize_t size, limit, limited;
+    Py_ssize_t slots; /* slots allocated over every shard (memory: slots * sizeof(Slot)) */
 } Table;
 
 /* -- the hash table ------------------------------------------------------------------------------------- */
@@ -162,7 +163,7 @@ static Slot *probe(Shard *s, Key *k) {
     }
 }
 
-static int resize(Shard *s, Py_ssize_t cap) {
+static int resize(Table *t, Shard *s, Py_ssize_t cap) {
     Slot *fresh = PyMem_Calloc((size_t)cap, sizeof(Slot));
     if (fresh == NULL) {
         PyErr_NoMemory();
@@ -180,7 +181,29 @@ static int resize(Shard *s, Py_ssize_t cap) {
         }
     }
     PyMem_Free(old);
+    t->slots += cap - oldcap;
     return 0;
+}
+
+/* Give back most of a shard's slots once expiry has left it at most 1/8 full: a burst of keys (a scan over
+many resources) would otherwise keep its peak memory for the daemon's lifetime. The shard shrinks to the
+smallest power of two that keeps it at most 3/8 full (half the load at which it grows again, so a table
+holding steady does not resize back and forth), or is freed when empty. Optional: when the smaller array
+cannot be allocated the shard stays as it is. */
+static void shrink(Table *t, Shard *s) {
+    if (s->mask < 0) return;
+    Py_ssize_t cap = s->mask + 1;
+    if (s->used == 0) {
+        PyMem_Free(s->slots);
+        s->slots = NULL;
+        s->mask = -1;
+        t->slots -= cap;
+        return;
+    }
+    if (cap <= MIN_CAP || s->used * 8 > cap) return;
+    Py_ssize_t target = cap;
+    while (target > MIN_CAP && s->used * 8 <= (target / 2) * 3) target /= 2;
+    if (target < cap && resize(t, s, target) < 0) PyErr_Clear();
 }
 
 /* The slot of ``key`` (found: *fresh = 0), or a new empty one claimed for it (*fresh = 1; the caller fills
@@ -200,7 +223,7 @@ static Slot *claim(Table *t, Key *k, int *fresh) {
         return NULL;
     }
     if (s->mask < 0 || (s->used + 1) * 4 > (s->mask + 1) * 3) { /* load factor at most 3/4 */
-        if (resize(s, s->mask < 0 ? MIN_CAP : (s->mask + 1) * 2) < 0) return NULL;
+        if (resize(t, s, s->mask < 0 ? MIN_CAP : (s->mask + 1) * 2) < 0) return NULL;
         sl = probe(s, k); /* (the slots moved) */
     }
     Py_INCREF(k->obj);
@@ -401,6 +424,7 @@ static PyObject *Table_expire(Table *t, PyObject *const *args, Py_ssize_t nargs)
             j++;
         }
     }
+    shrink(t, s);
     return PyLong_FromSsize_t(removed);
 }
 
@@ -418,6 +442,7 @@ static void release(Table *t) {
         s->mask = -1;
         s->used = 0;
     }
+    t->slots = 0;
     t->size = 0;
 }
 
@@ -688,6 +713,7 @@ static PyMemberDef Table_members[] = {
     {"size", T_PYSSIZET, offsetof(Table, size), READONLY, "keys held"},
     {"limit", T_PYSSIZET, offsetof(Table, limit), 0, "most keys held"},
     {"limited", T_PYSSIZET, offsetof(Table, limited), 0, "new keys refused at the limit"},
+    {"slots", T_PYSSIZET, offsetof(Table, slots), READONLY, "slots allocated over every shard"},
     {NULL, 0, 0, 0, NULL},
 };
 
