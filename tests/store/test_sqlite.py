@@ -134,6 +134,26 @@ def test_prune_keeps_unprocessed_events(tmp_path: Path, monkeypatch: pytest.Monk
     assert store.prune_events(0, processed_through=16) == 0  # nothing received before the cut-off
 
 
+def test_prune_stops_at_the_first_batch_received_at_or_after_the_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "vigil.db")
+    clock = [1_000.0]
+    monkeypatch.setattr(sqlite_mod.time, "time", lambda: clock[0])
+    for received in (1_000.0, 2_000.0, 1_500.0, 3_000.0):  # (a clock stepped back for the third batch)
+        clock[0] = received
+        store.append_events([ev(f"e{received}-{i}", i) for i in range(3)], "http")
+    # received before 2,000 s: the first batch only; the third is after the first one received at 2,000
+    assert store.prune_events(2_000_000, processed_through=12) == 3
+    assert [s.seq for s in store.read_events(0)] == list(range(4, 13))
+    assert store.prune_events(2_000_000, processed_through=12) == 0
+    assert store.prune_events(3_000_001, processed_through=8) == 5  # not past what is processed
+    assert store.prune_events(3_000_001, processed_through=12) == 4
+    # stores made before this schema lose the index on received_ms (retention does not use it)
+    indexes = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "event_batches_received" not in indexes
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path / "vigil.db").close()
     db = sqlite3.connect(tmp_path / "vigil.db")
