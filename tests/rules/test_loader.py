@@ -193,6 +193,23 @@ def test_unknown_keys_with_suggestions() -> None:
     assert rs.rules == ()
 
 
+def test_a_key_in_the_wrong_place_says_where_it_goes(tmp_path: Path) -> None:
+    """A key valid elsewhere in a rule was answered with "did you mean" itself; hints for misspelt keys come
+    from the keys valid where the typo is."""
+    text = (
+        "id: t.one\ntitle: t\nseverity: low\nkind: generic\nmatch: action == 'x'\n"
+        "group_by: [actor.ip]\nthreshold: {count: 3, window: 1m, titel: x, windw: 2m}\n"
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    rs = load_rules([path])
+    assert [d.format().split(": ", 1)[1] for d in rs.diagnostics] == [
+        "E110 unknown key 'group_by' here; it goes under 'flatline' or under 'threshold' (t.one)",
+        "E110 unknown key 'titel' (t.one)",  # (title is a key of the rule, not of its threshold)
+        "E110 unknown key 'windw'; did you mean 'window'? (t.one)",
+    ]
+
+
 def test_duplicate_id_points_at_second_and_names_first() -> None:
     rs = load_rules([BROKEN / "duplicate_id.yaml"])
     (d,) = rs.diagnostics

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.detectors.stateful_helpers import ev
 from vigil.events.deadletter import DeadLetter
+from vigil.store import staging
 from vigil.store.sqlite import Store
 
 
@@ -37,4 +38,18 @@ def test_discarded_work_never_reaches_the_log(tmp_path: Path) -> None:
     assert store.publish("b.jsonl@1", "file:b.jsonl") == 0
     assert store.count_events() == 0 and not store.dead_letters()
     store.stage("b.jsonl@1", [])  # nothing to hold: no transaction at all
+    store.close()
+
+
+def test_a_large_unit_is_published_in_bounded_batches(tmp_path: Path) -> None:
+    """A dropped file of many events reaches the log as batches of at most MOVE_BATCH events (one batch
+    held the whole file, which the publish and then the detect stage read into memory whole)."""
+    store = Store(tmp_path / "vigil.db")
+    n = staging.MOVE_BATCH * 2 + 500
+    for start in range(0, n, 700):  # staged in the reader's own batch sizes
+        store.stage("big.jsonl@1", [ev(f"e{i}", i) for i in range(start, min(n, start + 700))])
+    assert store.publish("big.jsonl@1", "file:big.jsonl") == n
+    sizes = [last - first + 1 for first, last in store._db.execute("SELECT first, last FROM event_batches")]
+    assert sizes == [staging.MOVE_BATCH, staging.MOVE_BATCH, 500]
+    assert [s.event.id for s in store.read_events(0, limit=n)] == [f"e{i}" for i in range(n)]
     store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -245,7 +246,7 @@ def _mark(mark: Any) -> Pos:
 
 
 def schema_diagnostics(
-    doc: Document, exc: ValidationError, vocabulary: frozenset[str], rule_id: str | None = None
+    doc: Document, exc: ValidationError, vocabulary: Mapping[str, frozenset[str]], rule_id: str | None = None
 ) -> list[Diagnostic]:
     """Every pydantic error of ``exc`` as a located diagnostic, one per position and code."""
     out: dict[tuple[Pos, str], Diagnostic] = {}
@@ -258,8 +259,8 @@ def schema_diagnostics(
         if kind == "extra_forbidden":
             pos, path = locate(doc.node, loc, doc.start, key=True)
             name = str(loc[-1])
-            hint = difflib.get_close_matches(name, vocabulary, n=1)
-            code, message = "E110", f"unknown key {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            parent = next((str(k) for k in reversed(loc[:-1]) if isinstance(k, str)), "")
+            code, message = "E110", f"unknown key {name!r}" + _hint(name, parent, vocabulary)
         elif kind == "missing":
             pos, path = locate(doc.node, loc[:-1], doc.start)
             code, message = "E111", f"missing required key {loc[-1]!r}" + (f" in {path}" if path else "")
@@ -282,18 +283,35 @@ def _what(value: Any) -> str:
     return describe_type(value)
 
 
-def vocabulary_of(*models: Any) -> frozenset[str]:
-    """Every field name of these models and the models nested in them (for "did you mean" hints)."""
-    names: set[str] = set()
-    pending = list(models)
+def _hint(name: str, parent: str, vocabulary: Mapping[str, frozenset[str]]) -> str:
+    """Where a misplaced key belongs, or the nearest key valid under ``parent`` ("" for the top level) to a
+    misspelt one; "" when there is neither."""
+    places = vocabulary.get(name)
+    if places:
+        where = " or ".join(f"under {p!r}" if p else "at the top level" for p in sorted(places))
+        return f" here; it goes {where}"
+    here = [n for n, parents in vocabulary.items() if parent in parents]
+    hint = difflib.get_close_matches(name, here or list(vocabulary), n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
+
+
+def vocabulary_of(*models: Any) -> Mapping[str, frozenset[str]]:
+    """Every field name of these models and the models nested in them, with the keys it is valid under
+    ("" for the top level): for "did you mean" hints, and to say where a key in the wrong place goes."""
+    places: dict[str, set[str]] = {}
+    pending: list[tuple[Any, str]] = [(m, "") for m in models]
+    seen: set[tuple[Any, str]] = set()
     while pending:
-        model = pending.pop()
+        model, parent = pending.pop()
+        if (model, parent) in seen:
+            continue
+        seen.add((model, parent))
         for name, info in model.model_fields.items():
-            names.add(name)
+            places.setdefault(name, set()).add(parent)
             for arg in _types_in(info.annotation):
                 if isinstance(arg, type) and hasattr(arg, "model_fields") and arg not in models:
-                    pending.append(arg)
-    return frozenset(names)
+                    pending.append((arg, name))
+    return {name: frozenset(parents) for name, parents in places.items()}
 
 
 def _types_in(annotation: Any) -> list[Any]:
