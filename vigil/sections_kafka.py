@@ -79,6 +79,11 @@ class KafkaSettings(Section):
     heartbeat_interval: float = Field(default=3.0, gt=0, description="seconds between group heartbeats")
     commit_interval: float = Field(default=2.8, gt=0, description="seconds between offset commits")
     table_store: str = Field(default="memory://", description="faust table store: memory:// or rocksdb://")
+    stall_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds without committed progress, or on one event, before faust logs a stall error",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:

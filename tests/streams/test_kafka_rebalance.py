@@ -175,15 +175,69 @@ def test_a_partition_assigned_anew_ignores_events_from_its_previous_stint(tmp_pa
     assert PartitionDetectors.covered(app.state.data[b"0"]) == 2
 
 
-def test_an_event_of_a_newer_assignment_than_signalled_is_current() -> None:
-    """faust may resume the streams before its assigned signal reaches the app: an event fetched under a
-    newer generation is of a partition held since then."""
+def test_a_partition_back_after_skipped_generations_is_restored_not_kept(tmp_path: Path) -> None:
+    """Out of the group in between (a session timeout), another worker may have owned the partition,
+    counted more and saved: the detector kept from before would miss those counts."""
+    sent = Sent()
+    app = make(tmp_path, sent, state_interval=60)
+    other = make(tmp_path, Sent(), state_interval=0)
+    events = reads(3, "/r/1")
+
+    async def main() -> None:
+        await assign(app, 1, 0)
+        await app.detect_batch(None, [fetched(0, events[0], 1)])  # not saved
+        await revoke(app, 0)
+        # generation 2, without this worker: the other one processes offsets 0 and 1 and saves
+        await other.detect_batch(None, [fetched(i, e, 2) for i, e in enumerate(events[:2])])
+        app.state.data[b"0"] = other.state.data[b"0"]  # what the changelog holds now
+        await assign(app, 3, 0)
+        await app.detect_batch(None, [fetched(2, events[2], 3)])
+
+    asyncio.run(main())
+    assert found(sent) == reference(app, events)  # the third read's burst, from the other worker's counts
+
+
+def test_an_assignment_whose_signal_comes_late_is_taken_from_the_consumer(tmp_path: Path) -> None:
+    """faust may resume the streams before its assigned signal reaches the app: the detect stage asks the
+    consumer for the assignment of the generation the events were fetched in."""
+    sent = Sent()
+    app = make(tmp_path, sent, state_interval=60)
+    events = reads(3, "/r/1")
+
+    class Consumer:  # (faust's consumer, as far as the stage asks it)
+        def assignment(self) -> set[TP]:
+            return {TP("t-events", 0), TP("t-events", 1), TP("t-raw", 0)}
+
+    async def main() -> None:
+        await assign(app, 1, 0)
+        await app.detect_batch(None, [fetched(0, events[0], 1)])
+        await revoke(app, 0)
+        app.app.consumer = Consumer()  # type: ignore[assignment]
+        app.app.consumer_generation_id = 2  # assigned; the signal is still on its way
+        await app.detect_batch(None, [fetched(i, e, 2) for i, e in enumerate(events)])
+        await assign(app, 2, 0, 1)  # the signal, late: nothing changes
+
+    asyncio.run(main())
+    assert found(sent) == reference(app, events)
+    assert app.ownership.owned == {0, 1} and app.ownership.since == {0: 1, 1: 2}
+    assert not app.ownership.rebalancing
+
+
+def test_ownership_keeps_partitions_only_across_consecutive_generations() -> None:
     own = Ownership()
     assert own.current(3, 7)  # no assignment seen: everything is current
-    own.assign({0}, 4)
+    assert own.assign({0}, 4) == set()
     assert own.current(0, 4) and not own.current(0, 3) and not own.current(1, 4)
-    assert own.current(1, 5) and own.owned == {0, 1} and own.since[1] == 5
-    assert not own.current(1, 4)  # an earlier stint of the partition adopted at 5
     own.revoke()
     assert own.rebalancing
-    assert own.assign({1}, 5) == {0} and not own.rebalancing and own.since == {1: 5}
+    assert own.assign({0, 1}, 5) == set() and not own.rebalancing and own.since == {0: 4, 1: 5}
+    assert own.assign({0, 1}, 5) == set()  # the same assignment again (the signal after a look-up)
+    assert own.assign({1}, 6) == {0} and own.since == {1: 5}
+    assert own.assign({1}, 9) == {1} and own.since == {1: 9}  # generations skipped: nothing kept
+
+
+def test_faust_reports_a_stall_after_the_configured_time(tmp_path: Path) -> None:
+    settings = KafkaSettings(broker="kafka://127.0.0.1:9", topic_prefix="t", stall_after=42.0)
+    app = KafkaApp(settings, load(tmp_path, RULES))
+    assert app.app.conf.broker_commit_livelock_soft_timeout == 42.0
+    assert app.app.conf.stream_processing_timeout == 42.0

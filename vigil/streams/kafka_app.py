@@ -119,6 +119,10 @@ class KafkaApp:
             broker_session_timeout=settings.session_timeout,
             broker_heartbeat_interval=settings.heartbeat_interval,
             broker_commit_interval=settings.commit_interval,
+            # faust's own monitor: an error when a partition's commits stop moving while it is processed,
+            # when one event takes this long, or when fetches stop (faust's default is 5 minutes)
+            broker_commit_livelock_soft_timeout=settings.stall_after,
+            stream_processing_timeout=settings.stall_after,
             web_enabled=False,
             autodiscover=False,
             # Events wait for their state to be saved before they are acknowledged, and faust stops the
@@ -244,6 +248,9 @@ class KafkaApp:
         out: list[Out] = []
         touched: set[int] = set()
         own = self.ownership
+        if own.owned is not None and own.generation != self.app.consumer_generation_id:
+            # faust assigned anew and resumed the streams before its signal reached this agent
+            self.assign(self._held(), self.app.consumer_generation_id)
         taken = 0
         for event in batch:
             msg = event.message
@@ -265,13 +272,15 @@ class KafkaApp:
         """Save the state of partitions that are due and acknowledge the events it covers (also on a
         timer, so a quiet partition's last events are committed too). Nothing while a rebalance is under
         way: a partition about to move must not get a write from this worker after its new owner read it."""
-        if self.ownership.rebalancing:
-            return
         stream = stream or self._detect_stream
         if partitions is None:
-            if self.settings.live_timers:
+            if self.settings.live_timers and not self.ownership.rebalancing:
                 await self.send(self.detector.tick())
             partitions = list(self._unacked)
+        # checked after the last await: a revoke may arrive while the tick's findings are produced, and
+        # nothing below yields to the event loop
+        if self.ownership.rebalancing:
+            return
         for p in partitions:
             if self.detectors.stateful and self.detectors.due(p, self.settings.state_interval):
                 body = self.detectors.save(p)
@@ -292,10 +301,15 @@ class KafkaApp:
     def assign(self, partitions: set[int], generation: int) -> None:
         """A new assignment: the state and pending events of partitions no longer held are dropped (the new
         owner restores the state from the changelog and processes the unacknowledged events again)."""
-        self.ownership.assign(partitions, generation)
-        self.detectors.drop(partitions)
-        for p in [p for p in self._unacked if p not in partitions]:
+        gone = self.ownership.assign(partitions, generation)
+        self.detectors.drop(p for p in partitions if p not in gone)
+        for p in [p for p in self._unacked if p in gone or p not in partitions]:
             del self._unacked[p]
+
+    def _held(self) -> set[int]:
+        """The events partitions the consumer holds now."""
+        events = self.settings.topic("events")
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == events}
 
     async def act_batch(self, values: Sequence[Any]) -> int:
         source = f"kafka:{self.settings.topic('intents')}"

@@ -199,13 +199,16 @@ class Ownership:
 
     Why it is needed: faust's rebalances are eager (every partition is revoked, then the new assignment is
     given, often the same partitions again), and the detect agent may still hold a batch fetched under the
-    old assignment. A partition's detector is therefore kept across a revoke and dropped only when the new
-    assignment leaves it out: an event of a partition held throughout is contiguous with the kept state
-    (processing it from a state restored from the last save instead would jump past the unsaved events,
-    and their re-delivery would then be skipped as covered: lost counts). An event of a partition no longer
-    held, or fetched before the partition was (re)assigned here, is left unprocessed and unacknowledged:
-    its owner reads it again from the committed offset. Between a revoke and the next assignment nothing
-    is saved or acknowledged, so a partition that moves away gets no write from its old owner."""
+    old assignment. A partition's detector is therefore kept across a revoke when the next assignment,
+    the very next generation, gives the partition back: an event of a partition held throughout is
+    contiguous with the kept state (processing it from a state restored from the last save instead would
+    jump past the unsaved events, and their re-delivery would then be skipped as covered: lost counts).
+    When generations were skipped (this worker was out of the group meanwhile, and another may have
+    owned the partition, processed and saved it), every detector is dropped and restored from the
+    changelog. An event of a partition not held, or fetched before the partition was assigned here, is
+    left unprocessed and unacknowledged: its owner reads it again from the committed offset. Between a
+    revoke and the next assignment nothing is saved or acknowledged, so a partition that moves away gets
+    no write from its old owner."""
 
     #: events partitions held (None: no assignment seen yet, as when a test drives the stage directly)
     owned: set[int] | None = None
@@ -223,27 +226,25 @@ class Ownership:
         self.rebalancing = True
 
     def assign(self, partitions: Iterable[int], generation: int) -> set[int]:
-        """Apply an assignment; returns the partitions no longer held (their state is to be dropped)."""
+        """Apply an assignment; returns the partitions whose state is to be dropped: those no longer held,
+        or every one held before when the assignment does not follow the last one directly."""
         now = set(partitions)
-        before = self.owned if self.owned is not None else set()
-        for p in now - before:
+        held = self.owned if self.owned is not None else set()
+        last = self.generation
+        if last is not None and generation not in (last, last + 1):
+            held, gone = set(), set(held)  # out of the group in between: nothing held is known to be current
+        else:
+            gone = held - now
+        for p in now - held:
             self.since[p] = generation
-        gone = before - now
-        for p in gone:
-            self.since.pop(p, None)
+        for p in set(self.since) - now:
+            del self.since[p]
         self.owned, self.generation, self.rebalancing = now, generation, False
         return gone
 
     def current(self, partition: int, generation: int | None) -> bool:
         """Whether an event of ``partition`` fetched in ``generation`` may be processed here."""
         if self.owned is None:
-            return True
-        if generation is not None and self.generation is not None and generation > self.generation:
-            # fetched under an assignment whose signal has not reached this worker yet (faust may resume
-            # the streams first): the partition is held since then; the signal drops what went elsewhere
-            if partition not in self.owned:
-                self.owned.add(partition)
-                self.since[partition] = generation
             return True
         if partition not in self.owned:
             return False
