@@ -49,8 +49,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS event_ids_id ON event_ids(id);
 CREATE TABLE IF NOT EXISTS event_batches (
     last INTEGER PRIMARY KEY, first INTEGER NOT NULL, source TEXT NOT NULL, received_ms INTEGER NOT NULL,
     form TEXT NOT NULL, params TEXT, body BLOB NOT NULL);
--- (retention walks the batches by sequence: an index on received_ms went unused, stores made before drop it)
-DROP INDEX IF EXISTS event_batches_received;
+CREATE INDEX IF NOT EXISTS event_batches_received ON event_batches(received_ms);
 """
 #: ids of a batch that re-reading its body no longer produced (see the module docstring); process-wide
 MISSING: list[int] = [0]
@@ -233,14 +232,19 @@ def prune(db: sqlite3.Connection, received_before_ms: int, processed_through: in
     none; how many events. Everything below the first batch received at or after the cut-off counts as
     received before it (batches are received in sequence order, give or take a clock step).
 
-    The first such batch is found by walking the batches oldest first (``+received_ms`` keeps SQLite off
-    the index on it): that walk stops at the retained ones, so it costs what is left to prune, where the
-    minimum over the index's range read every retained batch (millions, with a week's retention) at every
-    step."""
-    row = db.execute(
-        "SELECT first FROM event_batches WHERE +received_ms >= ? ORDER BY last LIMIT 1", (received_before_ms,)
-    ).fetchone()
-    newer = None if row is None else row[0]
+    The index on ``received_ms`` says whether any batch is that new; the first such batch is then found by
+    walking the batches oldest first (``+received_ms`` keeps SQLite off the index), a walk that stops at
+    the first one kept and so costs what is left to prune. The minimum over the index's range read every
+    kept batch (millions, with a week's retention) at every step; the walk alone, with nothing kept (no
+    input for longer than the retention), would read every batch at every step."""
+    newer = None
+    if db.execute(
+        "SELECT 1 FROM event_batches WHERE received_ms >= ? LIMIT 1", (received_before_ms,)
+    ).fetchone():
+        newer = db.execute(
+            "SELECT first FROM event_batches WHERE +received_ms >= ? ORDER BY last LIMIT 1",
+            (received_before_ms,),
+        ).fetchone()[0]
     bound = processed_through if newer is None else min(processed_through, int(newer) - 1)
     cur = db.execute(
         "DELETE FROM event_ids WHERE seq IN (SELECT seq FROM event_ids WHERE seq <= ? ORDER BY seq LIMIT ?)",
