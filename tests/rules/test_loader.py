@@ -210,6 +210,20 @@ def test_a_key_in_the_wrong_place_says_where_it_goes(tmp_path: Path) -> None:
     ]
 
 
+def test_a_key_valid_for_another_kind_of_the_same_place_is_not_sent_where_it_is(tmp_path: Path) -> None:
+    """pydantic's location of a key under a tagged union holds the tag (and a list's name is the user's):
+    the hint must not say that a key "goes under" the place it already is."""
+    text = (
+        "id: t.one\ntitle: t\nseverity: low\nkind: generic\nmatch: action == 'x'\n"
+        "actions:\n  - alert: console\n    approval: auto\n"
+        "---\nlists:\n  nets: {cidr: [10.0.0.0/8], values: [a]}\n"
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    messages = [d.message for d in load_rules([path]).diagnostics]
+    assert messages == ["unknown key 'approval'", "unknown key 'values'"]
+
+
 def test_duplicate_id_points_at_second_and_names_first() -> None:
     rs = load_rules([BROKEN / "duplicate_id.yaml"])
     (d,) = rs.diagnostics

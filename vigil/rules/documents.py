@@ -259,8 +259,7 @@ def schema_diagnostics(
         if kind == "extra_forbidden":
             pos, path = locate(doc.node, loc, doc.start, key=True)
             name = str(loc[-1])
-            parent = next((str(k) for k in reversed(loc[:-1]) if isinstance(k, str)), "")
-            code, message = "E110", f"unknown key {name!r}" + _hint(name, parent, vocabulary)
+            code, message = "E110", f"unknown key {name!r}" + _hint(name, loc[:-1], vocabulary)
         elif kind == "missing":
             pos, path = locate(doc.node, loc[:-1], doc.start)
             code, message = "E111", f"missing required key {loc[-1]!r}" + (f" in {path}" if path else "")
@@ -283,15 +282,19 @@ def _what(value: Any) -> str:
     return describe_type(value)
 
 
-def _hint(name: str, parent: str, vocabulary: Mapping[str, frozenset[str]]) -> str:
-    """Where a misplaced key belongs, or the nearest key valid under ``parent`` ("" for the top level) to a
-    misspelt one; "" when there is neither."""
-    places = vocabulary.get(name)
-    if places:
-        where = " or ".join(f"under {p!r}" if p else "at the top level" for p in sorted(places))
-        return f" here; it goes {where}"
-    here = [n for n, parents in vocabulary.items() if parent in parents]
-    hint = difflib.get_close_matches(name, here or list(vocabulary), n=1)
+def _hint(name: str, where: tuple[Any, ...], vocabulary: Mapping[str, frozenset[str]]) -> str:
+    """Where a misplaced key belongs, or the nearest key valid where it is to a misspelt one ("" when
+    there is neither). ``where`` is pydantic's location of the key's mapping: field names, list indexes,
+    and also union tags and the user's own mapping keys, so the key's parent is the nearest field name
+    that has keys of its own ("" for the top level)."""
+    parents = frozenset().union(*vocabulary.values())
+    parent = next((k for k in reversed(where) if isinstance(k, str) and k in parents and k), "")
+    places = vocabulary.get(name, frozenset())
+    if places and parent not in places:
+        where_to = " or ".join(f"under {p!r}" if p else "at the top level" for p in sorted(places))
+        return f" here; it goes {where_to}"
+    here = [n for n, under in vocabulary.items() if parent in under and n != name]
+    hint = difflib.get_close_matches(name, here, n=1)
     return f"; did you mean {hint[0]!r}?" if hint else ""
 
 
