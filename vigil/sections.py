@@ -82,6 +82,12 @@ class HttpSettings(Section):
     max_backlog: int = Field(
         default=200_000, ge=1, description="events stored but not yet detected before ingestion answers 429"
     )
+    max_buffered_bytes: ByteSize = Field(
+        default=ByteSize(256 << 20),
+        gt=0,
+        description="request bodies that ingestion calls may hold at once (a call without Content-Length "
+        "counts as max_body_bytes); past it a call answers 429 before reading its body",
+    )
     max_skew: int = Field(default=300, ge=1, description="seconds an HMAC signature's timestamp may be off")
     header_timeout: float = Field(
         default=10.0, gt=0, le=600, description="seconds a connection has to send each request head"

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -291,3 +292,46 @@ def test_an_empty_local_token_file_is_replaced(tmp_path: Path) -> None:
     token = local_token(tmp_path)
     assert len(token) > 20 and local_token(tmp_path) == token
     assert (tmp_path / "ingest.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_bodies_held_at_once_are_bounded_and_the_budget_is_given_back(tmp_path: Path) -> None:
+    """http.max_buffered_bytes: while one call reads its body (sent without Content-Length: it counts as
+    max_body_bytes), a second is answered 429 before its body is read; once the first is done, calls go
+    through again. (A flood of large bodies, or of HMAC callers whose signature needs the body, cannot
+    make the daemon hold max_connections x max_body_bytes.)"""
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(
+        f"data_dir: {tmp_path / 'var'}\nhttp:\n  max_body_bytes: 64KiB\n  max_buffered_bytes: 64KiB\n",
+        encoding="utf-8",
+    )
+    state = RunState(settings=load_settings(profile, env={}), store=Store(tmp_path / "vigil.db"))
+    state.local_token = "tok"
+    state.backlog = lambda: 0
+    app = direct(create_app(state), state)
+    body = json.dumps(ACTIVITY).encode()
+
+    async def main() -> tuple[int, int, int, int, int]:
+        gate = asyncio.Event()
+
+        async def slow_body() -> Any:
+            yield body[:10]
+            await gate.wait()
+            yield body[10:]
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = asyncio.create_task(
+                client.post("/v1/events", content=slow_body(), headers=_bearer("tok"))
+            )
+            while state.http_ingest.buffered == 0:
+                await asyncio.sleep(0.01)
+            held = state.http_ingest.buffered
+            second = await client.post("/v1/events", content=body, headers=_bearer("tok"))
+            gate.set()
+            done = await first
+            third = await client.post("/v1/events", content=body, headers=_bearer("tok"))
+            return held, second.status_code, done.status_code, third.status_code, state.http_ingest.buffered
+
+    held, second, first, third, after = asyncio.run(main())
+    assert held == 64 * 1024 and second == 429 and first == 200 and third == 200 and after == 0
+    assert state.http_ingest.throttled == {"events": 1}

@@ -279,6 +279,12 @@ def render_metrics(state: RunState) -> str:
         ],
     )
     metric(
+        "vigil_ingest_buffered_bytes",
+        "gauge",
+        "Bytes of request bodies held or awaited by ingestion calls (http.max_buffered_bytes).",
+        http.buffered,
+    )
+    metric(
         "vigil_http_connections_refused_total",
         "counter",
         "Connections closed at once, past http.max_connections.",

@@ -10,7 +10,8 @@
 
 Order of checks, cheapest first, so a flood costs little: a ``Content-Length`` over ``http.max_body_bytes``
 is ``413``; a detect backlog over ``http.max_backlog`` is ``429`` with ``Retry-After`` (before the body is
-read); bearer tokens and URL codes are checked (``401``); the body is read with the same cap (``413``);
+read); bearer tokens and URL codes are checked (``401``); bodies held by calls in progress over
+``http.max_buffered_bytes`` are ``429`` too; the body is read with the same cap (``413``);
 an HMAC signature is checked over it (``401``). Then the body is normalised and its events and dead letters
 are committed to the store in one transaction (:meth:`~vigil.store.sqlite.Store.accept`; the log keeps the
 body's bytes, :mod:`vigil.store.eventlog`) before the answer:
@@ -155,6 +156,21 @@ def _handler(state: RunState, source: str, fmt: str) -> Handler:
         verdict = pre_body(auth, request.headers, request.query_params, state.local_token)
         if verdict:
             return _reject(state, source, verdict)
+        # bodies held at once are bounded too (a flood of large bodies, or of bodies from callers whose
+        # HMAC signature can only be checked once read); one call always goes through
+        need = int(length) if length is not None and length.isdigit() else limit
+        if stats.buffered and stats.buffered + need > settings.http.max_buffered_bytes:
+            stats.bump(stats.throttled, source)
+            return _error(429, "too many request bodies in progress; retry shortly", {"Retry-After": "1"})
+        stats.buffered += need
+        try:
+            return await accept(request, auth, verdict, limit)
+        finally:
+            stats.buffered -= need
+
+    async def accept(request: Request, auth: SourceAuth, verdict: str | None, limit: int) -> Response:
+        """Read, check, normalise and store the body of a call that passed the checks before it."""
+        settings = state.settings
         try:
             body = await _read(request, limit)
         except _BodyTooLargeError:
@@ -180,6 +196,7 @@ def _handler(state: RunState, source: str, fmt: str) -> Handler:
             stats.bump(stats.controls, source, len(result.controls))
             return validation
         store = state.store
+        assert store is not None  # (checked before the call was let in)
         crash_point("http.before_accept")
         try:
             seqs = await asyncio.to_thread(

@@ -87,6 +87,8 @@ class HttpIngestStats:
     header_timeouts: int = 0
     #: connections closed for not sending a request's whole body within ``http.body_timeout``
     body_timeouts: int = 0
+    #: bytes of request bodies the ingestion calls in progress hold or may still read
+    buffered: int = 0
 
     @staticmethod
     def bump(counter: dict[K, int], key: K, n: int = 1) -> None:
