@@ -83,7 +83,7 @@ class HttpSettings(Section):
         default=200_000, ge=1, description="events stored but not yet detected before ingestion answers 429"
     )
     max_buffered_bytes: ByteSize = Field(
-        default=ByteSize(256 << 20),
+        default=ByteSize(128 << 20),
         gt=0,
         description="request bodies that ingestion calls may hold at once (a call without Content-Length "
         "counts as max_body_bytes); past it a call answers 429 before reading its body",
