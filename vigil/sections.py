@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 
 def _duration(value: str) -> str:
@@ -48,10 +48,35 @@ class SourceAuth(Section):
     query_secrets: list[str] = Field(
         default_factory=list, description="accepted ?code= values (Event Grid's URL secret; two for rotation)"
     )
+    entra_tenant: str = Field(
+        default="",
+        description="Entra ID tenant whose bearer tokens are accepted (secure webhooks); empty: off",
+    )
+    entra_audiences: list[str] = Field(
+        default_factory=list, description="accepted token audiences: the app registration's id or ID URI"
+    )
+    entra_roles: list[str] = Field(
+        default_factory=list, description="app roles of which a token must hold one (the sender's role)"
+    )
+    entra_jwks_url: str = Field(
+        default="", description="the tenant's signing keys (default: its login.microsoftonline.com keys)"
+    )
+    entra_leeway: float = Field(
+        default=60.0, ge=0, le=300, description="seconds of clock skew allowed on a token's exp and nbf"
+    )
 
     @property
     def configured(self) -> bool:
-        return bool(self.tokens or self.hmac_secrets or self.query_secrets)
+        return bool(self.tokens or self.hmac_secrets or self.query_secrets or self.entra_tenant)
+
+    @model_validator(mode="after")
+    def _entra_complete(self) -> SourceAuth:
+        if self.entra_tenant and not (self.entra_audiences and self.entra_roles):
+            raise ValueError(
+                "entra_tenant needs entra_audiences and entra_roles (without a role any client "
+                "of the tenant could get a token for the app)"
+            )
+        return self
 
 
 class EventGridAuth(SourceAuth):

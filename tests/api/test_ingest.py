@@ -294,20 +294,23 @@ def test_an_empty_local_token_file_is_replaced(tmp_path: Path) -> None:
     assert (tmp_path / "ingest.token").stat().st_mode & 0o777 == 0o600
 
 
+def front(tmp_path: Path, http: str, local: str) -> tuple[RunState, Any]:
+    """A run state on a fresh store with ``http`` (YAML lines under ``http:``) and the daemon's ingestion
+    front over its app (an ASGI app for httpx.ASGITransport), detection never behind."""
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"data_dir: {tmp_path / 'var'}\nhttp:\n{http}", encoding="utf-8")
+    state = RunState(settings=load_settings(profile, env={}), store=Store(tmp_path / "vigil.db"))
+    state.local_token = local
+    state.backlog = lambda: 0
+    return state, direct(create_app(state), state)
+
+
 def test_bodies_held_at_once_are_bounded_and_the_budget_is_given_back(tmp_path: Path) -> None:
     """http.max_buffered_bytes: while one call reads its body (sent without Content-Length: it counts as
     max_body_bytes), a second is answered 429 before its body is read; once the first is done, calls go
     through again. (A flood of large bodies, or of HMAC callers whose signature needs the body, cannot
     make the daemon hold max_connections x max_body_bytes.)"""
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(
-        f"data_dir: {tmp_path / 'var'}\nhttp:\n  max_body_bytes: 64KiB\n  max_buffered_bytes: 64KiB\n",
-        encoding="utf-8",
-    )
-    state = RunState(settings=load_settings(profile, env={}), store=Store(tmp_path / "vigil.db"))
-    state.local_token = "tok"
-    state.backlog = lambda: 0
-    app = direct(create_app(state), state)
+    state, app = front(tmp_path, "  max_body_bytes: 64KiB\n  max_buffered_bytes: 64KiB\n", "tok")
     body = json.dumps(ACTIVITY).encode()
 
     async def main() -> tuple[int, int, int, int, int]:

@@ -1,7 +1,7 @@
-"""Authentication of the ingestion endpoints: bearer tokens, HMAC signatures, Event Grid URL secrets.
+"""Authentication of the ingestion endpoints: bearer tokens, HMAC signatures, Event Grid URL secrets, Entra.
 
 Every ingestion endpoint is closed unless a caller proves it may post (an open endpoint would let anyone
-write "evidence" into the event log). Three ways, per source (``http.sources.<name>`` in the settings):
+write "evidence" into the event log). Four ways, per source (``http.sources.<name>`` in the settings):
 
 * ``Authorization: Bearer <token>``, compared in constant time with each configured token;
 * ``X-Vigil-Signature: t=<unix seconds>,v1=<hex>``, where ``v1`` is HMAC-SHA256 of ``"<t>.<body>"`` under a
@@ -9,6 +9,8 @@ write "evidence" into the event log). Three ways, per source (``http.sources.<na
   replayed later); several ``v1=`` values are allowed, so senders can rotate secrets;
 * ``?code=<secret>`` in the URL, which is how Event Grid authenticates a plain webhook (it keeps query
   parameters encrypted and never shows them back); give two values while rotating.
+* an Entra ID token (Event Grid's and Azure Monitor's secure webhooks), when the source names a tenant:
+  a bearer token that is not one of the configured ones is checked by :mod:`vigil.api.entra`.
 
 A source with nothing configured accepts the *local token* that ``vigil run`` writes to
 ``{data_dir}/ingest.token`` (0600) at first start. Secrets are never logged or echoed; a rejection says

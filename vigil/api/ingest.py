@@ -10,7 +10,8 @@
 
 Order of checks, cheapest first, so a flood costs little: a ``Content-Length`` over ``http.max_body_bytes``
 is ``413``; a detect backlog over ``http.max_backlog`` is ``429`` with ``Retry-After`` (before the body is
-read); bearer tokens and URL codes are checked (``401``); bodies held by calls in progress over
+read); bearer tokens (configured ones, or Entra ID tokens: :mod:`vigil.api.entra`) and URL codes are
+checked (``401``); bodies held by calls in progress over
 ``http.max_buffered_bytes`` are ``429`` too; the body is read with the same cap (``413``);
 an HMAC signature is checked over it (``401``). Then the body is normalised and its events and dead letters
 are committed to the store in one transaction (:meth:`~vigil.store.sqlite.Store.accept`; the log keeps the
@@ -38,7 +39,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vigil.api.auth import SIGNATURE_HEADER, pre_body, signature
+from vigil.api import entra
+from vigil.api.auth import SIGNATURE_HEADER, bearer, pre_body, signature
 from vigil.events.batch import BatchNormalizer, Result
 from vigil.settings import SourceAuth
 from vigil.store.sqlite import RawBody, StoreError
@@ -154,6 +156,9 @@ def _handler(state: RunState, source: str, fmt: str) -> Handler:
             stats.bump(stats.throttled, source)
             return _error(429, f"{backlog} events wait for detection; retry shortly", {"Retry-After": "1"})
         verdict = pre_body(auth, request.headers, request.query_params, state.local_token)
+        if verdict == "bad_token" and auth.entra_tenant:  # not a configured token: an Entra token, maybe
+            token = bearer(request.headers.get("authorization", ""))
+            verdict = await entra.verify(auth, token) if token is not None else verdict
         if verdict:
             return _reject(state, source, verdict)
         # bodies held at once are bounded too (a flood of large bodies, or of bodies from callers whose
