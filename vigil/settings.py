@@ -37,19 +37,16 @@ from vigil.sections import (
     AlertSettings,
     AuditSettings,
     DetectSettings,
-    EventGridAuth,
-    HttpSettings,
     IngestSettings,
     NodesSettings,
     OutputSettings,
     PlatformSettings,
     ResponseSettings,
     Section,
-    SourceAuth,
-    SourcesSettings,
     StoreSettings,
 )
 from vigil.sections_azure import AzureSettings
+from vigil.sections_http import EventGridAuth, HttpSettings, SourceAuth, SourcesSettings
 from vigil.sections_kafka import KafkaSettings
 from vigil.yamlio import YamlDocument, describe_type, line_of, read_profile
 

@@ -128,6 +128,20 @@ def token(body: dict[str, Any], *, key: rsa.RSAPrivateKey = KEY, kid: str = "k1"
     return f"{signed}.{_b64(sig)}"
 
 
+def _nested() -> str:
+    """A header nested deep enough to exhaust the JSON parser (before any signature is looked at)."""
+    head = _b64(('{"alg":"RS256","kid":"k1","x":' + "[" * 5000 + "]" * 5000 + "}").encode())
+    return f"{head}.{_b64(b'{}')}.{_b64(b'sig')}"
+
+
+def _raw_exp(number: str) -> str:
+    """A token, properly signed, whose exp is ``number`` as written (beyond what a float holds)."""
+    body = json.dumps(claims(exp=None))[:-1] + f', "exp": {number}}}'
+    head = _b64(json.dumps({"alg": "RS256", "kid": "k1"}).encode())
+    signed = f"{head}.{_b64(body.encode())}"
+    return f"{signed}.{_b64(KEY.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
+
+
 def check(source: SourceAuth, jwt: str) -> str:
     return asyncio.run(entra.verify(source, jwt))
 
@@ -157,6 +171,13 @@ def test_a_token_from_the_tenant_for_the_app_with_the_role_is_accepted(keys: Key
         (lambda: token(claims()) + "x" * entra.MAX_TOKEN_CHARS, "bad_token"),
         (lambda: "not.a.jwt", "bad_token"),
         (lambda: "onlyonepart", "bad_token"),
+        (_nested, "bad_token"),
+        (lambda: token(claims(exp=float("nan"))), "bad_token"),
+        (lambda: token(claims(exp=True)), "bad_token"),
+        (lambda: token(claims(exp=str(int(time.time()) + 60))), "bad_token"),
+        (lambda: _raw_exp("1e400"), "bad_token"),
+        (lambda: _raw_exp("1" + "0" * 400), "bad_token"),
+        (lambda: token(claims(nbf=float("nan"))), "not_yet_valid"),
     ],
 )
 def test_attacks_and_wrong_claims_are_refused_with_their_reason(keys: Keys, jwt: Any, reason: str) -> None:
@@ -183,22 +204,41 @@ def test_keys_named_by_the_token_are_never_fetched(keys: Keys) -> None:
         elsewhere.close()
 
 
-def test_a_key_published_for_another_algorithm_is_not_used(keys: Keys) -> None:
-    keys.doc = {"keys": [jwk(KEY, "k1", alg="RS384"), {"kty": "oct", "kid": "k2", "k": _b64(b"secret")}]}
+def test_keys_for_another_algorithm_or_too_short_are_not_used(keys: Keys) -> None:
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    keys.doc = {
+        "keys": [
+            jwk(KEY, "k1", alg="RS384"),
+            {"kty": "oct", "kid": "k2", "k": _b64(b"secret")},
+            jwk(short, "k3"),
+        ]
+    }
     assert check(auth(keys), token(claims())) == "unknown_key"
-    assert check(auth(keys), token(claims(), kid="k2")) == "unknown_key"
+    assert check(auth(keys), token(claims(), kid="k2")) == "key_not_fetched"
+    assert check(auth(keys), token(claims(), key=short, kid="k3")) == "key_not_fetched"
 
 
 def test_unknown_kids_refetch_the_keys_at_most_once_per_interval(keys: Keys) -> None:
     source = auth(keys)
     assert check(source, token(claims())) == ""
-    for i in range(20):
-        assert check(source, token(claims(), kid=f"made-up-{i}")) == "unknown_key"
-    assert keys.fetches == 1  # (the set was fetched moments ago: no refetch for made-up kids)
+    for i in range(20):  # made-up kids right after a fetch: not checkable now (503), no fetch
+        assert check(source, token(claims(), kid=f"made-up-{i}")) == "key_not_fetched"
+    assert keys.fetches == 1
     entra.keyset(keys.url).fetched_at = time.monotonic() - entra.REFETCH_AFTER  # the interval has passed
     keys.doc = {"keys": [jwk(KEY, "k1"), jwk(OTHER, "k2")]}  # Entra rotated in a new key
     assert check(source, token(claims(), key=OTHER, kid="k2")) == ""
     assert keys.fetches == 2
+    entra.keyset(keys.url).fetched_at = time.monotonic() - entra.REFETCH_AFTER
+    assert check(source, token(claims(), kid="still-made-up")) == "unknown_key"  # fetched: really unknown
+
+
+def test_known_keys_are_fetched_again_hourly_and_a_withdrawn_one_stops_working(keys: Keys) -> None:
+    source = auth(keys)
+    assert check(source, token(claims())) == ""
+    keys.doc = {"keys": [jwk(OTHER, "k2")]}  # k1 withdrawn
+    assert check(source, token(claims())) == ""  # (the set is fresh: not fetched for a known key)
+    entra.keyset(keys.url).fetched_at = time.monotonic() - entra.REFRESH_AFTER
+    assert check(source, token(claims())) == "unknown_key" and keys.fetches == 2
 
 
 def test_keys_that_cannot_be_fetched_refuse_the_call(keys: Keys) -> None:
@@ -211,9 +251,20 @@ def test_keys_that_cannot_be_fetched_refuse_the_call(keys: Keys) -> None:
     assert check(auth(keys), token(claims())) == ""
 
 
-def test_a_tenant_without_audiences_or_roles_is_a_settings_error() -> None:
+def test_entra_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="entra_audiences and entra_roles"):
         SourceAuth(entra_tenant=TENANT, entra_audiences=[APP])
+    with pytest.raises(ValueError, match="tenant id"):
+        SourceAuth(entra_tenant="contoso.onmicrosoft.com", entra_audiences=[APP], entra_roles=[ROLE])
+    with pytest.raises(ValueError, match="https"):
+        SourceAuth(
+            entra_tenant=TENANT,
+            entra_audiences=[APP],
+            entra_roles=[ROLE],
+            entra_jwks_url="http://keys.example",
+        )
+    upper = SourceAuth(entra_tenant=TENANT.upper(), entra_audiences=[APP], entra_roles=[ROLE])
+    assert upper.entra_tenant == TENANT  # as the issuer writes it
 
 
 def test_through_the_ingestion_front(keys: Keys, tmp_path: Path) -> None:
@@ -249,4 +300,13 @@ def test_through_the_ingestion_front(keys: Keys, tmp_path: Path) -> None:
     assert (
         asyncio.run(post("local")).status_code == 401
     )  # a source with Entra set no longer takes the local token
-    assert state.http_ingest.rejected == {("eventgrid", "missing_role"): 1, ("eventgrid", "bad_token"): 1}
+    keys.fail = True
+    entra.keyset(keys.url).keys.clear()
+    entra.keyset(keys.url).fetched_at = None
+    unavailable = asyncio.run(post(token(claims())))  # refused, but as "retry", which Azure's senders do
+    assert unavailable.status_code == 503 and unavailable.headers["retry-after"] == "30"
+    assert state.http_ingest.rejected == {
+        ("eventgrid", "missing_role"): 1,
+        ("eventgrid", "bad_token"): 1,
+        ("eventgrid", "keys_unavailable"): 1,
+    }

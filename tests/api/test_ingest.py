@@ -338,3 +338,36 @@ def test_bodies_held_at_once_are_bounded_and_the_budget_is_given_back(tmp_path: 
     held, second, first, third, after = asyncio.run(main())
     assert held == 64 * 1024 and second == 429 and first == 200 and third == 200 and after == 0
     assert state.http_ingest.throttled == {"events": 1}
+
+
+def test_a_body_longer_than_its_content_length_is_refused_at_that_length(tmp_path: Path) -> None:
+    """The budget reserves what a call declares, so the body is read no further than that (a parser that
+    lets Content-Length and chunked coding through together could otherwise send more)."""
+    state, app = front(tmp_path, "  max_body_bytes: 64KiB\n", "tok")
+    body = json.dumps(ACTIVITY).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/events",
+        "raw_path": b"/v1/events",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", b"Bearer tok"), (b"content-length", b"10")],
+        "server": ("t", 80),
+        "client": ("127.0.0.1", 1),
+    }
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400 and b"Content-Length of 10" in sent[1]["body"]
+    assert state.http_ingest.buffered == 0 and state.store is not None and state.store.count_events() == 0

@@ -146,7 +146,8 @@ def _handler(state: RunState, source: str, fmt: str) -> Handler:
         auth: SourceAuth = getattr(settings.http.sources, source)
         limit = int(settings.http.max_body_bytes)
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        declared = int(length) if length is not None and length.isascii() and length.isdigit() else None
+        if declared is not None and declared > limit:
             stats.bump(stats.too_large, source)
             return _error(413, f"body of {length} bytes is over the {limit}-byte limit (http.max_body_bytes)")
         if state.store is None:
@@ -163,23 +164,28 @@ def _handler(state: RunState, source: str, fmt: str) -> Handler:
             return _reject(state, source, verdict)
         # bodies held at once are bounded too (a flood of large bodies, or of bodies from callers whose
         # HMAC signature can only be checked once read); one call always goes through
-        need = int(length) if length is not None and length.isdigit() else limit
+        need = declared if declared is not None else limit
         if stats.buffered and stats.buffered + need > settings.http.max_buffered_bytes:
             stats.bump(stats.throttled, source)
             return _error(429, "too many request bodies in progress; retry shortly", {"Retry-After": "1"})
         stats.buffered += need
         try:
-            return await accept(request, auth, verdict, limit)
+            return await accept(request, auth, verdict, limit, need)
         finally:
             stats.buffered -= need
 
-    async def accept(request: Request, auth: SourceAuth, verdict: str | None, limit: int) -> Response:
-        """Read, check, normalise and store the body of a call that passed the checks before it."""
+    async def accept(
+        request: Request, auth: SourceAuth, verdict: str | None, limit: int, need: int
+    ) -> Response:
+        """Read (no more than was declared and reserved), check, normalise and store the body of a call that
+        passed the checks before it."""
         settings = state.settings
         try:
-            body = await _read(request, limit)
+            body = await _read(request, need)
         except _BodyTooLargeError:
             stats.bump(stats.too_large, source)
+            if need < limit:  # (a Content-Length was given, and the body ran past it)
+                return _error(400, f"body longer than its Content-Length of {need} bytes")
             return _error(413, f"body over the {limit}-byte limit (http.max_body_bytes)")
         if verdict is None:
             verdict = signature(
@@ -272,6 +278,8 @@ def _validation(result: Result, source: str, request: Request, auth: SourceAuth)
 
 def _reject(state: RunState, source: str, reason: str) -> Response:
     state.http_ingest.bump(state.http_ingest.rejected, (source, reason))
+    if reason in entra.RETRY_REASONS:  # could not be checked now: refused, and retried by the sender
+        return _error(503, "cannot check the token now; retry shortly", {"Retry-After": "30"})
     return _error(401, "not authenticated", {"WWW-Authenticate": 'Bearer realm="vigil"'})
 
 
