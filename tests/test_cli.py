@@ -95,3 +95,17 @@ def test_actions_take_json_before_or_after_the_operation() -> None:
         (["actions", "show", "X"], False),
     ):
         assert parser.parse_args(argv).json is want, argv
+
+
+def test_commands_before_any_daemon_ran_say_so_without_a_traceback(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"data_dir: {tmp_path / 'var'}\nhttp:\n  port: 9\n", encoding="utf-8")
+    for args in (
+        ("platform", "nodes", "list"),
+        ("audit", "verify"),
+        ("actions", "list"),
+        ("alerts", "status"),
+    ):
+        res = run_vigil(*args, "--config", str(profile))
+        assert res.returncode in (1, 2) and b"Traceback" not in res.stderr, (args, res.stderr)
+        assert res.stderr.startswith(b"vigil"), (args, res.stderr)

@@ -35,6 +35,8 @@ def add_parsers(sub: Any) -> None:
     status = ops.add_parser("status", help="the running daemon's outbox per sink and its latest alerts")
     status.add_argument("--url", help="daemon base URL (default: from {data_dir}/daemon.url)")
     status.add_argument("--limit", type=int, default=20)
+    for op in (test, status):  # (after the operation too, as the other commands take it)
+        op.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="settings profile")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     url = args.url or default_url(settings)
     token = Path(args.token_file).read_text(encoding="ascii").strip() if args.token_file else None
     if token is None:
-        token = read_operator_token(settings.platform.dir)
+        try:
+            token = read_operator_token(settings.platform.dir)
+        except FileNotFoundError as exc:  # (no daemon has run on this data directory yet)
+            raise VigilError(str(exc)) from None
     try:
         return asyncio.run(_remote(args, url, token))
     except ServiceUnreachableError as exc:

@@ -79,9 +79,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def _json_anywhere(ops: Any) -> None:
-    """``--json`` after the operation too (``vigil actions show ID --json``), not only before it."""
+    """``--json``, ``--config`` and ``--url`` after the operation too (``vigil actions show ID --json``,
+    ``vigil actions list --config config/azure.yaml``), not only before it, as the other commands take
+    them."""
     for sub in ops.choices.values():
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="settings profile")
+        sub.add_argument("--url", default=argparse.SUPPRESS, help="daemon base URL")
 
 
 def run(args: argparse.Namespace) -> int:
