@@ -46,6 +46,7 @@ import logging
 import os
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -237,9 +238,13 @@ class TrainingNode:
 
     # -- training --------------------------------------------------------------------------------------
 
-    async def train(self, *, batch_size: int = 32, lr: float = 0.05, seed: int = 0) -> TrainResult:
-        """Train for ``self.epochs`` epochs, or until quarantined (module docstring)."""
+    async def train(self, *, batch_size: int = 32, lr: float = 0.05, seed: int | None = None) -> TrainResult:
+        """Train for ``self.epochs`` epochs, or until quarantined (module docstring). ``seed`` fixes the
+        initial weights and the batch order; by default it comes from the node id, so a node's runs repeat
+        and two nodes on the same data do not train the very same model."""
         self._require_key()
+        if seed is None:
+            seed = zlib.crc32(self.node_id.encode())
         with contextlib.suppress(ConflictError):  # already running after a restart
             await self.platform.compute.set_state(self.principal, self.node_id, NodeState.RUNNING)
         data = await self.platform.storage.read(self.principal, self.container, dataset.OBJECT)
