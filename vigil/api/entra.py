@@ -43,6 +43,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from vigil.platform.local.tokens import MIN_KEY_BITS
 from vigil.settings import SourceAuth
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ REFETCH_AFTER: Final = 60.0
 #: seconds after which the keys are fetched again anyway (Entra publishes a new key well before it signs
 #: with it, so a rotation is usually known before the first token that uses it)
 REFRESH_AFTER: Final = 3600.0
-#: the smallest RSA key accepted from the endpoint (bits)
-MIN_KEY_BITS: Final = 2048
 #: least seconds between two fetches after one failed (no key known: every call is refused meanwhile)
 RETRY_FAILED: Final = 10.0
 #: seconds a fetch of the keys may take
@@ -84,7 +83,6 @@ class KeySet:
     #: monotonic time of the last fetch tried (None: never), and whether it failed
     fetched_at: float | None = None
     failed: bool = False
-    fetches: int = 0
     #: one fetch at a time, per event loop (a lock is bound to the loop it first waits in)
     _locks: dict[int, asyncio.Lock] = field(default_factory=dict)
 
@@ -124,7 +122,6 @@ class KeySet:
 
     async def _fetch(self) -> None:
         self.fetched_at = time.monotonic()
-        self.fetches += 1
         try:
             async with httpx.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as client:
                 answer = await client.get(self.url)

@@ -75,10 +75,10 @@ def add_parsers(sub: Any) -> None:
     kill.add_argument("state", nargs="?", choices=["on", "off"], help="omit to show the switch")
     kill.add_argument("--reason", default="", help="why (kept in the audit log)")
     kill.add_argument("--token-file", metavar="FILE", help="your platform API token (to turn it)")
-    _json_anywhere(ops)
+    _options_anywhere(ops)
 
 
-def _json_anywhere(ops: Any) -> None:
+def _options_anywhere(ops: Any) -> None:
     """``--json``, ``--config`` and ``--url`` after the operation too (``vigil actions show ID --json``,
     ``vigil actions list --config config/azure.yaml``), not only before it, as the other commands take
     them."""

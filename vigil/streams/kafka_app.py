@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -230,10 +230,7 @@ class KafkaApp:
                 self.ownership.revoke()
 
         async def assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
-            self.assign(
-                {tp.partition for tp in assigned if tp.topic == s.topic("events")},
-                self.app.consumer_generation_id,
-            )
+            self.assign(self._events_partitions(assigned), self.app.consumer_generation_id)
 
         app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
@@ -250,7 +247,8 @@ class KafkaApp:
         own = self.ownership
         if own.owned is not None and own.generation != self.app.consumer_generation_id:
             # faust assigned anew and resumed the streams before its signal reached this agent
-            self.assign(self._held(), self.app.consumer_generation_id)
+            held = self._events_partitions(self.app.consumer.assignment())
+            self.assign(held, self.app.consumer_generation_id)
         taken = 0
         for event in batch:
             msg = event.message
@@ -301,15 +299,15 @@ class KafkaApp:
     def assign(self, partitions: set[int], generation: int) -> None:
         """A new assignment: the state and pending events of partitions no longer held are dropped (the new
         owner restores the state from the changelog and processes the unacknowledged events again)."""
-        gone = self.ownership.assign(partitions, generation)
-        self.detectors.drop(p for p in partitions if p not in gone)
-        for p in [p for p in self._unacked if p in gone or p not in partitions]:
+        keep = partitions - self.ownership.assign(partitions, generation)
+        self.detectors.drop(keep)
+        for p in [p for p in self._unacked if p not in keep]:
             del self._unacked[p]
 
-    def _held(self) -> set[int]:
-        """The events partitions the consumer holds now."""
+    def _events_partitions(self, tps: Iterable[Any]) -> set[int]:
+        """The events-topic partitions among ``tps`` (an assignment of every topic)."""
         events = self.settings.topic("events")
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == events}
+        return {tp.partition for tp in tps if tp.topic == events}
 
     async def act_batch(self, values: Sequence[Any]) -> int:
         source = f"kafka:{self.settings.topic('intents')}"
